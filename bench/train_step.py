@@ -1,0 +1,127 @@
+"""Benchmark one full EGC training step: the reference formulation against the project's default.
+
+(a) reference: fp32, eager, contiguous memory, the loss exactly as in the paper (no Gaussian prior
+    term), on the same architecture; (b) default: the project's training path (bf16 autocast and
+    the config's memory format and energy prior). Each mode runs in its own subprocess so its peak
+    memory (max RSS) is its own. Also counts the FLOPs of one default step with
+    torch.utils.flop_counter and compares the achieved rate with a large matmul's rate in the same
+    dtype on this CPU. Prints one JSON line.
+
+    python bench/train_step.py [--size small] [--batch 64] [--steps 10] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def _setup(mode: str, size: str, batch: int, image: int, channels: int, classes: int):
+    from egc.config import load_config
+    from egc.diffusion.schedule import Schedule
+    from egc.nets import build_net
+
+    over = [f"model.size={size}", f"model.image_size={image}", f"model.in_channels={channels}", f"model.num_classes={classes}",
+            f"train.batch_size={batch}"]
+    if mode == "reference":
+        over += ["model.energy_prior=none", "train.precision=fp32", "train.channels_last=false"]
+    cfg = load_config(None, over)
+    torch.manual_seed(0)
+    net = build_net(cfg.model)
+    torch.nn.init.normal_(net.out.weight, std=0.02)  # a trained-like, non-flat energy
+    if cfg.train.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    x = torch.rand(batch, channels, image, image) * 2 - 1
+    if cfg.train.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (batch,))
+    return cfg, net, opt, Schedule.make(cfg.diffusion.schedule), x, y
+
+
+def _step(cfg, net, opt, sched, x, y, gen):
+    import contextlib
+
+    from egc.diffusion.losses import egc_loss
+
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.train.precision == "bf16" else contextlib.nullcontext()
+    with ctx:
+        parts = egc_loss(net, cfg.model, cfg.loss, sched, x, y, gen)
+    opt.zero_grad(set_to_none=True)
+    parts.total.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    return float(parts.total.detach())
+
+
+def run_mode(a: argparse.Namespace) -> dict:
+    torch.set_num_threads(a.threads)
+    cfg, net, opt, sched, x, y = _setup(a.mode, a.size, a.batch, a.image, a.channels, a.classes)
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for i in range(a.warmup + a.steps):
+        t0 = time.perf_counter()
+        _step(cfg, net, opt, sched, x, y, gen)
+        if i >= a.warmup:
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    out = {"mode": a.mode, "s_per_step": med, "images_per_s": a.batch / med, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if a.mode == "default":
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as fc:
+            _step(cfg, net, opt, sched, x, y, gen)
+        flops = fc.get_total_flops()
+        out["flops_per_step"] = flops
+        out["achieved_gflops"] = flops / med / 1e9
+        dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+        n = 2048
+        m1, m2 = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        for _ in range(3):
+            m1 @ m2
+        t0 = time.perf_counter()
+        reps = 10
+        for _ in range(reps):
+            m1 @ m2
+        peak = 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+        out["matmul_peak_gflops"] = peak
+        out["peak_dtype"] = str(dtype).replace("torch.", "")
+        out["share_of_peak"] = out["achieved_gflops"] / peak
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--size", default="small")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--image", type=int, default=28)
+    p.add_argument("--channels", type=int, default=1)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--mode", choices=["reference", "default"], help="internal: run one mode in this process")
+    a = p.parse_args()
+    if a.mode:
+        print(json.dumps(run_mode(a)))
+        return
+    results = {}
+    base = [sys.executable, __file__] + [f"--{k}={v}" for k, v in vars(a).items() if k != "mode"]
+    for mode in ("reference", "default"):
+        proc = subprocess.run(base + [f"--mode={mode}"], capture_output=True, text=True, check=True)
+        results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    ref, dft = results["reference"], results["default"]
+    print(json.dumps({"benchmark": "train_step", "size": a.size, "batch": a.batch, "image": a.image, "threads": a.threads,
+                      "reference": ref, "default": dft, "speedup": dft["images_per_s"] / ref["images_per_s"],
+                      "torch": torch.__version__}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Checkpoints: one safetensors file holding weights, resume state and the config.
+
+Layout of a file (tensor-name prefixes):
+    model.*   raw weights            ema.*   EMA weights (what inference uses when present)
+    opt.*     optimiser tensors       rng.*   RNG states           loader.*  data-order state
+and metadata (strings): format, version, kind, step, config (JSON of RunConfig), plus free JSON.
+safetensors never executes code on load, and a file is written to a temporary name, fsynced and
+renamed, so a kill at any moment leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+from .config import RunConfig
+from .errors import CheckpointError, ConfigError
+
+FORMAT = "egc-checkpoint"
+VERSION = 1
+ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+_STEP_RE = re.compile(r"step-(\d+)\.safetensors$")
+
+
+@dataclass
+class Checkpoint:
+    config: RunConfig
+    step: int
+    kind: str
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def group(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Tensors under ``prefix.`` with the prefix removed."""
+        n = len(prefix) + 1
+        return {k[n:]: v for k, v in self.tensors.items() if k.startswith(prefix + ".")}
+
+    def inference_weights(self) -> dict[str, torch.Tensor]:
+        return self.group("ema") or self.group("model")
+
+
+def save_checkpoint(path: str | Path, config: RunConfig, step: int, groups: dict[str, dict[str, torch.Tensor]],
+                    kind: str = "train", meta: dict[str, Any] | None = None) -> Path:
+    """Atomically write ``groups`` ({prefix: {name: tensor}}) with the config and metadata."""
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, sd in groups.items():
+        for k, v in sd.items():
+            tensors[f"{prefix}.{k}"] = v.detach().cpu().contiguous()
+    for k, v in tensors.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise CheckpointError(f"refusing to write {path}: tensor '{k}' holds NaN or inf")
+    metadata = {"format": FORMAT, "version": str(VERSION), "kind": kind, "step": str(step),
+                "config": config.to_json(), "meta": json.dumps(meta or {})}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
+    return path
+
+
+def resolve(spec: str | Path) -> Path:
+    """Checkpoint path from ``zoo:NAME``, a run folder (its newest checkpoint) or a file."""
+    s = str(spec)
+    if s.startswith("zoo:"):
+        name = s[4:]
+        p = ZOO_DIR / f"{name}.safetensors"
+        if not p.is_file():
+            have = sorted(q.stem for q in ZOO_DIR.glob("*.safetensors") if q.stem != "fashioncnn")
+            raise CheckpointError(f"no model '{name}' in the zoo (have: {', '.join(have) or 'none'})")
+        return p
+    p = Path(s)
+    if p.is_dir():
+        found = latest_in(p)
+        if found is None:
+            raise CheckpointError(f"no checkpoint (step-*.safetensors) in folder {p}")
+        return found
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    return p
+
+
+def latest_in(folder: Path) -> Path | None:
+    """Newest ``step-N.safetensors`` in a run folder (or its ``checkpoints/``), or None."""
+    cands = []
+    for d in (folder, folder / "checkpoints"):
+        if d.is_dir():
+            cands += [(int(m.group(1)), q) for q in d.iterdir() if (m := _STEP_RE.search(q.name))]
+    return max(cands)[1] if cands else None
+
+
+def load_checkpoint(spec: str | Path) -> Checkpoint:
+    """Read and validate a checkpoint; any problem is one CheckpointError line naming the file."""
+    path = resolve(spec)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            md = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({str(e).splitlines()[0][:120]})") from None
+    if md.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an egc checkpoint (no '{FORMAT}' format tag in its metadata)")
+    try:
+        version = int(md.get("version", "0"))
+    except ValueError:
+        version = -1
+    if version != VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {md.get('version')}, this egc reads version {VERSION}")
+    try:
+        config = RunConfig.from_dict(json.loads(md["config"])).validate()
+        step = int(md.get("step", "0"))
+        meta = json.loads(md.get("meta", "{}"))
+    except (KeyError, json.JSONDecodeError, ConfigError, ValueError) as e:
+        raise CheckpointError(f"{path} carries an invalid config: {e}") from None
+    return Checkpoint(config, step, md.get("kind", "train"), tensors, meta, path)
+
+
+def export_weights(spec: str | Path, out: str | Path, dtype: torch.dtype = torch.float32, extra_meta: dict[str, Any] | None = None) -> Path:
+    """Write the inference weights (EMA when present) of a checkpoint as a small weights-only file."""
+    ck = load_checkpoint(spec)
+    weights = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in ck.inference_weights().items()}
+    keep = {k: ck.meta[k] for k in ("class_names", "data", "elapsed_s") if k in ck.meta}
+    return save_checkpoint(out, ck.config, ck.step, {"ema": weights}, kind="weights", meta={**keep, **(extra_meta or {})})
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
+    """Flatten an optimiser's state into tensors plus a JSON string of its param groups."""
+    sd = opt.state_dict()
+    tensors = {f"{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)) for i, st in sd["state"].items() for k, v in st.items()}
+    return tensors, json.dumps(sd["param_groups"])
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups_json: str) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        i, name = k.split(".", 1)
+        state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": json.loads(groups_json)})

@@ -1,0 +1,236 @@
+"""The ``egc`` command: thin subcommands that parse, load, and call the library.
+
+Every user-facing problem is an :class:`EgcError` and is printed as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import EgcError
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{s}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonneg_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{s}'") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s}")
+    return v
+
+
+def _set_threads(n: int | None) -> None:
+    import torch
+
+    if n:
+        torch.set_num_threads(n)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train.loop import train
+
+    overrides = list(a.set or [])
+    for flag, key in ((a.model_size, "model.size"), (a.data, "data.name"), (a.data_root, "data.root"), (a.steps, "train.steps"),
+                      (a.minutes, "train.minutes"), (a.batch_size, "train.batch_size"), (a.lr, "train.lr"), (a.seed, "train.seed"),
+                      (a.threads, "train.threads")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    cfg = load_config(a.config, overrides)
+    summary = train(cfg, a.out, resume=a.resume, quiet=a.quiet)
+    print(json.dumps(summary))
+    return 0
+
+
+def _load(spec: str, precision: str):
+    from .model import EGC
+
+    return EGC.load(spec, precision=precision)
+
+
+def cmd_sample(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .data import to_uint8
+    from .imageio import atomic_write_bytes, save_grid
+
+    _set_threads(a.threads)
+    m = _load(a.checkpoint, a.precision)
+    labels = None
+    if a.label is not None:
+        labels = [_class_id(m, s) for s in a.label.split(",")]
+        if len(labels) == 1:
+            labels = labels * a.n
+    if a.npz and Path(a.npz).suffix != ".npz":
+        raise EgcError(f"--npz path must end in .npz, got {a.npz}")
+    imgs, y = m.sample(a.n, labels=labels, class_balanced=a.class_balanced, sampler=a.sampler, steps=a.steps, guidance=a.guidance,
+                       eta=a.eta, seed=a.seed, batch_size=a.batch_size, progress=not a.quiet)
+    u8 = to_uint8(imgs)
+    k = m.config.model.num_classes
+    nrow = a.n // k if a.class_balanced and a.n % k == 0 and a.n // k > 1 else None
+    out = save_grid(u8, a.out, nrow=nrow, scale=a.scale)
+    result = {"grid": str(out), "n": a.n, "sampler": a.sampler, "steps": a.steps, "guidance": a.guidance}
+    if a.npz:
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, images=u8.numpy(), labels=y.numpy().astype(np.int64))
+        atomic_write_bytes(Path(a.npz), buf.getvalue())
+        result["npz"] = a.npz
+    print(json.dumps(result))
+    return 0
+
+
+def _class_id(m, s: str) -> int:
+    k = m.config.model.num_classes
+    s = s.strip()
+    if s.lstrip("-").isdigit():
+        i = int(s)
+        if not 0 <= i < k:
+            raise EgcError(f"class id {i} out of range: this model has classes 0..{k - 1}")
+        return i
+    names = [n.lower() for n in m.class_names]
+    if s.lower() in names:
+        return names.index(s.lower())
+    raise EgcError(f"unknown class '{s}' (this model's classes: {', '.join(m.class_names)})")
+
+
+def cmd_classify(a: argparse.Namespace) -> int:
+    import torch
+
+    from .data import to_model_range
+    from .imageio import collect_images, read_image
+
+    _set_threads(a.threads)
+    m = _load(a.checkpoint, a.precision)
+    c, h, _ = m.image_shape
+    files = collect_images(a.images)
+    x = to_model_range(torch.stack([read_image(f, h, c) for f in files]))
+    probs = torch.cat([m.predict_proba(x[i:i + 256]) for i in range(0, len(x), 256)])
+    energy = torch.cat([m.energy(x[i:i + 256]) for i in range(0, len(x), 256)])
+    topk = min(a.top_k, probs.shape[1])
+    rows = []
+    for f, p, e in zip(files, probs, energy):
+        v, i = p.topk(topk)
+        rows.append({"image": str(f), "energy": round(float(e), 4),
+                     "top": [{"class": int(j), "name": m.class_names[int(j)], "prob": round(float(q), 4)} for q, j in zip(v, i)]})
+    if a.json:
+        print(json.dumps(rows, indent=None))
+    else:
+        for r in rows:
+            tops = ", ".join(f"{t['name']} {t['prob']:.3f}" for t in r["top"])
+            print(f"{r['image']}: {tops}  (energy {r['energy']:.2f})")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import export_weights
+
+    out = export_weights(a.checkpoint, a.out, dtype=torch.float16 if a.half else torch.float32)
+    print(json.dumps({"weights": str(out), "bytes": out.stat().st_size}))
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    _set_threads(a.threads)
+    summary = run_demo(a.out, a.checkpoint, quick=a.quick)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="egc", description="Energy-based generative classifiers: one network that classifies and generates.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train an EGC model")
+    t.add_argument("--config", help="YAML config (see configs/)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
+    t.add_argument("--out", required=True, help="run folder (config, log.csv, checkpoints/, samples/)")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    t.add_argument("--model-size", choices=["tiny", "small", "base", "large"])
+    t.add_argument("--data", help="fashion-mnist | mnist | cifar10 | folder:PATH | npz:PATH")
+    t.add_argument("--data-root", help="where the data set lives (default: $EGC_DATA or the system location)")
+    t.add_argument("--steps", type=_positive_int, help="total optimiser steps")
+    t.add_argument("--minutes", type=_nonneg_float, help="total training time budget")
+    t.add_argument("--batch-size", type=_positive_int)
+    t.add_argument("--lr", type=_nonneg_float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--threads", type=_positive_int)
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("sample", help="generate images (unconditional or class-conditional)")
+    s.add_argument("checkpoint", help="checkpoint file, run folder, or zoo:NAME")
+    s.add_argument("--n", type=_positive_int, default=100)
+    s.add_argument("--label", help="class id(s) or name(s), comma-separated; one value applies to all")
+    s.add_argument("--class-balanced", action="store_true", help="n/K samples of each class")
+    s.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++2m"])
+    s.add_argument("--steps", type=_positive_int, default=100)
+    s.add_argument("--guidance", type=_nonneg_float, default=3.0, help="classifier-term scale s (0 = unconditional)")
+    s.add_argument("--eta", type=_nonneg_float, default=0.0, help="DDIM noise (0 deterministic, 1 = DDPM variance)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=_positive_int, default=250)
+    s.add_argument("--out", default="samples.png", help="grid PNG path")
+    s.add_argument("--scale", type=_positive_int, default=2, help="upscale the grid for viewing")
+    s.add_argument("--npz", help="also write images (uint8 [N,H,W,C]) and labels (int64 [N]) here")
+    s.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    s.add_argument("--threads", type=_positive_int)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_sample)
+
+    c = sub.add_parser("classify", help="top-k classes and energy of images")
+    c.add_argument("checkpoint")
+    c.add_argument("images", nargs="+", help="image files or folders")
+    c.add_argument("--top-k", type=_positive_int, default=3)
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    c.add_argument("--threads", type=_positive_int)
+    c.set_defaults(fn=cmd_classify)
+
+    e = sub.add_parser("export", help="write a checkpoint's EMA weights + config as a small inference file")
+    e.add_argument("checkpoint")
+    e.add_argument("--out", required=True)
+    e.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
+    e.set_defaults(fn=cmd_export)
+
+    d = sub.add_parser("demo", help="classify real test images and draw a class-balanced grid with the shipped model")
+    d.add_argument("--out", default="egc-demo", help="output folder")
+    d.add_argument("--checkpoint", default="zoo:fashion-mnist")
+    d.add_argument("--quick", action="store_true", help="fewer samples and steps (for tests)")
+    d.add_argument("--threads", type=_positive_int)
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except EgcError as e:
+        print(f"egc {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"egc {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Typed, validated configuration.
+
+A run is described by one :class:`RunConfig` (model, diffusion, loss, training, data). It is read
+from YAML, overridden by ``--set key=value`` (dotted keys, e.g. ``train.lr=1e-3``), validated, and
+saved as JSON into the run folder and inside every checkpoint so a model can rebuild itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+# Model sizes by name. "tiny" is for tests; "small" is the CPU default; "base"/"large" are GPU
+# recipes (never trained here). in_channels/num_classes/image_size come from the data set.
+MODEL_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention=False, patch=1, norm="group"),
+    "small": dict(channels=48, channel_mult=(1, 2), num_res_blocks=2, attention=True, patch=2, norm="none"),
+    "base": dict(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention=True, patch=1, norm="group"),
+    "large": dict(channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=3, attention=True, patch=1, norm="group"),
+}
+
+
+ENERGY_PRIORS = ("none", "gaussian", "denoiser")
+
+
+@dataclass
+class ModelConfig:
+    size: str = "small"
+    in_channels: int = 1
+    num_classes: int = 10
+    image_size: int = 28
+    channels: int = 48
+    channel_mult: tuple[int, ...] = (1, 2)
+    num_res_blocks: int = 2
+    attention: bool = True
+    patch: int = 2
+    norm: str = "none"  # "group" | "none": GroupNorm costs ~40 % of a double-backprop step on CPU
+    dropout: float = 0.0
+    pool: str = "attention"  # how F is pooled into class logits: "attention" (as released) | "mean"
+    # Class-independent term added to every logit (see diffusion/energy.py): "none" = as released,
+    # "gaussian" = exact energy of Gaussian data, "denoiser" = that plus a learned denoiser residual.
+    energy_prior: str = "gaussian"
+    sigma_data: float = 0.5
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the network's output map: K logits (+ C denoiser channels)."""
+        return self.num_classes + (self.in_channels if self.energy_prior == "denoiser" else 0)
+
+    def validate(self) -> None:
+        _check(self.size in MODEL_SIZES or self.size == "custom", f"model.size '{self.size}' unknown (choose from {', '.join(MODEL_SIZES)})")
+        _check(self.in_channels >= 1 and self.num_classes >= 2, "model.in_channels >= 1 and model.num_classes >= 2 required")
+        _check(self.channels >= 4 and len(self.channel_mult) >= 1, "model.channels >= 4 and a non-empty model.channel_mult required")
+        _check(self.patch in (1, 2, 4), f"model.patch must be 1, 2 or 4, got {self.patch}")
+        _check(self.image_size % self.patch == 0, f"model.image_size {self.image_size} not divisible by model.patch {self.patch}")
+        _check(self.norm in ("group", "none"), f"model.norm must be 'group' or 'none', got '{self.norm}'")
+        _check(self.pool in ("attention", "mean"), f"model.pool must be 'attention' or 'mean', got '{self.pool}'")
+        _check(self.energy_prior in ENERGY_PRIORS, f"model.energy_prior must be one of {', '.join(ENERGY_PRIORS)}, got '{self.energy_prior}'")
+        _check(0 <= self.dropout < 1 and self.sigma_data > 0, "model.dropout in [0, 1) and model.sigma_data > 0 required")
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: str = "ldm-linear"
+    steps: int = 1000
+
+    def validate(self) -> None:
+        from .diffusion.schedule import SCHEDULES
+
+        _check(self.schedule in SCHEDULES, f"diffusion.schedule '{self.schedule}' unknown (choose from {', '.join(SCHEDULES)})")
+        _check(self.steps >= 2, f"diffusion.steps must be >= 2, got {self.steps}")
+
+
+@dataclass
+class LossConfig:
+    kind: str = "egc"  # "egc"; baselines ("classifier", "ddpm") arrive with the evaluation work
+    noisy_ce_weight: float = 0.005  # w in  mse + w * mean(sqrt(abar_t) * CE(x_t))
+    clean_ce_weight: float = 1.0
+    clean_fraction: float = 0.25  # share of the batch also used for the clean CE term
+    label_smoothing: float = 0.2
+
+    def validate(self) -> None:
+        _check(self.kind == "egc", f"loss.kind '{self.kind}' unknown (choose from egc)")
+        _check(self.noisy_ce_weight >= 0 and self.clean_ce_weight >= 0, "loss weights must be >= 0")
+        _check(0 <= self.clean_fraction <= 1, f"loss.clean_fraction must be in [0, 1], got {self.clean_fraction}")
+        _check(0 <= self.label_smoothing < 1, f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"  # "constant" | "cosine" (over the step budget, when one is set)
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    steps: int = 0  # 0 = no step budget
+    minutes: float = 0.0  # 0 = no time budget
+    seed: int = 0
+    precision: str = "bf16"  # "bf16" | "fp32"
+    channels_last: bool = False  # measured slower for this UNet on this CPU (BENCHMARKS.md)
+    threads: int = 0  # 0 = torch default
+    log_every: int = 20
+    ckpt_every: int = 500
+    ckpt_minutes: float = 10.0
+    keep_ckpts: int = 2
+    sample_n: int = 50  # grid at each checkpoint (class-balanced)
+    sample_steps: int = 50
+    guidance: float = 3.0
+
+    def validate(self) -> None:
+        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(self.lr_schedule in ("constant", "cosine"), f"train.lr_schedule must be constant or cosine, got '{self.lr_schedule}'")
+        _check(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        _check(self.steps >= 0 and self.minutes >= 0, "train.steps and train.minutes must be >= 0")
+        _check(self.precision in ("bf16", "fp32"), f"train.precision must be bf16 or fp32, got '{self.precision}'")
+        _check(self.grad_clip >= 0 and self.threads >= 0, "train.grad_clip and train.threads must be >= 0")
+        _check(self.ckpt_every >= 1 and self.keep_ckpts >= 1 and self.log_every >= 1, "train.ckpt_every, keep_ckpts, log_every must be >= 1")
+        _check(self.sample_n >= 0 and self.sample_steps >= 1, "train.sample_n >= 0 and train.sample_steps >= 1 required")
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-mnist"
+    root: str | None = None
+    flip: bool | None = None  # None = the data set's default
+
+    def validate(self) -> None:
+        _check(bool(self.name), "data.name must not be empty")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> "RunConfig":
+        for f in fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        cfg = cls()
+        _merge(cfg, d, "")
+        return cfg
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the type of the field's current value."""
+    if isinstance(current, bool) or current is None and isinstance(value, bool):
+        if isinstance(value, str):
+            low = value.lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            if low in ("none", "null") and current is None:
+                return None
+            raise ConfigError(f"{key}: expected true/false, got '{value}'")
+        return bool(value) if value is not None else None
+    if isinstance(current, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        try:
+            return tuple(int(v) for v in value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a list of integers, got '{value}'") from None
+    if isinstance(current, (int, float)) and not isinstance(current, bool):
+        try:
+            num = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got '{value}'") from None
+        if isinstance(current, int):
+            if num != int(num):
+                raise ConfigError(f"{key}: expected an integer, got '{value}'")
+            return int(num)
+        return num
+    if current is None and (value is None or str(value).lower() in ("none", "null")):
+        return None  # only optional fields (data.root, data.flip) accept a null
+    if value is None:
+        raise ConfigError(f"{key}: a value is required")
+    return str(value)
+
+
+def _merge(obj: Any, d: dict[str, Any], prefix: str) -> None:
+    if not isinstance(d, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or 'top'}' must be a mapping")
+    names = {f.name for f in fields(obj)}
+    for k, v in d.items():
+        key = prefix + k
+        if k not in names:
+            raise ConfigError(f"unknown config key '{key}'")
+        cur = getattr(obj, k)
+        if dataclasses.is_dataclass(cur):
+            _merge(cur, v, key + ".")
+        else:
+            setattr(obj, k, _coerce(v, cur, key))
+
+
+def apply_size(cfg: RunConfig, size: str) -> None:
+    """Fill the architecture fields of ``cfg.model`` from the named size."""
+    if size not in MODEL_SIZES:
+        raise ConfigError(f"model size '{size}' unknown (choose from {', '.join(MODEL_SIZES)})")
+    cfg.model.size = size
+    for k, v in MODEL_SIZES[size].items():
+        setattr(cfg.model, k, v)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """YAML file (optional) + ``key=value`` overrides -> validated RunConfig.
+
+    A ``model.size`` given anywhere first fills the architecture from MODEL_SIZES, so later explicit
+    architecture keys still win.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, val = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: '{part}' is not a section")
+        node[parts[-1]] = yaml.safe_load(val) if val.strip() else val
+    cfg = RunConfig()
+    size = (raw.get("model") or {}).get("size") if isinstance(raw.get("model"), dict) else None
+    if size is not None and size != "custom":
+        apply_size(cfg, str(size))
+    _merge(cfg, raw, "")
+    return cfg.validate()

@@ -1,0 +1,113 @@
+"""Samplers as pure functions over a noise predictor ``eps_fn(x [B, C, H, W], t [B] int64) -> eps``.
+
+Each takes the schedule's ``alphas_cumprod`` (float64 [T]) and a starting noise x_T, and returns x_0.
+None of them knows about EGC: the same code samples a plain eps-prediction model, an analytic
+Gaussian (tests), or the guided EGC energy gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+SAMPLERS = ("ddpm", "ddim", "dpm++2m")
+
+
+def timesteps(num_train_steps: int, n: int) -> list[int]:
+    """n distinct timesteps from T-1 down to 0, evenly spaced ("trailing" spacing: starts at T-1)."""
+    if not 1 <= n <= num_train_steps:
+        raise ValueError(f"sampling steps must be in [1, {num_train_steps}], got {n}")
+    grid = torch.linspace(num_train_steps - 1, 0, n).round().long().tolist()
+    return list(dict.fromkeys(grid))
+
+
+def logsnr_timesteps(alphas_cumprod: torch.Tensor, n: int) -> list[int]:
+    """n timesteps from T-1 down to 0 evenly spaced in log-SNR (what DPM-Solver recommends), each the
+    nearest integer timestep; duplicates (possible for large n) are dropped."""
+    lam = 0.5 * torch.log(alphas_cumprod / (1 - alphas_cumprod))  # increasing as t decreases
+    targets = torch.linspace(float(lam[-1]), float(lam[0]), n, dtype=torch.float64)
+    idx = (lam[None, :] - targets[:, None]).abs().argmin(dim=1).tolist()
+    idx[0], idx[-1] = alphas_cumprod.shape[0] - 1, 0
+    return list(dict.fromkeys(idx))
+
+
+def _x0_eps(x: torch.Tensor, eps: torch.Tensor, a: float, clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted x_0 from (x_t, eps) at abar = a; clipping to [-1, 1] re-derives a consistent eps."""
+    x0 = (x - (1 - a) ** 0.5 * eps) / a**0.5
+    if clip:
+        x0 = x0.clamp(-1, 1)
+        eps = (x - a**0.5 * x0) / (1 - a) ** 0.5
+    return x0, eps
+
+
+def _bar(iterable, progress: bool, desc: str):
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True) if progress else iterable
+
+
+def ddim(eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int, eta: float = 0.0, clip: bool = True,
+         gen: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+    """DDIM (Song et al. 2021, Eq. 12). eta = 0 is deterministic; eta = 1 is DDPM's posterior variance."""
+    ts = timesteps(alphas_cumprod.shape[0], steps)
+    for i in _bar(range(len(ts)), progress, "ddim" if eta == 0 else "ddpm"):
+        t = ts[i]
+        a = float(alphas_cumprod[t])
+        a_prev = float(alphas_cumprod[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+        x0, eps = _x0_eps(x, eps_fn(x, torch.full((x.shape[0],), t, dtype=torch.long)), a, clip)
+        sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5
+        x = a_prev**0.5 * x0 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
+        if sigma > 0:
+            x = x + sigma * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    return x
+
+
+def ddpm(eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int = 1000, clip: bool = True,
+         gen: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+    """Ancestral DDPM sampling (Ho et al. 2020) on an evenly respaced grid of ``steps`` timesteps.
+
+    On a respaced grid the ancestral step with the posterior variance beta_tilde is exactly DDIM with
+    eta = 1, so both share one update.
+    """
+    return ddim(eps_fn, x, alphas_cumprod, steps, eta=1.0, clip=clip, gen=gen, progress=progress)
+
+
+def dpmpp_2m(eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int = 20, clip: bool = True,
+             progress: bool = False, gen: torch.Generator | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): a multistep second-order solver of the diffusion ODE
+    in the data-prediction form, on a grid uniform in log-SNR."""
+    if not 1 <= steps <= alphas_cumprod.shape[0]:
+        raise ValueError(f"sampling steps must be in [1, {alphas_cumprod.shape[0]}], got {steps}")
+    ts = logsnr_timesteps(alphas_cumprod, steps)
+    x0_prev, h_prev = None, None
+    for i in _bar(range(len(ts)), progress, "dpm++2m"):
+        t = ts[i]
+        a = float(alphas_cumprod[t])
+        x0, _ = _x0_eps(x, eps_fn(x, torch.full((x.shape[0],), t, dtype=torch.long)), a, clip)
+        if i + 1 == len(ts):
+            return x0
+        a_next = float(alphas_cumprod[ts[i + 1]])
+        lam = 0.5 * torch.log(torch.tensor(a / (1 - a))).item()
+        lam_next = 0.5 * torch.log(torch.tensor(a_next / (1 - a_next))).item()
+        h = lam_next - lam
+        d = x0
+        if x0_prev is not None:
+            r = h_prev / h
+            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+        s_ratio = ((1 - a_next) / (1 - a)) ** 0.5
+        x = s_ratio * x - a_next**0.5 * (torch.exp(torch.tensor(-h)).item() - 1) * d
+        x0_prev, h_prev = x0, h
+    return x
+
+
+def run_sampler(name: str, eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int, eta: float = 0.0,
+                clip: bool = True, gen: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+    """Dispatch by name ("ddpm", "ddim", "dpm++2m")."""
+    if name == "ddpm":
+        return ddpm(eps_fn, x, alphas_cumprod, steps, clip=clip, gen=gen, progress=progress)
+    if name == "ddim":
+        return ddim(eps_fn, x, alphas_cumprod, steps, eta=eta, clip=clip, gen=gen, progress=progress)
+    if name == "dpm++2m":
+        return dpmpp_2m(eps_fn, x, alphas_cumprod, steps, clip=clip, progress=progress)
+    raise ValueError(f"unknown sampler '{name}' (choose from {', '.join(SAMPLERS)})")

@@ -1,0 +1,31 @@
+"""Evaluation: an independent judge network and sample-quality metrics in its feature space.
+
+Metric names always carry the judge's name (``fd_fashioncnn``, ``kid_fashioncnn``, ...): a
+Frechet distance in one network's feature space is not comparable to one in another's.
+"""
+
+from egc.eval.features import FeatureCNN, load_feature_net, save_feature_net
+from egc.eval.fid import (
+    extract_features,
+    frechet_distance,
+    gaussian_stats,
+    kid,
+    metric_name,
+    precision_recall,
+)
+from egc.eval.judge import Judge, judge_samples, load_judge
+
+__all__ = [
+    "FeatureCNN",
+    "Judge",
+    "extract_features",
+    "frechet_distance",
+    "gaussian_stats",
+    "judge_samples",
+    "kid",
+    "load_feature_net",
+    "load_judge",
+    "metric_name",
+    "precision_recall",
+    "save_feature_net",
+]

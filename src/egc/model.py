@@ -1,0 +1,144 @@
+"""The inference-side EGC model: load a checkpoint, then classify, score, and sample.
+
+    >>> from egc import EGC
+    >>> m = EGC.load("zoo:fashion-mnist")
+    >>> probs = m.predict_proba(x)            # x float [B, C, H, W] in [-1, 1]
+    >>> imgs, labels = m.sample(20, class_balanced=True, steps=50)
+
+Nothing here imports training code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from .checkpoint import Checkpoint, load_checkpoint
+from .config import RunConfig
+from .diffusion import energy as en
+from .diffusion.samplers import SAMPLERS, run_sampler
+from .diffusion.schedule import Schedule
+from .errors import CheckpointError, EgcError
+from .nets import build_net
+
+
+class EGC:
+    """An EGC network with its config and noise schedule, ready for inference."""
+
+    def __init__(self, net: torch.nn.Module, config: RunConfig, class_names: list[str] | None = None, precision: str = "bf16") -> None:
+        self.net = net.eval()
+        self.config = config
+        self.schedule = Schedule.make(config.diffusion.schedule, config.diffusion.steps)
+        k = config.model.num_classes
+        self.class_names = class_names if class_names and len(class_names) == k else [str(i) for i in range(k)]
+        self.precision = precision
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint, precision: str = "bf16") -> "EGC":
+        net = build_net(ckpt.config.model)
+        weights = ckpt.inference_weights()
+        try:
+            net.load_state_dict(weights)
+        except RuntimeError as e:
+            raise CheckpointError(f"{ckpt.path}: weights do not fit the model its config describes ({str(e).splitlines()[0][:100]})") from None
+        return cls(net, ckpt.config, ckpt.meta.get("class_names"), precision)
+
+    @classmethod
+    def load(cls, spec: str | Path, precision: str = "bf16") -> "EGC":
+        """From ``zoo:NAME``, a run folder (newest checkpoint) or a checkpoint file."""
+        return cls.from_checkpoint(load_checkpoint(spec), precision)
+
+    # ---- shapes and precision -------------------------------------------------------------
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        m = self.config.model
+        return (m.in_channels, m.image_size, m.image_size)
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise EgcError(f"input of shape {tuple(x.shape)} does not match the model's [B, {', '.join(map(str, self.image_shape))}]")
+
+    def _t(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.long)
+        return t.expand(x.shape[0]).clone() if t.dim() == 0 else t
+
+    # ---- forward direction: classification and energy -------------------------------------
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, t: int | torch.Tensor = 0) -> torch.Tensor:
+        """Classifier logits [B, K] for x [B, C, H, W] in [-1, 1] at timestep t (0 = clean)."""
+        self.check_input(x)
+        with self._autocast():
+            return en.classify(self.net, self.config.model, x, self._t(x, t)).float()
+
+    def predict_proba(self, x: torch.Tensor, t: int | torch.Tensor = 0) -> torch.Tensor:
+        return torch.softmax(self.logits(x, t), dim=1)
+
+    @torch.no_grad()
+    def energy(self, x: torch.Tensor, t: int | torch.Tensor = 0) -> torch.Tensor:
+        """E(x, t) [B]: lower means more likely under the model (log p(x) = -E + const)."""
+        self.check_input(x)
+        tt = self._t(x, t)
+        with self._autocast():
+            e, _ = en.energy_and_logits(self.net, self.config.model, x, tt, self.schedule.abar(tt))
+        return e.float()
+
+    # ---- backward direction: score and sampling --------------------------------------------
+    def eps(self, x: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None = None, guidance: float = 0.0) -> torch.Tensor:
+        """Noise prediction [B, C, H, W] = grad_x E (plus the classifier term for labels y)."""
+        tt = self._t(x, t)
+        with self._autocast():
+            return en.guided_eps(self.net, self.config.model, x, tt, self.schedule.abar(tt), y, guidance).float()
+
+    def score(self, x: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None = None, guidance: float = 1.0) -> torch.Tensor:
+        """grad_x log p_t(x) (or of log p_t(x | y) with labels y) = -eps / sqrt(1 - abar_t)."""
+        tt = self._t(x, t)
+        return -self.eps(x, tt, y, guidance) / (1 - self.schedule.abar(tt)).sqrt().view(-1, 1, 1, 1)
+
+    def sample(self, n: int, labels: torch.Tensor | list[int] | None = None, class_balanced: bool = False, sampler: str = "ddim",
+               steps: int = 100, guidance: float = 3.0, eta: float = 0.0, seed: int = 0, batch_size: int = 250,
+               progress: bool = False, clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw n images. Returns (images float [n, C, H, W] in [-1, 1], labels int64 [n], -1 = unconditional).
+
+        ``class_balanced`` asks for n/K of each class (n rounded down to a multiple of K is an error
+        avoided by cycling classes); ``labels`` gives them explicitly; neither means unconditional.
+        """
+        k = self.config.model.num_classes
+        if sampler not in SAMPLERS:
+            raise EgcError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
+        if n < 1:
+            raise EgcError(f"number of samples must be >= 1, got {n}")
+        if not 1 <= steps <= self.schedule.num_steps:
+            raise EgcError(f"--steps must be in [1, {self.schedule.num_steps}], got {steps}")
+        if labels is not None:
+            y = torch.as_tensor(labels, dtype=torch.long).flatten()
+            if y.numel() == 1 and n > 1:
+                y = y.expand(n).clone()
+            if y.numel() != n:
+                raise EgcError(f"got {y.numel()} labels for {n} samples")
+            bad = y[(y < 0) | (y >= k)]
+            if bad.numel():
+                raise EgcError(f"class id {int(bad[0])} out of range: this model has classes 0..{k - 1}")
+        elif class_balanced:
+            y = torch.arange(n) % k
+            y = y.sort(stable=True).values if n % k == 0 else y
+        else:
+            y = None
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn((n, *self.image_shape), generator=gen)
+        out = []
+        for i in range(0, n, batch_size):
+            yb = None if y is None else y[i:i + batch_size]
+            fn = lambda x, t, yb=yb: self.eps(x, t, yb, guidance)  # noqa: E731
+            out.append(run_sampler(sampler, fn, noise[i:i + batch_size], self.schedule.alphas_cumprod, steps, eta=eta,
+                                   clip=clip, gen=gen, progress=progress))
+        labels_out = y if y is not None else torch.full((n,), -1, dtype=torch.long)
+        return torch.cat(out).clamp(-1, 1), labels_out

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny data sets written to disk and a tiny config, so every test is CPU-fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)  # tests are tiny; one thread keeps them deterministic and leaves a core free
+
+
+def make_npz(path: Path, n: int = 48, size: int = 8, classes: int = 3, seed: int = 0) -> Path:
+    """Class k = a bright square in a class-specific corner plus noise: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    imgs = rng.integers(0, 40, size=(n, size, size, 1)).astype(np.uint8)
+    h = size // 2
+    for i, k in enumerate(labels):
+        r, c = divmod(int(k), 2)
+        imgs[i, r * h:(r + 1) * h, c * h:(c + 1) * h] = 220
+    np.savez(path, images=imgs, labels=labels.astype(np.int64), class_names=np.array([f"c{k}" for k in range(classes)]))
+    return path
+
+
+@pytest.fixture
+def tiny_npz(tmp_path: Path) -> Path:
+    return make_npz(tmp_path / "tiny.npz")
+
+
+TINY = ["model.size=tiny", "train.batch_size=8", "train.sample_n=3", "train.sample_steps=2", "train.log_every=1",
+        "train.warmup_steps=0", "train.ema_decay=0.9", "train.threads=1"]
+
+
+@pytest.fixture
+def tiny_overrides(tiny_npz: Path) -> list[str]:
+    return TINY + [f"data.name=npz:{tiny_npz}"]

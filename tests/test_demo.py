@@ -1,0 +1,29 @@
+"""`egc demo` end to end on a tiny 28x28 model (the shipped model is exercised by scripts/demo.sh)."""
+
+from __future__ import annotations
+
+import json
+
+from egc.checkpoint import ZOO_DIR
+from egc.cli import main
+
+from .conftest import TINY, make_npz
+
+
+def test_demo_writes_pngs_and_summary(tmp_path, capsys):
+    data = make_npz(tmp_path / "fm.npz", n=20, size=28, classes=10)
+    run = tmp_path / "run"
+    args = ["train", "--out", str(run), "--data", f"npz:{data}", "--steps", "1", "--quiet"]
+    for s in TINY:
+        args += ["--set", s]
+    assert main(args) == 0
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--checkpoint", str(run), "--quick"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classified"]["images"] == 20 and summary["samples"]["n"] == 20
+    assert (out / "classified.png").stat().st_size > 0 and (out / "samples.png").stat().st_size > 0
+
+
+def test_shipped_zoo_files_present():
+    assert (ZOO_DIR / "fashion-mnist-examples.npz").is_file()
+    assert (ZOO_DIR / "fashioncnn.safetensors").is_file()

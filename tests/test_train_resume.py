@@ -1,0 +1,71 @@
+"""Training loop: checkpoints reload exactly, and an interrupted + resumed run equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from egc import EGC
+from egc.checkpoint import load_checkpoint, save_checkpoint
+from egc.config import load_config
+from egc.errors import CheckpointError
+from egc.train.loop import train
+
+
+def _losses(run: Path) -> list[float]:
+    with open(run / "log.csv") as f:
+        return [float(r["total"]) for r in csv.DictReader(f) if r.get("total")]
+
+
+def test_resumed_run_continues_the_same_loss_curve(tmp_path, tiny_overrides):
+    full = train(load_config(None, tiny_overrides + ["train.steps=8"]), tmp_path / "full", quiet=True)
+    train(load_config(None, tiny_overrides + ["train.steps=8"]), tmp_path / "part", quiet=True, stop_at_step=3)
+    train(load_config(None, tiny_overrides + ["train.steps=8"]), tmp_path / "part", resume=True, quiet=True)
+    assert _losses(tmp_path / "full") == _losses(tmp_path / "part")
+    a = load_checkpoint(full["checkpoint"])
+    b = load_checkpoint(tmp_path / "part")
+    assert a.step == b.step == 8
+    for k, v in a.group("model").items():
+        assert torch.equal(v, b.group("model")[k]), k
+    for k, v in a.group("ema").items():
+        assert torch.equal(v, b.group("ema")[k]), k
+
+
+def test_checkpoint_reloads_to_identical_outputs(tmp_path, tiny_overrides):
+    s = train(load_config(None, tiny_overrides + ["train.steps=2"]), tmp_path / "r", quiet=True)
+    ck = load_checkpoint(s["checkpoint"])
+    assert ck.config.model.size == "tiny" and ck.meta["class_names"] == ["c0", "c1", "c2"]
+    m1, m2 = EGC.from_checkpoint(ck, "fp32"), EGC.load(s["checkpoint"], "fp32")
+    x = torch.rand(4, 1, 8, 8) * 2 - 1
+    assert torch.equal(m1.logits(x), m2.logits(x))
+    assert torch.equal(m1.energy(x, 10), m2.energy(x, 10))
+    assert torch.equal(m1.eps(x, 100), m2.eps(x, 100))
+    # The run folder records the resolved config and a grid per checkpoint.
+    assert (tmp_path / "r" / "config.yaml").is_file() and list((tmp_path / "r" / "samples").glob("*.png"))
+
+
+def test_checkpoint_refuses_nan_weights_and_foreign_files(tmp_path):
+    cfg = load_config(None, ["model.size=tiny"])
+    with pytest.raises(CheckpointError, match="NaN"):
+        save_checkpoint(tmp_path / "bad.safetensors", cfg, 1, {"model": {"w": torch.tensor([float("nan")])}})
+    assert not list(tmp_path.iterdir())  # nothing half-written left behind
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="junk.safetensors"):
+        load_checkpoint(junk)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(CheckpointError, match="not an egc checkpoint"):
+        load_checkpoint(tmp_path / "foreign.safetensors")
+
+
+def test_wrong_architecture_is_reported(tmp_path, tiny_overrides):
+    s = train(load_config(None, tiny_overrides + ["train.steps=1"]), tmp_path / "r", quiet=True)
+    ck = load_checkpoint(s["checkpoint"])
+    ck.config.model.channels = 16  # the config now describes another size than the weights
+    with pytest.raises(CheckpointError, match="do not fit"):
+        EGC.from_checkpoint(ck)
