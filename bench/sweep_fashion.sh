@@ -14,10 +14,11 @@ run() {
   $PY bench/quick_eval.py "$OUT/$name" --n 300 --steps 50 --guidance 3 | sed "s/^{/{\"variant\": \"$name\", \"train_steps\": $STEPS, /" >> "$OUT/results.jsonl"
   touch "$OUT/$name.done"
 }
+# Round 1 (clean CE at t = 0, before the clean-time token):
 run default
 run prior-none --set model.energy_prior=none
 run wnoisy-0.05 --set loss.noisy_ce_weight=0.05
-run cosine --set diffusion.schedule=cosine
+# Round 2 (clean CE with its own time token):
 run wnoisy-0.5 --set loss.noisy_ce_weight=0.5
-run wnoisy-0.5 --set loss.noisy_ce_weight=0.5
-run denoiser --set model.energy_prior=denoiser
+run denoiser-w0.5 --set model.energy_prior=denoiser --set loss.noisy_ce_weight=0.5
+run cosine-w0.5 --set diffusion.schedule=cosine --set loss.noisy_ce_weight=0.5

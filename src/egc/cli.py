@@ -50,7 +50,12 @@ def cmd_train(a: argparse.Namespace) -> int:
                       (a.threads, "train.threads")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
-    cfg = load_config(a.config, overrides)
+    base = a.config
+    if a.resume and base is None:
+        # Resuming without --config continues the run's own resolved config; flags still override it.
+        saved = Path(a.out) / "config.yaml"
+        base = saved if saved.is_file() else None
+    cfg = load_config(base, overrides)
     summary = train(cfg, a.out, resume=a.resume, quiet=a.quiet)
     print(json.dumps(summary))
     return 0

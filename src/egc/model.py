@@ -73,13 +73,13 @@ class EGC:
 
     # ---- forward direction: classification and energy -------------------------------------
     @torch.no_grad()
-    def logits(self, x: torch.Tensor, t: int | torch.Tensor = 0) -> torch.Tensor:
-        """Classifier logits [B, K] for x [B, C, H, W] in [-1, 1] at timestep t (0 = clean)."""
+    def logits(self, x: torch.Tensor, t: int | torch.Tensor = en.CLEAN_T) -> torch.Tensor:
+        """Classifier logits [B, K] for x [B, C, H, W] in [-1, 1] at timestep t (CLEAN_T = -1: clean image)."""
         self.check_input(x)
         with self._autocast():
             return en.classify(self.net, self.config.model, x, self._t(x, t)).float()
 
-    def predict_proba(self, x: torch.Tensor, t: int | torch.Tensor = 0) -> torch.Tensor:
+    def predict_proba(self, x: torch.Tensor, t: int | torch.Tensor = en.CLEAN_T) -> torch.Tensor:
         return torch.softmax(self.logits(x, t), dim=1)
 
     @torch.no_grad()

@@ -93,10 +93,13 @@ def energy_and_logits(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torc
     return energy, pool_logits(logit_map, cfg.pool)
 
 
+CLEAN_T = -1  # the time input that marks a clean image (see nets/unet.py)
+
+
 def classify(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-    """Classifier logits [B, K] (no input gradient needed). t defaults to 0 (clean input)."""
+    """Classifier logits [B, K] (no input gradient needed). t defaults to CLEAN_T (clean input)."""
     if t is None:
-        t = torch.zeros(x.shape[0], device=x.device)
+        t = torch.full((x.shape[0],), CLEAN_T, device=x.device)
     return pool_logits(_wide(net(x, t))[:, : cfg.num_classes], cfg.pool)
 
 

@@ -95,6 +95,10 @@ class EnergyUNet(nn.Module):
         ch, p = cfg.channels, cfg.patch
         temb = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, temb), nn.SiLU(), nn.Linear(temb, temb))
+        # t < 0 means "clean input": the clean-image classification loss gets its own learned time
+        # input instead of t = 0, because training the t = 0 logit map for clean classification
+        # pulls its energy gradient (the eps prediction at the last sampling steps) far off.
+        self.clean_token = nn.Parameter(torch.randn(ch) * 0.5)
         self.stem = nn.Conv2d(cfg.in_channels * p * p, ch, 3, padding=1)
         widths = [ch * m for m in cfg.channel_mult]
         self.down = nn.ModuleList()
@@ -125,12 +129,14 @@ class EnergyUNet(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x [B, C, H, W] in model range, t [B] timesteps (float or int) -> F [B, K, H, W]."""
+        """x [B, C, H, W] in model range, t [B] timesteps (float or int; < 0 = clean) -> F [B, K(+C), H, W]."""
         p = self.cfg.patch
         size = x.shape[-2:]
         if p > 1:
             x = tfn.pixel_unshuffle(x, p)
-        emb = self.time_mlp(timestep_embedding(t, self.cfg.channels).to(self.stem.weight.dtype))
+        temb = timestep_embedding(t.clamp(min=0), self.cfg.channels)
+        temb = torch.where((t < 0)[:, None], self.clean_token[None].to(temb.dtype), temb)
+        emb = self.time_mlp(temb.to(self.stem.weight.dtype))
         h = self.stem(x)
         hs = [h]
         for m in self.down:

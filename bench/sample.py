@@ -1,0 +1,51 @@
+"""Sampler benchmark on a trained model: seconds per image and the independent judge's verdict
+(conditional accuracy, Frechet distance in its features) against the number of network evaluations.
+
+    python bench/sample.py zoo:fashion-mnist [--n 500] [--guidance 3] [--configs ddpm:1000,ddpm:250,ddim:100,ddim:50,ddim:20,dpm++2m:20,dpm++2m:10]
+
+Prints one JSON line per sampler configuration, then a summary line. Frechet distances are in the
+features of the judge named in the key (for example fd_fashioncnn), not Inception features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from egc import EGC
+from egc.data import load_dataset, to_model_range
+from egc.eval.judge import judge_samples, load_judge
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("checkpoint")
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--configs", default="ddpm:1000,ddpm:250,ddim:100,ddim:50,ddim:20,dpm++2m:20,dpm++2m:10")
+    p.add_argument("--judge", default="zoo:fashioncnn")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    m = EGC.load(a.checkpoint)
+    test = to_model_range(load_dataset(m.config.data.name, "test", m.config.data.root).images)
+    judge = load_judge(a.judge)
+    rows = []
+    for item in a.configs.split(","):
+        sampler, steps = item.split(":")
+        t0 = time.time()
+        imgs, labels = m.sample(a.n, class_balanced=True, sampler=sampler, steps=int(steps), guidance=a.guidance, seed=a.seed)
+        dt = time.time() - t0
+        row = {"benchmark": "sample", "sampler": sampler, "steps": int(steps), "nfe": int(steps), "guidance": a.guidance, "n": a.n,
+               "s_per_image": dt / a.n, **judge_samples(judge, imgs, labels, test, kid_subsets=50, kid_subset_size=min(a.n, 500))}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(json.dumps({"benchmark": "sample_summary", "checkpoint": a.checkpoint, "rows": len(rows)}))
+
+
+if __name__ == "__main__":
+    main()

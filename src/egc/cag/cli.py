@@ -1,0 +1,155 @@
+"""The ``egc cag`` subcommand: generate a grid of images of one class from a fixed classifier.
+
+Wired into the main parser by ``add_cag_parser(sub)`` (``sub`` = the ``add_subparsers`` object of
+``egc.cli.build_parser``); it sets ``fn=cmd_cag``, which returns the exit code and raises EgcError
+for every user-facing problem (the main CLI prints it as one line).
+
+    egc cag --classifier efficientnet-lite0 --target goldfish --n 8 --size 128 --out goldfish.png
+    egc cag --classifier zoo:fashion-mnist --target 7 --n 10 --out sneakers.png --no-mask
+    egc cag --classifier clip:ViT-B-32:/path/open_clip.bin --target "a red apple" --out apple.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import EgcError
+
+
+def _pos_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{s}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonneg_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{s}'") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s}")
+    return v
+
+
+def _int_list(s: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in s.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{s}'") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got '{s}'")
+    return vals
+
+
+def add_cag_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``cag`` subcommand to an argparse subparsers object; returns its parser."""
+    from .masks import MASK_FAMILIES, MASK_FILLS
+
+    p = subparsers.add_parser("cag", help="generate images of a class from a fixed classifier (classifier as generator)",
+                              description="Optimise images so that a fixed classifier sees the target class (CaG). "
+                                          "Each part (mask, progressive resolution, diversity, distribution prior) can be switched off.")
+    p.add_argument("--classifier", required=True,
+                   help="efficientnet-lite0|1|2, egc:SPEC or zoo:NAME (an EGC checkpoint's classifier head), "
+                        "clip:ARCH:WEIGHTS (open_clip, local file), package.module:callable, or a TorchScript .pt file")
+    p.add_argument("--target", required=True, help="class name or index (for clip:..., the text prompt)")
+    p.add_argument("--n", type=_pos_int, default=8, help="number of images")
+    p.add_argument("--size", type=_pos_int, help="final image size (default: the classifier's fixed or preferred size, at most 128)")
+    p.add_argument("--out", default="cag.png", help="grid PNG path")
+    p.add_argument("--npz", help="also write images (uint8 [N,H,W,C]) and labels (int64 [N]) here")
+    p.add_argument("--steps", type=_int_list, help="steps per stage: one number, or one per stage (default 100)")
+    p.add_argument("--stages", type=_int_list, help="stage sizes ending at --size (default: halving down to 32)")
+    p.add_argument("--lr", type=_nonneg_float, help="Adam step size on the image logits (default 0.05)")
+    p.add_argument("--batch-size", type=_pos_int, help="images optimised together (the diversity loss acts within a batch)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mask-family", choices=MASK_FAMILIES, help="random mask shape (default patches; provisional)")
+    p.add_argument("--mask-ratio", type=_nonneg_float, help="share of pixels hidden, in [0, 1) (default 0.3; provisional)")
+    p.add_argument("--mask-fill", choices=MASK_FILLS, help="what hidden pixels show (default noise; provisional)")
+    p.add_argument("--div-weight", type=_nonneg_float, help="weight of the diversity loss")
+    p.add_argument("--bn-weight", type=_nonneg_float, help="weight of the batch-norm statistics prior")
+    p.add_argument("--tv-weight", type=_nonneg_float, help="weight of the total-variation prior")
+    p.add_argument("--jitter", type=int, help="largest random shift in pixels per step (0 = off)")
+    p.add_argument("--no-mask", action="store_true", help="switch off the random masks")
+    p.add_argument("--no-progressive", action="store_true", help="optimise at the final size only (same total steps)")
+    p.add_argument("--no-div", action="store_true", help="switch off the diversity loss")
+    p.add_argument("--no-dist", action="store_true", help="switch off the distribution prior (batch-norm statistics)")
+    p.add_argument("--plain", action="store_true", help="plain gradient ascent: every part off")
+    p.add_argument("--scale", type=_pos_int, default=1, help="upscale the grid for viewing")
+    p.add_argument("--threads", type=_pos_int)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_cag)
+    return p
+
+
+def _config(a: argparse.Namespace, size: int) -> Any:
+    from .generate import PARTS, CaGConfig, without
+
+    cfg = CaGConfig(size=size, seed=a.seed)
+    over: dict[str, Any] = {}
+    if a.steps is not None:
+        over["steps"] = a.steps[0] if len(a.steps) == 1 else a.steps
+    for flag, key in ((a.stages, "stages"), (a.lr, "lr"), (a.batch_size, "batch"), (a.mask_family, "mask_family"),
+                      (a.mask_ratio, "mask_ratio"), (a.mask_fill, "mask_fill"), (a.div_weight, "div_weight"),
+                      (a.bn_weight, "bn_weight"), (a.tv_weight, "tv_weight"), (a.jitter, "jitter")):
+        if flag is not None:
+            over[key] = flag
+    cfg = CaGConfig(**{**cfg.to_dict(), **over})
+    if cfg.jitter >= size:  # a small image keeps the default jitter only if it fits
+        cfg.jitter = max(0, size // 8)
+    off = [part for part, flag in (("mask", a.no_mask), ("progressive", a.no_progressive), ("div", a.no_div), ("dist", a.no_dist)) if flag]
+    if a.plain:
+        off = list(PARTS)
+    return without(cfg, *off).validate()
+
+
+def cmd_cag(a: argparse.Namespace) -> int:
+    """Run ``egc cag``: write the grid (and npz), print one JSON line; 0 on success."""
+    import numpy as np
+    import torch
+
+    from ..imageio import atomic_write_bytes, save_grid
+    from .adapters import load_classifier, resolve_class
+    from .generate import generate
+    from .text import prompt_classes
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.npz and Path(a.npz).suffix != ".npz":
+        raise EgcError(f"--npz path must end in .npz, got {a.npz}")
+    if Path(a.out).suffix.lower() != ".png":
+        raise EgcError(f"--out must be a .png path, got {a.out}")
+    is_text = a.classifier.strip().lower().startswith("clip:")
+    clf = load_classifier(a.classifier, prompts=prompt_classes(a.target) if is_text else None)
+    target = 0 if is_text else resolve_class(clf, a.target)
+    size = a.size or clf.input_size or min(128, clf.preferred_size)
+    cfg = _config(a, size)
+    t0 = time.perf_counter()
+    imgs = generate(clf, target, a.n, cfg, progress=not a.quiet)  # [n, C, S, S] in [0, 1]
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        probs = torch.softmax(clf(imgs).float(), dim=1)  # the generating classifier's own view, clean images
+    u8 = (imgs * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # [n, S, S, C]
+    save_grid(u8, a.out, scale=a.scale)
+    if a.npz:
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, images=u8.numpy(), labels=np.full(a.n, target, dtype=np.int64))
+        atomic_write_bytes(Path(a.npz), buf.getvalue())
+    print(json.dumps({
+        "out": str(a.out), "npz": a.npz, "classifier": clf.name, "target": clf.class_names[target], "target_index": target,
+        "n": a.n, "size": size, "plan": cfg.plan(), "seconds": round(seconds, 2), "seconds_per_image": round(seconds / a.n, 3),
+        "self_target_prob": round(float(probs[:, target].mean()), 4),
+        "self_top1": round(float((probs.argmax(dim=1) == target).float().mean()), 4),
+        "parts_off": [k for k, v in (("mask", not cfg.mask), ("progressive", not cfg.progressive), ("div", cfg.div_weight == 0),
+                                     ("dist", cfg.dist_weight == 0 and cfg.bn_weight == 0)) if v],
+    }))
+    return 0

@@ -1,0 +1,253 @@
+"""CaG: generate images of a class by optimising the input of a fixed classifier (papers.md, sec. 2).
+
+One loop, every part switchable by :class:`CaGConfig`::
+
+    z  (unconstrained, [b, C, s, s] at the stage size s)      x = sigmoid(z) in (0, 1)
+    x_S  = resize(x, S)                        progressive resolution (schedule.py)
+    x_j  = roll(x_S, random shift <= jitter)   translation jitter (DeepDream-style)
+    x_m  = apply_mask(x_j, random_mask(...))   mask-based stochastic reconstruction g (masks.py)
+    L    = L_cls(f(x_m), c) + w_div L_div(h(x_m)) + w_dist L_dist(h(x_m); mu_c, sigma_c)
+           + w_bn L_bn + w_tv TV(x)            (losses.py)
+    z   <- Adam step on dL/dz                  (the gradient through egc.diffusion.energy.input_grad)
+
+``plain_gradient_ascent`` is the same loop with every part off (one stage at S, no mask, no jitter,
+no priors): the adversarial-noise baseline the paper starts from.
+
+The defaults below are PROVISIONAL (not yet measured): ``bench/cag.py`` is the measurement that is
+to settle the mask family / ratio / fill and the loss weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..diffusion.energy import input_grad
+from ..errors import ConfigError, EgcError
+from .adapters import logits_and_features
+from .losses import CLASS_LOSSES, BNStatsRecorder, batchnorm_layers, class_loss, distribution_loss, diversity_loss, total_variation
+from .masks import MASK_FAMILIES, MASK_FILLS, apply_mask, random_mask
+from .schedule import resize, resolution_schedule, to_image, upsample_param
+
+#: The parts that can be switched off one at a time (the ablation in bench/cag.py).
+PARTS: tuple[str, ...] = ("mask", "progressive", "div", "dist", "jitter", "tv")
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+
+
+@dataclass
+class CaGConfig:
+    """Everything the CaG loop does. Defaults are provisional (see the module docstring).
+
+    ``steps`` counts steps *per stage* (an int, or one per stage); with ``progressive`` off the
+    single stage gets their sum, so ablations spend the same budget. ``stages`` None means sizes
+    halving from ``size`` down to 32 (128 -> 32, 64, 128). ``dist_weight`` needs per-class feature
+    statistics (``real_stats`` of :func:`generate`); without them the term is inactive and
+    ``bn_weight`` (the DeepInversion batch-norm prior, the data-free stand-in) is the distribution
+    prior. ``jitter`` is the largest random shift in pixels at the final size.
+    """
+
+    size: int = 128
+    steps: int | tuple[int, ...] = 100
+    stages: tuple[int, ...] | None = None
+    progressive: bool = True
+    upsample: str = "bicubic"
+    lr: float = 0.05
+    optimizer: str = "adam"
+    cls_loss: str = "ce"
+    mask: bool = True
+    mask_family: str = "patches"
+    mask_ratio: float = 0.3
+    mask_fill: str = "noise"
+    mask_patch: int | None = None
+    div_weight: float = 0.1
+    dist_weight: float = 1.0
+    bn_weight: float = 0.05
+    tv_weight: float = 0.0
+    jitter: int = 4
+    init_std: float = 0.1
+    seed: int = 0
+    batch: int = 8
+
+    def validate(self) -> "CaGConfig":
+        """Raise ConfigError (an EgcError) naming the bad field; returns self for chaining."""
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(msg)
+
+        need(self.size >= 8, f"cag size must be >= 8, got {self.size}")
+        need(self.lr > 0, f"cag lr must be > 0, got {self.lr}")
+        need(self.optimizer in OPTIMIZERS, f"cag optimizer '{self.optimizer}' unknown (choose from {', '.join(OPTIMIZERS)})")
+        need(self.cls_loss in CLASS_LOSSES, f"cag class loss '{self.cls_loss}' unknown (choose from {', '.join(CLASS_LOSSES)})")
+        need(self.mask_family in MASK_FAMILIES, f"mask family '{self.mask_family}' unknown (choose from {', '.join(MASK_FAMILIES)})")
+        need(self.mask_fill in MASK_FILLS, f"mask fill '{self.mask_fill}' unknown (choose from {', '.join(MASK_FILLS)})")
+        need(0 <= self.mask_ratio < 1, f"mask ratio must be in [0, 1), got {self.mask_ratio}")
+        need(self.mask_patch is None or self.mask_patch >= 1, f"mask patch must be >= 1, got {self.mask_patch}")
+        need(self.upsample in ("bilinear", "bicubic"), f"upsample must be 'bilinear' or 'bicubic', got '{self.upsample}'")
+        for k in ("div_weight", "dist_weight", "bn_weight", "tv_weight", "init_std"):
+            need(getattr(self, k) >= 0, f"cag {k} must be >= 0, got {getattr(self, k)}")
+        need(0 <= self.jitter < self.size, f"jitter must be in [0, size), got {self.jitter}")
+        need(self.batch >= 1, f"cag batch must be >= 1, got {self.batch}")
+        self.plan()  # stage / step errors
+        return self
+
+    def plan(self) -> list[tuple[int, int]]:
+        """The (stage size, steps) list this config runs."""
+        steps = self.steps if isinstance(self.steps, int) else tuple(self.steps)
+        return resolution_schedule(self.size, self.stages, steps, self.progressive)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def without(cfg: CaGConfig, *parts: str) -> CaGConfig:
+    """A copy of ``cfg`` with the named parts (from PARTS) switched off."""
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        raise ConfigError(f"unknown CaG part(s) {', '.join(bad)} (choose from {', '.join(PARTS)})")
+    off: dict[str, Any] = {}
+    for p in parts:
+        if p == "mask":
+            off["mask"] = False
+        elif p == "progressive":
+            off["progressive"] = False
+        elif p == "div":
+            off["div_weight"] = 0.0
+        elif p == "dist":  # both forms of the distribution prior: real statistics and batch norm
+            off["dist_weight"] = 0.0
+            off["bn_weight"] = 0.0
+        elif p == "jitter":
+            off["jitter"] = 0
+        elif p == "tv":
+            off["tv_weight"] = 0.0
+    return replace(cfg, **off)
+
+
+def plain_config(cfg: CaGConfig | None = None) -> CaGConfig:
+    """``cfg`` with every part off: plain gradient ascent on the class loss, same budget."""
+    return without(cfg or CaGConfig(), *PARTS)
+
+
+def _check_target(classifier: Any, target: int) -> None:
+    k = len(classifier.class_names)
+    if not isinstance(target, int) or not 0 <= target < k:
+        raise EgcError(f"target class {target!r} out of range: classifier {classifier.name} has classes 0..{k - 1}")
+
+
+def _check_size(classifier: Any, cfg: CaGConfig) -> None:
+    need = getattr(classifier, "input_size", None)
+    if need is not None and cfg.size != need:
+        raise EgcError(f"classifier {classifier.name} takes {need}x{need} images; size {cfg.size} does not fit")
+
+
+def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_stats: tuple[torch.Tensor, torch.Tensor] | None,
+                    gen: torch.Generator, bar: tqdm, recorder: BNStatsRecorder | None, device: torch.device) -> torch.Tensor:
+    """b images [b, C, S, S] in [0, 1] of class ``target`` (one batch of :func:`generate`)."""
+    plan = cfg.plan()
+    c, size_final = int(classifier.channels), cfg.size
+    kind = "logit" if len(classifier.class_names) == 1 else cfg.cls_loss  # CE is flat for K = 1
+    # Start near mid-grey with a little seeded noise: the samples of a batch must differ, or the
+    # diversity loss has no direction to push them in.
+    z = (torch.randn(b, c, plan[0][0], plan[0][0], generator=gen) * cfg.init_std).to(device)
+    for stage, (s, steps) in enumerate(plan):
+        if stage > 0:
+            z = upsample_param(z, s, cfg.upsample)
+        z = z.detach().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=cfg.lr) if cfg.optimizer == "adam" else torch.optim.SGD([z], lr=cfg.lr)
+        for _ in range(steps):
+            terms: dict[str, torch.Tensor] = {}
+            # The shift and the mask are drawn here, once per step; the noise fill is drawn inside
+            # the objective, which input_grad also calls exactly once, so the stream stays seeded.
+            shift = tuple(int(v) for v in torch.randint(-cfg.jitter, cfg.jitter + 1, (2,), generator=gen)) if cfg.jitter else (0, 0)
+            mask = random_mask((b, c, size_final, size_final), cfg.mask_family, cfg.mask_ratio, gen, cfg.mask_patch) if cfg.mask else None
+
+            def objective(zz: torch.Tensor) -> torch.Tensor:
+                x = to_image(zz)  # [b, C, s, s]
+                xs = resize(x, size_final)  # [b, C, S, S]: the classifier always sees the final size
+                if shift != (0, 0):
+                    xs = torch.roll(xs, shifts=shift, dims=(2, 3))
+                if mask is not None:
+                    xs = apply_mask(xs, mask, cfg.mask_fill, gen)
+                if recorder is not None:
+                    recorder.reset()
+                logits, feats = logits_and_features(classifier, xs)
+                loss = class_loss(logits, target, kind)
+                terms["cls"] = loss.detach()
+                terms["p"] = torch.softmax(logits.detach().float(), dim=1)[:, target].mean()
+                if cfg.div_weight > 0 and b > 1:
+                    terms["div"] = diversity_loss(feats)
+                    loss = loss + cfg.div_weight * terms["div"]
+                if cfg.dist_weight > 0 and real_stats is not None:
+                    terms["dist"] = distribution_loss(feats, real_stats[0], real_stats[1])
+                    loss = loss + cfg.dist_weight * terms["dist"]
+                if recorder is not None:
+                    terms["bn"] = recorder.loss()
+                    loss = loss + cfg.bn_weight * terms["bn"]
+                if cfg.tv_weight > 0:
+                    terms["tv"] = total_variation(x)
+                    loss = loss + cfg.tv_weight * terms["tv"]
+                return loss
+
+            _, grad = input_grad(objective, z)
+            opt.zero_grad(set_to_none=True)
+            z.grad = grad
+            opt.step()
+            bar.update(1)
+            if bar.n % 10 == 0:
+                bar.set_postfix({k: round(float(v.detach()), 3) for k, v in terms.items()}, refresh=False)
+    return to_image(z.detach())
+
+
+def generate(classifier: Any, target: int, n: int, cfg: CaGConfig | None = None,
+             real_stats: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True) -> torch.Tensor:
+    """n images of class ``target`` from ``classifier`` (see :mod:`egc.cag.adapters`).
+
+    Args:
+        classifier: images in [0, 1] [B, C, S, S] -> logits [B, K] (a :class:`Classifier`).
+        target: class index (resolve names with :func:`egc.cag.adapters.resolve_class`).
+        n: number of images; made in batches of ``cfg.batch`` (diversity acts within a batch).
+        cfg: the loop's settings (validated here); None = defaults.
+        real_stats: (mu_c [D], sigma_c [D]) of the classifier's features on real images of the
+            target class, for the distribution loss; None = data-free (batch-norm prior only).
+        progress: show a tqdm bar.
+    The classifier is used as it is (adapters put their networks in eval mode; a module in train
+    mode would normalise with batch statistics and apply dropout).
+    Returns:
+        float [n, C, S, S] in [0, 1]. The same (classifier, target, n, cfg) gives the same images
+        bit for bit on the same machine (one torch.Generator seeded with ``cfg.seed``).
+    """
+    cfg = (cfg or CaGConfig()).validate()
+    if n < 1:
+        raise EgcError(f"number of images must be >= 1, got {n}")
+    _check_target(classifier, target)
+    _check_size(classifier, cfg)
+    if real_stats is not None and (len(real_stats) != 2 or real_stats[0].dim() != 1 or real_stats[0].shape != real_stats[1].shape):
+        raise EgcError("real_stats must be (mean [D], std [D]) of the classifier's features")
+    try:
+        device = next(classifier.parameters()).device
+    except (AttributeError, StopIteration):
+        device = torch.device("cpu")
+    use_bn = cfg.bn_weight > 0 and isinstance(classifier, torch.nn.Module) and bool(batchnorm_layers(classifier))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    total = sum(s for _, s in cfg.plan()) * ((n + cfg.batch - 1) // cfg.batch)
+    out: list[torch.Tensor] = []
+    with tqdm(total=total, disable=not progress, desc=f"cag {getattr(classifier, 'name', '')}", leave=False) as bar:
+        recorder = BNStatsRecorder(classifier) if use_bn else None
+        if recorder is not None:
+            recorder.__enter__()
+        try:
+            for i in range(0, n, cfg.batch):
+                b = min(cfg.batch, n - i)
+                out.append(_generate_batch(classifier, target, b, cfg, real_stats, gen, bar, recorder, device))
+        finally:
+            if recorder is not None:
+                recorder.__exit__(None, None, None)
+    return torch.cat(out).cpu()
+
+
+def plain_gradient_ascent(classifier: Any, target: int, n: int, cfg: CaGConfig | None = None, progress: bool = True) -> torch.Tensor:
+    """The baseline: :func:`generate` with every part off (same steps, lr, optimiser and seed)."""
+    return generate(classifier, target, n, plain_config(cfg), None, progress)
