@@ -23,7 +23,7 @@ import time
 import torch
 
 
-def _setup(mode: str, size: str, batch: int, image: int, channels: int, classes: int):
+def _setup(mode: str, size: str, batch: int, image: int, channels: int, classes: int, extra: list[str]):
     from egc.config import load_config
     from egc.diffusion.schedule import Schedule
     from egc.nets import build_net
@@ -32,6 +32,9 @@ def _setup(mode: str, size: str, batch: int, image: int, channels: int, classes:
             f"train.batch_size={batch}"]
     if mode == "reference":
         over += ["model.energy_prior=none", "train.precision=fp32", "train.channels_last=false"]
+    elif mode == "default-fp32":
+        over += ["train.precision=fp32"]
+    over += list(extra)
     cfg = load_config(None, over)
     torch.manual_seed(0)
     net = build_net(cfg.model)
@@ -63,7 +66,7 @@ def _step(cfg, net, opt, sched, x, y, gen):
 
 def run_mode(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
-    cfg, net, opt, sched, x, y = _setup(a.mode, a.size, a.batch, a.image, a.channels, a.classes)
+    cfg, net, opt, sched, x, y = _setup(a.mode, a.size, a.batch, a.image, a.channels, a.classes, a.set or [])
     gen = torch.Generator().manual_seed(0)
     times = []
     for i in range(a.warmup + a.steps):
@@ -76,9 +79,13 @@ def run_mode(a: argparse.Namespace) -> dict:
     if a.mode == "default":
         from torch.utils.flop_counter import FlopCounterMode
 
-        with FlopCounterMode(display=False) as fc:
-            _step(cfg, net, opt, sched, x, y, gen)
-        flops = fc.get_total_flops()
+        try:
+            with FlopCounterMode(display=False) as fc:
+                _step(cfg, net, opt, sched, x, y, gen)
+            flops = fc.get_total_flops()
+        except RuntimeError as e:  # some torch builds cannot count through double backward
+            out["flops_error"] = str(e).splitlines()[0]
+            return out
         out["flops_per_step"] = flops
         out["achieved_gflops"] = flops / med / 1e9
         dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
@@ -107,19 +114,23 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--mode", choices=["reference", "default"], help="internal: run one mode in this process")
+    p.add_argument("--set", action="append", help="extra config override applied to every mode (key=value)")
+    p.add_argument("--modes", default="reference,default", help="comma list of reference, default, default-fp32")
+    p.add_argument("--mode", choices=["reference", "default", "default-fp32"], help="internal: run one mode in this process")
     a = p.parse_args()
     if a.mode:
         print(json.dumps(run_mode(a)))
         return
     results = {}
-    base = [sys.executable, __file__] + [f"--{k}={v}" for k, v in vars(a).items() if k != "mode"]
-    for mode in ("reference", "default"):
+    base = [sys.executable, __file__] + [f"--{k}={v}" for k, v in vars(a).items() if k not in ("mode", "set", "modes")]
+    base += [f"--set={s}" for s in a.set or []]
+    for mode in a.modes.split(","):
         proc = subprocess.run(base + [f"--mode={mode}"], capture_output=True, text=True, check=True)
         results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-    ref, dft = results["reference"], results["default"]
+    first = results[a.modes.split(",")[0]]
     print(json.dumps({"benchmark": "train_step", "size": a.size, "batch": a.batch, "image": a.image, "threads": a.threads,
-                      "reference": ref, "default": dft, "speedup": dft["images_per_s"] / ref["images_per_s"],
+                      "overrides": a.set or [], **results,
+                      "speedup_vs_first": {m: r["images_per_s"] / first["images_per_s"] for m, r in results.items()},
                       "torch": torch.__version__}))
 
 

@@ -45,7 +45,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from .train.loop import train
 
     overrides = list(a.set or [])
-    for flag, key in ((a.model_size, "model.size"), (a.data, "data.name"), (a.data_root, "data.root"), (a.steps, "train.steps"),
+    for flag, key in ((a.model, "model.kind"), (a.model_size, "model.size"), (a.data, "data.name"), (a.data_root, "data.root"), (a.steps, "train.steps"),
                       (a.minutes, "train.minutes"), (a.batch_size, "train.batch_size"), (a.lr, "train.lr"), (a.seed, "train.seed"),
                       (a.threads, "train.threads")):
         if flag is not None:
@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
     t.add_argument("--out", required=True, help="run folder (config, log.csv, checkpoints/, samples/)")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    t.add_argument("--model", metavar="KIND", help="egc (default) | classifier | ddpm: the EGC model or a baseline on the same UNet")
     t.add_argument("--model-size", choices=["tiny", "small", "base", "large"])
     t.add_argument("--data", help="fashion-mnist | mnist | cifar10 | folder:PATH | npz:PATH")
     t.add_argument("--data-root", help="where the data set lives (default: $EGC_DATA or the system location)")
@@ -222,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="fewer samples and steps (for tests)")
     d.add_argument("--threads", type=_positive_int)
     d.set_defaults(fn=cmd_demo)
+    from .cag.cli import add_cag_parser  # CaG needs none of the EGC training code
+
+    add_cag_parser(sub)
     return p
 
 

@@ -28,10 +28,16 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
 
 
 ENERGY_PRIORS = ("none", "gaussian", "denoiser")
+# What the network is trained as (``egc train --model``): "egc" = the energy-based generative
+# classifier; the two baselines share its UNet, data, budgets and checkpoints: "classifier" = the
+# pooled logit map trained with cross-entropy on clean images only (no diffusion loss, no double
+# backprop), "ddpm" = the UNet with C output channels predicting eps directly (plain diffusion, MSE).
+MODEL_KINDS = ("egc", "classifier", "ddpm")
 
 
 @dataclass
 class ModelConfig:
+    kind: str = "egc"
     size: str = "small"
     in_channels: int = 1
     num_classes: int = 10
@@ -46,15 +52,21 @@ class ModelConfig:
     pool: str = "attention"  # how F is pooled into class logits: "attention" (as released) | "mean"
     # Class-independent term added to every logit (see diffusion/energy.py): "none" = as released,
     # "gaussian" = exact energy of Gaussian data, "denoiser" = that plus a learned denoiser residual.
+    # (energy_prior and sigma_data matter for kind "egc" only.)
     energy_prior: str = "gaussian"
     sigma_data: float = 0.5
 
     @property
     def out_channels(self) -> int:
-        """Channels of the network's output map: K logits (+ C denoiser channels)."""
+        """Channels of the network's output map: K logits (+ C denoiser channels); C eps channels for ddpm."""
+        if self.kind == "ddpm":
+            return self.in_channels
+        if self.kind == "classifier":
+            return self.num_classes
         return self.num_classes + (self.in_channels if self.energy_prior == "denoiser" else 0)
 
     def validate(self) -> None:
+        _check(self.kind in MODEL_KINDS, f"model.kind '{self.kind}' unknown (choose from {', '.join(MODEL_KINDS)})")
         _check(self.size in MODEL_SIZES or self.size == "custom", f"model.size '{self.size}' unknown (choose from {', '.join(MODEL_SIZES)})")
         _check(self.in_channels >= 1 and self.num_classes >= 2, "model.in_channels >= 1 and model.num_classes >= 2 required")
         _check(self.channels >= 4 and len(self.channel_mult) >= 1, "model.channels >= 4 and a non-empty model.channel_mult required")
@@ -80,14 +92,13 @@ class DiffusionConfig:
 
 @dataclass
 class LossConfig:
-    kind: str = "egc"  # "egc"; baselines ("classifier", "ddpm") arrive with the evaluation work
+    # The loss follows model.kind (diffusion/losses.py); a legacy ``loss.kind: egc`` is ignored (_upgrade).
     noisy_ce_weight: float = 0.005  # w in  mse + w * mean(sqrt(abar_t) * CE(x_t))
     clean_ce_weight: float = 1.0
     clean_fraction: float = 0.25  # share of the batch also used for the clean CE term
-    label_smoothing: float = 0.2
+    label_smoothing: float = 0.2  # of the noisy CE (egc) and of the classifier baseline's CE
 
     def validate(self) -> None:
-        _check(self.kind == "egc", f"loss.kind '{self.kind}' unknown (choose from egc)")
         _check(self.noisy_ce_weight >= 0 and self.clean_ce_weight >= 0, "loss weights must be >= 0")
         _check(0 <= self.clean_fraction <= 1, f"loss.clean_fraction must be in [0, 1], got {self.clean_fraction}")
         _check(0 <= self.label_smoothing < 1, f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
@@ -161,8 +172,21 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         cfg = cls()
-        _merge(cfg, d, "")
+        _merge(cfg, _upgrade(d), "")
         return cfg
+
+
+def _upgrade(d: Any) -> Any:
+    """Read configs written before model.kind existed: their ``loss.kind`` could only be "egc" and
+    is dropped (model.kind then decides, "egc" unless given), so ``--config old.yaml --model ddpm``
+    works; any other ``loss.kind`` value points the user to model.kind."""
+    if not isinstance(d, dict) or not isinstance(d.get("loss"), dict) or "kind" not in d["loss"]:
+        return d
+    loss = dict(d["loss"])
+    legacy = loss.pop("kind")
+    if str(legacy) != "egc":
+        raise ConfigError(f"loss.kind '{legacy}': the kind of model is now model.kind (egc train --model {legacy})")
+    return {**d, "loss": loss}
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -257,6 +281,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: '{part}' is not a section")
         node[parts[-1]] = yaml.safe_load(val) if val.strip() else val
+    raw = _upgrade(raw)
     cfg = RunConfig()
     size = (raw.get("model") or {}).get("size") if isinstance(raw.get("model"), dict) else None
     if size is not None and size != "custom":

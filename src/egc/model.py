@@ -5,6 +5,10 @@
     >>> probs = m.predict_proba(x)            # x float [B, C, H, W] in [-1, 1]
     >>> imgs, labels = m.sample(20, class_balanced=True, steps=50)
 
+The same class serves the baselines (``model.kind``, exposed as ``EGC.kind``): a "classifier"
+checkpoint classifies (its energy is -logsumexp of the logits, an OOD score) but cannot generate;
+a "ddpm" checkpoint samples unconditionally but has no classes. The other methods raise EgcError.
+
 Nothing here imports training code.
 """
 
@@ -25,7 +29,7 @@ from .nets import build_net
 
 
 class EGC:
-    """An EGC network with its config and noise schedule, ready for inference."""
+    """An EGC network (or a classifier / ddpm baseline, see ``kind``) with its config and noise schedule."""
 
     def __init__(self, net: torch.nn.Module, config: RunConfig, class_names: list[str] | None = None, precision: str = "bf16") -> None:
         self.net = net.eval()
@@ -34,8 +38,23 @@ class EGC:
         k = config.model.num_classes
         self.class_names = class_names if class_names and len(class_names) == k else [str(i) for i in range(k)]
         self.precision = precision
+        self.kind = config.model.kind  # "egc" | "classifier" | "ddpm"
         for p in self.net.parameters():
             p.requires_grad_(False)
+
+    @property
+    def can_classify(self) -> bool:
+        return self.kind in ("egc", "classifier")
+
+    @property
+    def can_generate(self) -> bool:
+        return self.kind in ("egc", "ddpm")
+
+    def _need(self, ok: bool, what: str) -> None:
+        if not ok:
+            if self.kind == "classifier":
+                raise EgcError(f"a classifier checkpoint cannot generate (no {what}): it was trained with --model classifier")
+            raise EgcError(f"a ddpm checkpoint cannot classify (no {what}): it was trained with --model ddpm, an unconditional diffusion model")
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, precision: str = "bf16") -> "EGC":
@@ -74,8 +93,13 @@ class EGC:
     # ---- forward direction: classification and energy -------------------------------------
     @torch.no_grad()
     def logits(self, x: torch.Tensor, t: int | torch.Tensor = en.CLEAN_T) -> torch.Tensor:
-        """Classifier logits [B, K] for x [B, C, H, W] in [-1, 1] at timestep t (CLEAN_T = -1: clean image)."""
+        """Classifier logits [B, K] for x [B, C, H, W] in [-1, 1] at timestep t (CLEAN_T = -1: clean image).
+
+        A classifier baseline knows no timesteps (it was trained on clean images only): t is ignored."""
+        self._need(self.can_classify, "class logits")
         self.check_input(x)
+        if self.kind == "classifier":
+            t = en.CLEAN_T
         with self._autocast():
             return en.classify(self.net, self.config.model, x, self._t(x, t)).float()
 
@@ -84,7 +108,12 @@ class EGC:
 
     @torch.no_grad()
     def energy(self, x: torch.Tensor, t: int | torch.Tensor = 0) -> torch.Tensor:
-        """E(x, t) [B]: lower means more likely under the model (log p(x) = -E + const)."""
+        """E(x, t) [B]: lower means more likely under the model (log p(x) = -E + const).
+
+        For a classifier baseline: -logsumexp of its clean-image logits (t ignored), an OOD score only."""
+        self._need(self.can_classify, "energy")
+        if self.kind == "classifier":
+            return en.logit_energy(self.logits(x))
         self.check_input(x)
         tt = self._t(x, t)
         with self._autocast():
@@ -93,8 +122,16 @@ class EGC:
 
     # ---- backward direction: score and sampling --------------------------------------------
     def eps(self, x: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None = None, guidance: float = 0.0) -> torch.Tensor:
-        """Noise prediction [B, C, H, W] = grad_x E (plus the classifier term for labels y)."""
+        """Noise prediction [B, C, H, W] = grad_x E (plus the classifier term for labels y).
+
+        A ddpm baseline predicts eps directly and is unconditional: labels y are an error."""
+        self._need(self.can_generate, "noise prediction")
         tt = self._t(x, t)
+        if self.kind == "ddpm":
+            if y is not None:
+                raise EgcError("a ddpm checkpoint is unconditional: it cannot sample or score a given class (no labels)")
+            with torch.no_grad(), self._autocast():
+                return en.direct_eps(self.net, x, tt).float()
         with self._autocast():
             return en.guided_eps(self.net, self.config.model, x, tt, self.schedule.abar(tt), y, guidance).float()
 
@@ -111,6 +148,9 @@ class EGC:
         ``class_balanced`` asks for n/K of each class (n rounded down to a multiple of K is an error
         avoided by cycling classes); ``labels`` gives them explicitly; neither means unconditional.
         """
+        self._need(self.can_generate, "sampler")
+        if self.kind == "ddpm" and (labels is not None or class_balanced):
+            raise EgcError("a ddpm checkpoint is unconditional: sample without labels or --class-balanced")
         k = self.config.model.num_classes
         if sampler not in SAMPLERS:
             raise EgcError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")

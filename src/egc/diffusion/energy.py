@@ -134,3 +134,15 @@ def guided_eps(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tenso
         return e - scale * (1 - abar).sqrt() * logp
 
     return input_grad(fn, x)[1].detach()
+
+
+# ---- the baselines (model.kind "classifier" / "ddpm"): plain forward passes, no input gradient ----
+def direct_eps(net: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """kind "ddpm": the network's output [B, C, H, W] is the noise prediction itself."""
+    return _wide(net(x, t))
+
+
+def logit_energy(logits: torch.Tensor) -> torch.Tensor:
+    """kind "classifier": the JEM-style energy -logsumexp_k l_k(x) [B] of plain classifier logits [B, K]
+    (an OOD score; not a generative model, nothing was trained to make it one)."""
+    return -torch.logsumexp(_wide(logits), dim=1)

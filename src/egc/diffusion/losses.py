@@ -1,34 +1,43 @@
-"""EGC training loss (EGC paper Eq. 9 with the released weighting), one small pure function.
+"""Training losses, one small pure function per model.kind (``LOSSES`` maps the kind to it).
 
+EGC (EGC paper Eq. 9 with the released weighting):
     L = mean ||eps_hat(x_t) - eps||^2                                    (diffusion, double backprop)
       + w_noisy * mean( sqrt(abar_t) * CE_ls(l(x_t, t), y) )             (noisy classification)
       + w_clean * CE(l(x_0, t=0), y)                                     (clean classification)
+Baselines on the same UNet:
+    classifier   L = CE_ls(l(x_0, CLEAN_T), y)                           (clean images only, one backward)
+    ddpm         L = mean ||net(x_t, t) - eps||^2                        (eps-prediction, same schedule)
+All take (net, model config, loss config, schedule, x0, y, gen) so the training loop calls any of them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Callable
 
 import torch
 import torch.nn.functional as tfn
 from torch import nn
 
 from ..config import LossConfig, ModelConfig
-from .energy import classify, eps_and_logits
+from .energy import classify, direct_eps, eps_and_logits
 from .schedule import Schedule
 
 
 @dataclass
 class LossParts:
+    """The total (what is minimised) and the terms and accuracies that a kind actually has; the
+    others stay None and are not logged (a ddpm run logs no accuracy, a classifier no mse)."""
+
     total: torch.Tensor
-    mse: torch.Tensor
-    noisy_ce: torch.Tensor
-    clean_ce: torch.Tensor
-    noisy_acc: torch.Tensor
-    clean_acc: torch.Tensor
+    mse: torch.Tensor | None = None
+    noisy_ce: torch.Tensor | None = None
+    clean_ce: torch.Tensor | None = None
+    noisy_acc: torch.Tensor | None = None
+    clean_acc: torch.Tensor | None = None
 
     def scalars(self) -> dict[str, float]:
-        return {k: float(getattr(self, k).detach()) for k in ("total", "mse", "noisy_ce", "clean_ce", "noisy_acc", "clean_acc")}
+        return {f.name: float(v.detach()) for f in fields(self) if (v := getattr(self, f.name)) is not None}
 
 
 def egc_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedule, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None) -> LossParts:
@@ -53,3 +62,31 @@ def egc_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedul
         clean_ce = clean_acc = torch.zeros((), device=x0.device)
     noisy_acc = (logits.argmax(1) == y).float().mean()
     return LossParts(total, mse.detach(), noisy_ce.detach(), clean_ce.detach(), noisy_acc, clean_acc)
+
+
+def classifier_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedule, x0: torch.Tensor, y: torch.Tensor,
+                    gen: torch.Generator | None = None) -> LossParts:
+    """Classifier baseline: label-smoothed CE of the pooled logit map on clean images (t = CLEAN_T).
+
+    ``sched`` and ``gen`` are unused (no noise, no timesteps): the signature is the shared one."""
+    logits = classify(net, mcfg, x0)
+    ce = tfn.cross_entropy(logits, y, label_smoothing=lcfg.label_smoothing)
+    acc = (logits.argmax(1) == y).float().mean()
+    return LossParts(ce, clean_ce=ce.detach(), clean_acc=acc)
+
+
+def ddpm_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedule, x0: torch.Tensor, y: torch.Tensor,
+              gen: torch.Generator | None = None) -> LossParts:
+    """DDPM baseline: MSE of a direct eps prediction at a uniform t (the labels are unused).
+
+    t and eps are drawn from ``gen`` exactly as in :func:`egc_loss`, so both see the same noise."""
+    b = x0.shape[0]
+    t = torch.randint(0, sched.num_steps, (b,), generator=gen, device=x0.device)
+    eps = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+    xt = sched.add_noise(x0, t, eps)
+    mse = (direct_eps(net, xt, t).float() - eps.float()).pow(2).mean()
+    return LossParts(mse, mse=mse.detach())
+
+
+LossFn = Callable[[nn.Module, ModelConfig, LossConfig, Schedule, torch.Tensor, torch.Tensor, "torch.Generator | None"], LossParts]
+LOSSES: dict[str, LossFn] = {"egc": egc_loss, "classifier": classifier_loss, "ddpm": ddpm_loss}

@@ -87,6 +87,8 @@ class EnergyUNet(nn.Module):
 
     With ``energy_prior = "denoiser"`` the map carries C more channels (a denoiser output that
     ``diffusion/energy.py`` turns into a class-independent logit term): [B, K + C, H, W].
+    The baselines reuse it unchanged but for the output width (``ModelConfig.out_channels``):
+    ``kind = "classifier"`` reads the K-channel map as logits only, ``kind = "ddpm"`` outputs eps [B, C, H, W].
     """
 
     def __init__(self, cfg: ModelConfig) -> None:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import latest_in, load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
 from ..config import RunConfig
 from ..data import DEFAULT_FLIP, BatchLoader, load_dataset, to_uint8
-from ..diffusion.losses import egc_loss
+from ..diffusion.losses import LOSSES
 from ..diffusion.schedule import Schedule
 from ..errors import CheckpointError, EgcError
 from ..imageio import save_grid
@@ -127,6 +127,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
         ckpt = load_checkpoint(found)
         # Architecture and data come from the checkpoint; budgets and logging may be changed.
         saved = ckpt.config
+        if saved.model.kind != cfg.model.kind:
+            raise EgcError(f"--resume: {found.name} is a model.kind '{saved.model.kind}' run, not '{cfg.model.kind}' (drop --model or use another --out)")
         saved.train = cfg.train
         cfg = saved.validate()
     torch.manual_seed(tc.seed)
@@ -155,6 +157,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
     logger = Logger(run_dir)
     sched = Schedule.make(cfg.diffusion.schedule, cfg.diffusion.steps)
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if tc.precision == "bf16" else contextlib.nullcontext
+    loss_fn = LOSSES[cfg.model.kind]  # the one place the model kind picks the objective
 
     def budget_left() -> bool:
         return not ((tc.steps and step >= tc.steps) or (tc.minutes and elapsed >= 60 * tc.minutes))
@@ -172,12 +175,14 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
         old = sorted((run_dir / "checkpoints").glob("step-*.safetensors"))[:-tc.keep_ckpts]
         for q in old:
             q.unlink(missing_ok=True)
-        if tc.sample_n > 0:
+        if tc.sample_n > 0 and cfg.model.kind != "classifier":  # a classifier cannot draw a grid
             ema_net = build_net(cfg.model)
             ema_net.load_state_dict(ema.state_dict())
             model = EGC(ema_net, cfg, ds.class_names, tc.precision)
-            imgs, _ = model.sample(tc.sample_n, class_balanced=True, steps=tc.sample_steps, guidance=tc.guidance, seed=0)
-            save_grid(to_uint8(imgs), run_dir / "samples" / f"step-{step:07d}.png", nrow=max(1, tc.sample_n // cfg.model.num_classes), scale=2)
+            balanced = cfg.model.kind == "egc"  # ddpm: an unconditional grid
+            imgs, _ = model.sample(tc.sample_n, class_balanced=balanced, steps=tc.sample_steps, guidance=tc.guidance, seed=0)
+            save_grid(to_uint8(imgs), run_dir / "samples" / f"step-{step:07d}.png",
+                      nrow=max(1, tc.sample_n // cfg.model.num_classes) if balanced else None, scale=2)
         return path
 
     bar = tqdm(total=tc.steps or None, initial=step, disable=quiet, dynamic_ncols=True, desc="train")
@@ -196,7 +201,7 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
                 g["lr"] = tc.lr * lr_factor(cfg, step, elapsed)
             net.train()
             with autocast():
-                parts = egc_loss(net, cfg.model, cfg.loss, sched, x, y, gen)
+                parts = loss_fn(net, cfg.model, cfg.loss, sched, x, y, gen)
             if not torch.isfinite(parts.total):
                 skipped += 1
                 logger.log(step, {"skipped_nonfinite": float(skipped)})
@@ -222,7 +227,8 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
             if step % tc.log_every == 0:
                 ips = window_imgs / max(time.time() - window_t, 1e-9)
                 window_imgs, window_t = 0, time.time()
-                bar.set_postfix(loss=f"{stats['total']:.4f}", mse=f"{stats['mse']:.4f}", acc=f"{stats['clean_acc']:.2f}", ips=f"{ips:.0f}")
+                shown = {n: f"{stats[k]:.{d}f}" for n, k, d in (("mse", "mse", 4), ("acc", "clean_acc", 2)) if k in stats}
+                bar.set_postfix(loss=f"{stats['total']:.4f}", **shown, ips=f"{ips:.0f}")
                 logger.log(step, {**sc, "lr": opt.param_groups[0]["lr"], "grad_norm": float(gnorm), "img_per_s": ips, "elapsed_s": elapsed})
             if step % tc.ckpt_every == 0 or time.time() - last_ckpt_t > 60 * tc.ckpt_minutes:
                 checkpoint()
