@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     overrides = list(a.set or [])
     for flag, key in ((a.model, "model.kind"), (a.model_size, "model.size"), (a.data, "data.name"), (a.data_root, "data.root"), (a.steps, "train.steps"),
                       (a.minutes, "train.minutes"), (a.batch_size, "train.batch_size"), (a.lr, "train.lr"), (a.seed, "train.seed"),
-                      (a.threads, "train.threads")):
+                      (a.threads, "train.threads"), (a.device, "train.device")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
     base = a.config
@@ -57,7 +58,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         base = saved if saved.is_file() else None
     cfg = load_config(base, overrides)
     summary = train(cfg, a.out, resume=a.resume, quiet=a.quiet)
-    print(json.dumps(summary))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line (rank 0's)
+        print(json.dumps(summary))
     return 0
 
 
@@ -180,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=_nonneg_float)
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=_positive_int)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: cuda when available, else cpu (under torchrun: one GPU per process)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
 
@@ -197,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="samples.png", help="grid PNG path")
     s.add_argument("--scale", type=_positive_int, default=2, help="upscale the grid for viewing")
     s.add_argument("--npz", help="also write images (uint8 [N,H,W,C]) and labels (int64 [N]) here")
-    s.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    s.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="auto: the precision the model was trained in")
     s.add_argument("--threads", type=_positive_int)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_sample)
@@ -207,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("images", nargs="+", help="image files or folders")
     c.add_argument("--top-k", type=_positive_int, default=3)
     c.add_argument("--json", action="store_true")
-    c.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    c.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="auto: the precision the model was trained in")
     c.add_argument("--threads", type=_positive_int)
     c.set_defaults(fn=cmd_classify)
 

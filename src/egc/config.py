@@ -118,6 +118,7 @@ class TrainConfig:
     minutes: float = 0.0  # 0 = no time budget
     seed: int = 0
     precision: str = "bf16"  # "bf16" | "fp32"
+    device: str = "auto"  # "auto" (cuda when available, else cpu) | "cpu" | "cuda"; the run's processes all use it
     channels_last: bool = False  # measured slower for this UNet on this CPU (BENCHMARKS.md)
     threads: int = 0  # 0 = torch default
     log_every: int = 20
@@ -135,6 +136,7 @@ class TrainConfig:
         _check(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         _check(self.steps >= 0 and self.minutes >= 0, "train.steps and train.minutes must be >= 0")
         _check(self.precision in ("bf16", "fp32"), f"train.precision must be bf16 or fp32, got '{self.precision}'")
+        _check(self.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got '{self.device}'")
         _check(self.grad_clip >= 0 and self.threads >= 0, "train.grad_clip and train.threads must be >= 0")
         _check(self.ckpt_every >= 1 and self.keep_ckpts >= 1 and self.log_every >= 1, "train.ckpt_every, keep_ckpts, log_every must be >= 1")
         _check(self.sample_n >= 0 and self.sample_steps >= 1, "train.sample_n >= 0 and train.sample_steps >= 1 required")

@@ -31,13 +31,16 @@ from .nets import build_net
 class EGC:
     """An EGC network (or a classifier / ddpm baseline, see ``kind``) with its config and noise schedule."""
 
-    def __init__(self, net: torch.nn.Module, config: RunConfig, class_names: list[str] | None = None, precision: str = "bf16") -> None:
+    def __init__(self, net: torch.nn.Module, config: RunConfig, class_names: list[str] | None = None, precision: str = "auto") -> None:
         self.net = net.eval()
         self.config = config
         self.schedule = Schedule.make(config.diffusion.schedule, config.diffusion.steps)
         k = config.model.num_classes
         self.class_names = class_names if class_names and len(class_names) == k else [str(i) for i in range(k)]
-        self.precision = precision
+        # "auto" runs in the precision the model was trained in (bf16 only pays off on CPUs with AMX).
+        self.precision = config.train.precision if precision == "auto" else precision
+        if self.precision not in ("bf16", "fp32"):
+            raise EgcError(f"precision must be auto, bf16 or fp32, got '{precision}'")
         self.kind = config.model.kind  # "egc" | "classifier" | "ddpm"
         for p in self.net.parameters():
             p.requires_grad_(False)
@@ -57,7 +60,7 @@ class EGC:
             raise EgcError(f"a ddpm checkpoint cannot classify (no {what}): it was trained with --model ddpm, an unconditional diffusion model")
 
     @classmethod
-    def from_checkpoint(cls, ckpt: Checkpoint, precision: str = "bf16") -> "EGC":
+    def from_checkpoint(cls, ckpt: Checkpoint, precision: str = "auto") -> "EGC":
         net = build_net(ckpt.config.model)
         weights = ckpt.inference_weights()
         try:
@@ -67,7 +70,7 @@ class EGC:
         return cls(net, ckpt.config, ckpt.meta.get("class_names"), precision)
 
     @classmethod
-    def load(cls, spec: str | Path, precision: str = "bf16") -> "EGC":
+    def load(cls, spec: str | Path, precision: str = "auto") -> "EGC":
         """From ``zoo:NAME``, a run folder (newest checkpoint) or a checkpoint file."""
         return cls.from_checkpoint(load_checkpoint(spec), precision)
 

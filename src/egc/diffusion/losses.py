@@ -7,7 +7,12 @@ EGC (EGC paper Eq. 9 with the released weighting):
 Baselines on the same UNet:
     classifier   L = CE_ls(l(x_0, CLEAN_T), y)                           (clean images only, one backward)
     ddpm         L = mean ||net(x_t, t) - eps||^2                        (eps-prediction, same schedule)
-All take (net, model config, loss config, schedule, x0, y, gen) so the training loop calls any of them.
+All take (net, model config, loss config, schedule, x0, y, gen, shard) so the training loop calls any of them.
+
+Data parallelism (``shard=(rank, world)``): x0, y are the *global* batch and every rank draws the
+global batch's t and eps from the same ``gen``, then keeps rows rank::world. Each rank's LossParts
+is scaled so that the mean over ranks of its total (and of every logged term) is exactly the
+single-process value on the global batch, so averaging gradients over ranks reproduces one process.
 """
 
 from __future__ import annotations
@@ -40,11 +45,36 @@ class LossParts:
         return {f.name: float(v.detach()) for f in fields(self) if (v := getattr(self, f.name)) is not None}
 
 
-def egc_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedule, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None) -> LossParts:
+Shard = tuple[int, int]  # (rank, world size); (0, 1) = one process
+
+
+def _draw(sched: Schedule, x0: torch.Tensor, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """t [B] and eps [B, C, H, W] for the whole (global) batch, drawn on ``gen``'s device (a CPU
+    generator gives the same draws whatever device trains) and moved to x0's device."""
+    dev = gen.device if gen is not None else x0.device
+    t = torch.randint(0, sched.num_steps, (x0.shape[0],), generator=gen, device=dev)
+    eps = torch.randn(x0.shape, generator=gen, device=dev, dtype=x0.dtype)
+    return t.to(x0.device), eps.to(x0.device)
+
+
+def _rows(shard: Shard, *vs: torch.Tensor) -> list[torch.Tensor]:
+    """This rank's rows rank::world of global-batch tensors (all of them for one process)."""
+    rank, world = shard
+    if world == 1:
+        return list(vs)
+    if vs[0].shape[0] % world:
+        raise ValueError(f"global batch {vs[0].shape[0]} is not divisible by the world size {world}")
+    return [v[rank::world] for v in vs]
+
+
+def egc_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedule, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None,
+             shard: Shard = (0, 1)) -> LossParts:
     """x0 [B, C, H, W] in [-1, 1], y [B] int64 -> LossParts. Randomness (t, eps) comes from ``gen``."""
+    t, eps = _draw(sched, x0, gen)
+    n_clean = int(round(lcfg.clean_fraction * x0.shape[0]))  # of the global batch: its first n_clean rows
+    rank, world = shard
+    x0, y, t, eps = _rows(shard, x0, y, t, eps)
     b = x0.shape[0]
-    t = torch.randint(0, sched.num_steps, (b,), generator=gen, device=x0.device)
-    eps = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
     abar = sched.abar(t)
     xt = sched.add_noise(x0, t, eps)
     eps_hat, logits, _ = eps_and_logits(net, mcfg, xt, t, abar, create_graph=True)
@@ -52,11 +82,17 @@ def egc_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedul
     ce = tfn.cross_entropy(logits, y, label_smoothing=lcfg.label_smoothing, reduction="none")
     noisy_ce = (abar.sqrt() * ce).mean()
     total = mse + lcfg.noisy_ce_weight * noisy_ce
-    n_clean = int(round(lcfg.clean_fraction * b))
-    if n_clean > 0 and lcfg.clean_ce_weight > 0:
+    mine = len(range(rank, n_clean, world))  # global rows rank, rank + world, ... below n_clean: my first `mine` rows
+    if n_clean > 0 and lcfg.clean_ce_weight > 0 and world == 1:
         clean_logits = classify(net, mcfg, x0[:n_clean])
         clean_ce = tfn.cross_entropy(clean_logits, y[:n_clean])
         clean_acc = (clean_logits.argmax(1) == y[:n_clean]).float().mean()
+        total = total + lcfg.clean_ce_weight * clean_ce
+    elif n_clean > 0 and lcfg.clean_ce_weight > 0 and mine > 0:
+        # Sum over my clean rows scaled by world / n_clean: the mean over ranks is the global mean.
+        clean_logits = classify(net, mcfg, x0[:mine])
+        clean_ce = tfn.cross_entropy(clean_logits, y[:mine], reduction="sum") * (world / n_clean)
+        clean_acc = (clean_logits.argmax(1) == y[:mine]).float().sum() * (world / n_clean)
         total = total + lcfg.clean_ce_weight * clean_ce
     else:
         clean_ce = clean_acc = torch.zeros((), device=x0.device)
@@ -65,10 +101,11 @@ def egc_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedul
 
 
 def classifier_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedule, x0: torch.Tensor, y: torch.Tensor,
-                    gen: torch.Generator | None = None) -> LossParts:
+                    gen: torch.Generator | None = None, shard: Shard = (0, 1)) -> LossParts:
     """Classifier baseline: label-smoothed CE of the pooled logit map on clean images (t = CLEAN_T).
 
     ``sched`` and ``gen`` are unused (no noise, no timesteps): the signature is the shared one."""
+    x0, y = _rows(shard, x0, y)
     logits = classify(net, mcfg, x0)
     ce = tfn.cross_entropy(logits, y, label_smoothing=lcfg.label_smoothing)
     acc = (logits.argmax(1) == y).float().mean()
@@ -76,17 +113,16 @@ def classifier_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: 
 
 
 def ddpm_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedule, x0: torch.Tensor, y: torch.Tensor,
-              gen: torch.Generator | None = None) -> LossParts:
+              gen: torch.Generator | None = None, shard: Shard = (0, 1)) -> LossParts:
     """DDPM baseline: MSE of a direct eps prediction at a uniform t (the labels are unused).
 
     t and eps are drawn from ``gen`` exactly as in :func:`egc_loss`, so both see the same noise."""
-    b = x0.shape[0]
-    t = torch.randint(0, sched.num_steps, (b,), generator=gen, device=x0.device)
-    eps = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+    t, eps = _draw(sched, x0, gen)
+    x0, t, eps = _rows(shard, x0, t, eps)
     xt = sched.add_noise(x0, t, eps)
     mse = (direct_eps(net, xt, t).float() - eps.float()).pow(2).mean()
     return LossParts(mse, mse=mse.detach())
 
 
-LossFn = Callable[[nn.Module, ModelConfig, LossConfig, Schedule, torch.Tensor, torch.Tensor, "torch.Generator | None"], LossParts]
+LossFn = Callable[..., LossParts]  # (net, mcfg, lcfg, sched, x0, y, gen=None, shard=(0, 1)) -> LossParts
 LOSSES: dict[str, LossFn] = {"egc": egc_loss, "classifier": classifier_loss, "ddpm": ddpm_loss}

@@ -24,6 +24,7 @@ from ..errors import CheckpointError, EgcError
 from ..imageio import save_grid
 from ..model import EGC
 from ..nets import build_net
+from .dist import Dist, start as start_dist
 from .ema import EMA
 
 
@@ -100,6 +101,13 @@ class Logger:
                     self.tb.add_scalar(k, v, step)
 
 
+class _NoLog:
+    """The logger of ranks other than 0 (only rank 0 writes files)."""
+
+    def log(self, step: int, row: dict[str, float]) -> None:
+        pass
+
+
 def _fit_model_to_data(cfg: RunConfig, ds: Any) -> None:
     m = cfg.model
     m.in_channels, m.num_classes, m.image_size = ds.channels, ds.num_classes, ds.image_size
@@ -112,7 +120,18 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
 
     ``stop_at_step`` ends this invocation early, exactly as an interruption would (checkpoint and
     return) without changing the budgets that shape the learning-rate schedule.
+
+    Under torchrun (WORLD_SIZE > 1) every process calls this: the global batch is train.batch_size x
+    world size, gradients are averaged by DDP, and only rank 0 writes (see train/dist.py).
     """
+    dist = start_dist(cfg.train.device)
+    try:
+        return _train(cfg, run_dir, resume, quiet, stop_at_step, dist)
+    finally:
+        dist.close()
+
+
+def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_at_step: int | None, dist: Dist) -> dict[str, Any]:
     run_dir = Path(run_dir)
     tc = cfg.train
     if tc.steps == 0 and tc.minutes == 0:
@@ -136,8 +155,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
     _fit_model_to_data(cfg, ds)
     cfg.validate()
     flip = DEFAULT_FLIP.get(cfg.data.name, False) if cfg.data.flip is None else cfg.data.flip
-    loader = BatchLoader(ds, tc.batch_size, seed=tc.seed, flip=flip)
-    net = build_net(cfg.model)
+    # Every rank reads the same global batch; the loss keeps this rank's rows (shard=(rank, world)).
+    loader = BatchLoader(ds, tc.batch_size * dist.world, seed=tc.seed, flip=flip)
+    net = build_net(cfg.model).to(dist.device)
     opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     ema = EMA(net, tc.ema_decay)
     gen = torch.Generator().manual_seed(tc.seed + 1)
@@ -146,29 +166,43 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
         net.load_state_dict(ckpt.group("model"))
         restore_optimizer(opt, ckpt.group("opt"), ckpt.meta["opt_groups"])
         ema.load_state_dict(ckpt.group("ema"), ckpt.meta["ema_updates"])
+        ema.shadow = {k: v.to(dist.device) for k, v in ema.shadow.items()}
         gen.set_state(ckpt.tensors["rng.loss"])
         torch.set_rng_state(ckpt.tensors["rng.torch"])
+        saved_b = int(ckpt.meta["loader"].get("batch_size", loader.batch_size))
+        if saved_b != loader.batch_size:  # the data order is kept per global batch
+            hint = f"--batch-size {saved_b // dist.world}" if saved_b % dist.world == 0 else f"a process count that divides {saved_b}"
+            raise EgcError(f"--resume: {found.name} was trained on global batches of {saved_b} images; this run's would be {loader.batch_size} "
+                           f"({dist.world} process(es) x train.batch_size {tc.batch_size}): use {hint}")
         loader.load_state_dict({**ckpt.meta["loader"], **{k: v for k, v in ckpt.group("loader").items()}})
         step, elapsed = ckpt.step, float(ckpt.meta["elapsed_s"])
     if cfg.train.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    logger = Logger(run_dir)
+    model = dist.wrap(net)  # what the loss calls (DDP for several processes); net = the weights themselves
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    logger: Logger | _NoLog = Logger(run_dir) if dist.is_main else _NoLog()
     sched = Schedule.make(cfg.diffusion.schedule, cfg.diffusion.steps)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if tc.precision == "bf16" else contextlib.nullcontext
+    autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if tc.precision == "bf16" else contextlib.nullcontext
     loss_fn = LOSSES[cfg.model.kind]  # the one place the model kind picks the objective
 
     def budget_left() -> bool:
         return not ((tc.steps and step >= tc.steps) or (tc.minutes and elapsed >= 60 * tc.minutes))
 
     def checkpoint() -> Path:
+        """Rank 0 writes (checkpoint and grid); the other ranks wait for it at a barrier."""
+        path = write_checkpoint() if dist.is_main else run_dir / "checkpoints" / f"step-{step:07d}.safetensors"
+        dist.barrier()
+        return path
+
+    def write_checkpoint() -> Path:
         loader_sd = loader.state_dict()
         loader_t = {k: v for k, v in loader_sd.items() if torch.is_tensor(v)}
         loader_m = {k: v for k, v in loader_sd.items() if not torch.is_tensor(v)}
         opt_t, opt_groups = optimizer_tensors(opt)
         meta = {"opt_groups": opt_groups, "ema_updates": ema.updates, "loader": loader_m, "elapsed_s": elapsed,
-                "class_names": ds.class_names, "data": cfg.data.name}
+                "class_names": ds.class_names, "data": cfg.data.name, "world_size": dist.world}
         path = save_checkpoint(run_dir / "checkpoints" / f"step-{step:07d}.safetensors", cfg, step,
                                {"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt_t, "loader": loader_t,
                                 "rng": {"torch": torch.get_rng_state(), "loss": gen.get_state()}}, meta=meta)
@@ -185,24 +219,26 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
                       nrow=max(1, tc.sample_n // cfg.model.num_classes) if balanced else None, scale=2)
         return path
 
-    bar = tqdm(total=tc.steps or None, initial=step, disable=quiet, dynamic_ncols=True, desc="train")
+    bar = tqdm(total=tc.steps or None, initial=step, disable=quiet or not dist.is_main, dynamic_ncols=True, desc="train")
     last_ckpt_t, last_ckpt_step = time.time(), step
     window_imgs, window_t = 0, time.time()
     stats: dict[str, float] = {}
     skipped = 0
     stop = _Stop()
+    stopping = False  # several processes: the stop request as agreed after the last step (a signal may reach one rank only)
     with stop:
-        while budget_left() and not stop.requested and (stop_at_step is None or step < stop_at_step):
+        while budget_left() and not (stopping or dist.world == 1 and stop.requested) and (stop_at_step is None or step < stop_at_step):
             t0 = time.time()
             x, y = next(loader)
+            x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
             if cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             for g in opt.param_groups:
                 g["lr"] = tc.lr * lr_factor(cfg, step, elapsed)
             net.train()
             with autocast():
-                parts = loss_fn(net, cfg.model, cfg.loss, sched, x, y, gen)
-            if not torch.isfinite(parts.total):
+                parts = loss_fn(model, cfg.model, cfg.loss, sched, x, y, gen, shard=dist.shard)
+            if not dist.all_true(torch.isfinite(parts.total)):  # every rank skips, or none does
                 skipped += 1
                 logger.log(step, {"skipped_nonfinite": float(skipped)})
                 tqdm.write(f"step {step}: non-finite loss, step skipped ({skipped} so far)")
@@ -219,8 +255,10 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
             ema.update(net)
             step += 1
             elapsed += time.time() - t0
-            window_imgs += x.shape[0]
-            sc = parts.scalars()
+            window_imgs += x.shape[0]  # the global batch
+            due = step % tc.ckpt_every == 0 or time.time() - last_ckpt_t > 60 * tc.ckpt_minutes
+            # Several processes: rank 0's clock and checkpoint timing, anyone's stop signal, mean scalars.
+            elapsed, due, stopping, sc = dist.agree(elapsed, due, stop.requested, parts.scalars())
             for k, v in sc.items():
                 stats[k] = 0.9 * stats.get(k, v) + 0.1 * v
             bar.update(1)
@@ -230,12 +268,14 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
                 shown = {n: f"{stats[k]:.{d}f}" for n, k, d in (("mse", "mse", 4), ("acc", "clean_acc", 2)) if k in stats}
                 bar.set_postfix(loss=f"{stats['total']:.4f}", **shown, ips=f"{ips:.0f}")
                 logger.log(step, {**sc, "lr": opt.param_groups[0]["lr"], "grad_norm": float(gnorm), "img_per_s": ips, "elapsed_s": elapsed})
-            if step % tc.ckpt_every == 0 or time.time() - last_ckpt_t > 60 * tc.ckpt_minutes:
+            if due:
                 checkpoint()
                 last_ckpt_t, last_ckpt_step = time.time(), step
     bar.close()
-    path = checkpoint() if step != last_ckpt_step or not list((run_dir / "checkpoints").glob("step-*.safetensors")) else latest_in(run_dir)
+    final = dist.from_main(step != last_ckpt_step or not list((run_dir / "checkpoints").glob("step-*.safetensors")))
+    path = checkpoint() if final else latest_in(run_dir)
     summary = {"run_dir": str(run_dir), "step": step, "elapsed_s": round(elapsed, 1), "checkpoint": str(path),
-               "interrupted": stop.requested, "skipped_steps": skipped, **{k: round(v, 5) for k, v in stats.items()}}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+               "interrupted": stop.requested or stopping, "skipped_steps": skipped, **{k: round(v, 5) for k, v in stats.items()}}
+    if dist.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

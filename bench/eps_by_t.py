@@ -1,0 +1,49 @@
+"""Where along the noise schedule does a checkpoint's score fail? Per-t eps-MSE (against the true
+noise) and noisy-input accuracy on test images, for the EMA weights of an EGC or ddpm checkpoint.
+The MSE of the trivial predictor (eps_hat = x_t scaled, the Gaussian-data optimum) is printed
+beside it so a number can be read without knowing the schedule. Prints one JSON line.
+
+    python bench/eps_by_t.py RUN_OR_CKPT [--n 256] [--ts 1,10,50,100,250,500,750,999]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from egc import EGC
+from egc.data import load_dataset, to_model_range
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("checkpoint")
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--ts", default="1,10,50,100,250,500,750,999")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    m = EGC.load(a.checkpoint)
+    test = load_dataset(m.config.data.name, "test", m.config.data.root)
+    x0 = to_model_range(test.images[: a.n])
+    y = test.labels[: a.n]
+    g = torch.Generator().manual_seed(a.seed)
+    rows = {}
+    sd2 = float(x0.var())
+    for t in (int(s) for s in a.ts.split(",")):
+        eps = torch.randn(x0.shape, generator=g)
+        ab = m.schedule.abar(torch.tensor([t]))[0]
+        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        eh = m.eps(xt, t)
+        # Gaussian-data optimum: eps_hat = sqrt(1-ab) * x_t / (ab*sd2 + 1 - ab)  (per-pixel, zero mean)
+        base = (1 - ab).sqrt() * xt / (ab * sd2 + 1 - ab)
+        row = {"mse": float((eh - eps).pow(2).mean()), "mse_gaussian_baseline": float((base - eps).pow(2).mean())}
+        if m.can_classify:
+            row["acc"] = float((m.logits(xt, t).argmax(1) == y).float().mean())
+        rows[str(t)] = {k: round(v, 4) for k, v in row.items()}
+    print(json.dumps({"benchmark": "eps_by_t", "checkpoint": str(a.checkpoint), "n": a.n, "by_t": rows}))
+
+
+if __name__ == "__main__":
+    main()
