@@ -62,17 +62,72 @@ def save_checkpoint(path: str | Path, config: RunConfig, step: int, groups: dict
             raise CheckpointError(f"refusing to write {path}: tensor '{k}' holds NaN or inf")
     metadata = {"format": FORMAT, "version": str(VERSION), "kind": kind, "step": str(step),
                 "config": config.to_json(), "meta": json.dumps(meta or {})}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(tmp), metadata=metadata)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        _test_pause()
         os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
+        _fsync_dir(path.parent)
+    except (OSError, SafetensorError) as e:  # a full disk or size limit surfaces from safetensors as SafetensorError
+        _unlink_quietly(tmp)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason}") from None
+    except BaseException:  # KeyboardInterrupt, ...: no temporary file is left behind
+        _unlink_quietly(tmp)
+        raise
     return path
+
+
+TMP_TAG = ".tmp"  # temporary files are ".<name>.tmp<pid>": hidden, and never matched as step-N.safetensors
+
+
+def _test_pause() -> None:
+    """Tests only: EGC_TEST_SLOW_CKPT=seconds sleeps between writing the temporary file and the
+    rename, so a test can kill the process in the middle of a checkpoint write."""
+    delay = os.environ.get("EGC_TEST_SLOW_CKPT")
+    if delay:
+        import time
+
+        time.sleep(float(delay))
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); silently skipped where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(p: Path) -> None:
+    try:
+        p.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def remove_stale_tmp(folder: str | Path) -> list[Path]:
+    """Delete temporary files that a killed writer left in ``folder`` (``.<name>.tmp<pid>`` of
+    another process); returns what was removed. Call only where this process is the only writer."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    mine = f"{TMP_TAG}{os.getpid()}"
+    gone = []
+    for q in folder.iterdir():
+        if q.name.startswith(".") and re.search(re.escape(TMP_TAG) + r"\d+$", q.name) and not q.name.endswith(mine):
+            _unlink_quietly(q)
+            gone.append(q)
+    return gone
 
 
 def resolve(spec: str | Path) -> Path:

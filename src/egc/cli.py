@@ -234,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import torch
+
+    # Subnormal floats in trained weights make CPU convolutions and their gradients ~2x slower.
+    torch.set_flush_denormal(True)
     try:
         return args.fn(args)
     except EgcError as e:

@@ -138,6 +138,7 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
         raise EgcError("no budget: give --steps N or --minutes M (or train.steps / train.minutes in the config)")
     if tc.threads:
         torch.set_num_threads(tc.threads)
+    torch.set_flush_denormal(tc.flush_denormal)
     ckpt = None
     if resume:
         found = latest_in(run_dir)
