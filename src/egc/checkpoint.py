@@ -115,16 +115,18 @@ def _unlink_quietly(p: Path) -> None:
         pass
 
 
-def remove_stale_tmp(folder: str | Path) -> list[Path]:
+def remove_stale_tmp(folder: str | Path, names: tuple[str, ...] | None = None) -> list[Path]:
     """Delete temporary files that a killed writer left in ``folder`` (``.<name>.tmp<pid>`` of
-    another process); returns what was removed. Call only where this process is the only writer."""
+    another process; only for the given target ``names`` when set); returns what was removed.
+    Call only where this process is the only writer."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     mine = f"{TMP_TAG}{os.getpid()}"
     gone = []
     for q in folder.iterdir():
-        if q.name.startswith(".") and re.search(re.escape(TMP_TAG) + r"\d+$", q.name) and not q.name.endswith(mine):
+        m = re.fullmatch(r"\.(.+)" + re.escape(TMP_TAG) + r"\d+", q.name)
+        if m and not q.name.endswith(mine) and (names is None or m.group(1) in names):
             _unlink_quietly(q)
             gone.append(q)
     return gone
@@ -171,6 +173,9 @@ def load_checkpoint(spec: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({str(e).splitlines()[0][:120]})") from None
     if md.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an egc checkpoint (no '{FORMAT}' format tag in its metadata)")
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:  # egc never writes one (save_checkpoint refuses): a corrupt or hand-made file
+        raise CheckpointError(f"{path}: tensor '{bad}' holds NaN or inf")
     try:
         version = int(md.get("version", "0"))
     except ValueError:
@@ -186,9 +191,14 @@ def load_checkpoint(spec: str | Path) -> Checkpoint:
     return Checkpoint(config, step, md.get("kind", "train"), tensors, meta, path)
 
 
-def export_weights(spec: str | Path, out: str | Path, dtype: torch.dtype = torch.float32, extra_meta: dict[str, Any] | None = None) -> Path:
-    """Write the inference weights (EMA when present) of a checkpoint as a small weights-only file."""
+def export_weights(spec: str | Path, out: str | Path, dtype: torch.dtype = torch.float32, extra_meta: dict[str, Any] | None = None,
+                   guidance: float | None = None) -> Path:
+    """Write the inference weights (EMA when present) of a checkpoint as a small weights-only file.
+
+    ``guidance`` records a measured classifier-guidance scale as the model's sampling default."""
     ck = load_checkpoint(spec)
+    if guidance is not None:
+        ck.config.train.guidance = float(guidance)
     weights = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in ck.inference_weights().items()}
     keep = {k: ck.meta[k] for k in ("class_names", "data", "elapsed_s") if k in ck.meta}
     return save_checkpoint(out, ck.config, ck.step, {"ema": weights}, kind="weights", meta={**keep, **(extra_meta or {})})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -29,9 +30,16 @@ def _nonneg_float(s: str) -> float:
         v = float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got '{s}'") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s}")
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s}")
     return v
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line errors of the rest of the CLI (no usage block)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def _set_threads(n: int | None) -> None:
@@ -56,7 +64,17 @@ def cmd_train(a: argparse.Namespace) -> int:
         # Resuming without --config continues the run's own resolved config; flags still override it.
         saved = Path(a.out) / "config.yaml"
         base = saved if saved.is_file() else None
+    from .imageio import check_output_dir
+
+    check_output_dir(a.out)
     cfg = load_config(base, overrides)
+    if a.resume and a.model_size is not None:  # the architecture of a run comes from its checkpoint
+        from .checkpoint import latest_in, load_checkpoint
+
+        found = latest_in(Path(a.out))
+        have = load_checkpoint(found).config.model.size if found is not None else a.model_size
+        if have != a.model_size:
+            raise EgcError(f"--resume: {found} is a model size '{have}' run; --model-size {a.model_size} cannot change it (drop the flag or use another --out)")
     summary = train(cfg, a.out, resume=a.resume, quiet=a.quiet)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line (rank 0's)
         print(json.dumps(summary))
@@ -73,8 +91,13 @@ def cmd_sample(a: argparse.Namespace) -> int:
     import numpy as np
 
     from .data import to_uint8
-    from .imageio import atomic_write_bytes, save_grid
+    from .imageio import atomic_write_bytes, check_output_file, save_grid
 
+    if a.npz is not None and Path(a.npz).suffix != ".npz":
+        raise EgcError(f"--npz path must end in .npz, got {a.npz}")
+    check_output_file(a.out)  # before any work: a bad output path should not cost a sampling run
+    if a.npz is not None:
+        check_output_file(a.npz, "--npz")
     _set_threads(a.threads)
     m = _load(a.checkpoint, a.precision)
     labels = None
@@ -82,21 +105,23 @@ def cmd_sample(a: argparse.Namespace) -> int:
         labels = [_class_id(m, s) for s in a.label.split(",")]
         if len(labels) == 1:
             labels = labels * a.n
-    if a.npz and Path(a.npz).suffix != ".npz":
-        raise EgcError(f"--npz path must end in .npz, got {a.npz}")
     imgs, y = m.sample(a.n, labels=labels, class_balanced=a.class_balanced, sampler=a.sampler, steps=a.steps, guidance=a.guidance,
                        eta=a.eta, seed=a.seed, batch_size=a.batch_size, progress=not a.quiet)
     u8 = to_uint8(imgs)
     k = m.config.model.num_classes
     nrow = a.n // k if a.class_balanced and a.n % k == 0 and a.n // k > 1 else None
     out = save_grid(u8, a.out, nrow=nrow, scale=a.scale)
-    result = {"grid": str(out), "n": a.n, "sampler": a.sampler, "steps": a.steps, "guidance": a.guidance}
+    result = {"grid": str(out), "n": a.n, "sampler": a.sampler, "steps": a.steps, "guidance": m.config.train.guidance if a.guidance is None else a.guidance}
     if a.npz:
         import io
 
         buf = io.BytesIO()
         np.savez(buf, images=u8.numpy(), labels=y.numpy().astype(np.int64))
-        atomic_write_bytes(Path(a.npz), buf.getvalue())
+        try:
+            atomic_write_bytes(Path(a.npz), buf.getvalue())
+        except BaseException:
+            out.unlink(missing_ok=True)  # all outputs or none
+            raise
         result["npz"] = a.npz
     print(json.dumps(result))
     return 0
@@ -148,15 +173,19 @@ def cmd_export(a: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import export_weights
+    from .imageio import check_output_file
 
-    out = export_weights(a.checkpoint, a.out, dtype=torch.float16 if a.half else torch.float32)
+    check_output_file(a.out)
+    out = export_weights(a.checkpoint, a.out, dtype=torch.float16 if a.half else torch.float32, guidance=a.guidance)
     print(json.dumps({"weights": str(out), "bytes": out.stat().st_size}))
     return 0
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .imageio import check_output_dir
 
+    check_output_dir(a.out)
     _set_threads(a.threads)
     summary = run_demo(a.out, a.checkpoint, quick=a.quick)
     print(json.dumps(summary, indent=2))
@@ -164,7 +193,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="egc", description="Energy-based generative classifiers: one network that classifies and generates.")
+    p = _Parser(prog="egc", description="Energy-based generative classifiers: one network that classifies and generates.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train an EGC model")
@@ -193,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--class-balanced", action="store_true", help="n/K samples of each class")
     s.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++2m"])
     s.add_argument("--steps", type=_positive_int, default=100)
-    s.add_argument("--guidance", type=_nonneg_float, default=3.0, help="classifier-term scale s (0 = unconditional)")
+    s.add_argument("--guidance", type=_nonneg_float, default=None, help="classifier-term scale s (0 = unconditional; default: the model's recommended scale)")
     s.add_argument("--eta", type=_nonneg_float, default=0.0, help="DDIM noise (0 deterministic, 1 = DDPM variance)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=_positive_int, default=250)
@@ -218,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("--out", required=True)
     e.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
+    e.add_argument("--guidance", type=_nonneg_float, help="record this measured guidance scale as the model's default for sampling")
     e.set_defaults(fn=cmd_export)
 
     d = sub.add_parser("demo", help="classify real test images and draw a class-balanced grid with the shipped model")
@@ -241,7 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except EgcError as e:
-        print(f"egc {args.cmd}: error: {e}", file=sys.stderr)
+        print(f"egc {args.cmd}: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the environment (a full disk, a vanished folder) where no EgcError names it yet
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"egc {args.cmd}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"egc {args.cmd}: interrupted", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,18 @@ class TrainConfig:
     sample_n: int = 50  # grid at each checkpoint (class-balanced)
     sample_steps: int = 50
     guidance: float = 3.0
+    # A non-finite loss or gradient: "skip" the step, or "rollback" to the last checkpoint this run
+    # wrote or resumed from, with the learning rate multiplied by rollback_lr_factor (cumulative,
+    # saved in checkpoints). After max_nonfinite skips or rollbacks in a row (without getting past
+    # the failing step) training stops with an error.
+    nonfinite: str = "skip"
+    rollback_lr_factor: float = 0.5
+    max_nonfinite: int = 5
 
     def validate(self) -> None:
+        _check(self.nonfinite in ("skip", "rollback"), f"train.nonfinite must be skip or rollback, got '{self.nonfinite}'")
+        _check(0 < self.rollback_lr_factor <= 1, f"train.rollback_lr_factor must be in (0, 1], got {self.rollback_lr_factor}")
+        _check(self.max_nonfinite >= 1, f"train.max_nonfinite must be >= 1, got {self.max_nonfinite}")
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
         _check(self.lr_schedule in ("constant", "cosine"), f"train.lr_schedule must be constant or cosine, got '{self.lr_schedule}'")
@@ -224,6 +235,8 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
             num = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got '{value}'") from None
+        if not math.isfinite(num):
+            raise ConfigError(f"{key}: expected a finite number, got '{value}'")
         if isinstance(current, int):
             if num != int(num):
                 raise ConfigError(f"{key}: expected an integer, got '{value}'")
@@ -275,6 +288,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {p} cannot be read: {getattr(e, 'strerror', None) or e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {p} must be a mapping of sections (model:, train:, ...), not a {type(raw).__name__}")
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got '{item}'")

@@ -65,8 +65,10 @@ class EGC:
         weights = ckpt.inference_weights()
         try:
             net.load_state_dict(weights)
-        except RuntimeError as e:
-            raise CheckpointError(f"{ckpt.path}: weights do not fit the model its config describes ({str(e).splitlines()[0][:100]})") from None
+        except RuntimeError as e:  # torch's first line is a generic heading; the next names the first mismatch
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__)[:160]
+            raise CheckpointError(f"{ckpt.path}: weights do not fit the model its config describes ({detail})") from None
         return cls(net, ckpt.config, ckpt.meta.get("class_names"), precision)
 
     @classmethod
@@ -144,14 +146,17 @@ class EGC:
         return -self.eps(x, tt, y, guidance) / (1 - self.schedule.abar(tt)).sqrt().view(-1, 1, 1, 1)
 
     def sample(self, n: int, labels: torch.Tensor | list[int] | None = None, class_balanced: bool = False, sampler: str = "ddim",
-               steps: int = 100, guidance: float = 3.0, eta: float = 0.0, seed: int = 0, batch_size: int = 250,
+               steps: int = 100, guidance: float | None = None, eta: float = 0.0, seed: int = 0, batch_size: int = 250,
                progress: bool = False, clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw n images. Returns (images float [n, C, H, W] in [-1, 1], labels int64 [n], -1 = unconditional).
 
-        ``class_balanced`` asks for n/K of each class (n rounded down to a multiple of K is an error
+        ``guidance`` None takes the model's own recommended scale (config train.guidance, set by
+        ``egc export --guidance`` after measuring it). ``class_balanced`` asks for n/K of each class (n rounded down to a multiple of K is an error
         avoided by cycling classes); ``labels`` gives them explicitly; neither means unconditional.
         """
         self._need(self.can_generate, "sampler")
+        if guidance is None:
+            guidance = self.config.train.guidance
         if self.kind == "ddpm" and (labels is not None or class_balanced):
             raise EgcError("a ddpm checkpoint is unconditional: sample without labels or --class-balanced")
         k = self.config.model.num_classes

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,8 @@ def _nonneg_float(s: str) -> float:
         v = float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got '{s}'") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s}")
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s}")
     return v
 
 
@@ -115,7 +116,7 @@ def cmd_cag(a: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from ..imageio import atomic_write_bytes, save_grid
+    from ..imageio import atomic_write_bytes, check_output_file, save_grid
     from .adapters import load_classifier, resolve_class
     from .generate import generate
     from .text import prompt_classes
@@ -126,6 +127,9 @@ def cmd_cag(a: argparse.Namespace) -> int:
         raise EgcError(f"--npz path must end in .npz, got {a.npz}")
     if Path(a.out).suffix.lower() != ".png":
         raise EgcError(f"--out must be a .png path, got {a.out}")
+    check_output_file(a.out)  # before the optimisation: a bad output path should not cost a run
+    if a.npz:
+        check_output_file(a.npz, "--npz")
     is_text = a.classifier.strip().lower().startswith("clip:")
     clf = load_classifier(a.classifier, prompts=prompt_classes(a.target) if is_text else None)
     target = 0 if is_text else resolve_class(clf, a.target)
@@ -137,13 +141,17 @@ def cmd_cag(a: argparse.Namespace) -> int:
     with torch.no_grad():
         probs = torch.softmax(clf(imgs).float(), dim=1)  # the generating classifier's own view, clean images
     u8 = (imgs * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # [n, S, S, C]
-    save_grid(u8, a.out, scale=a.scale)
+    grid = save_grid(u8, a.out, scale=a.scale)
     if a.npz:
         import io
 
         buf = io.BytesIO()
         np.savez(buf, images=u8.numpy(), labels=np.full(a.n, target, dtype=np.int64))
-        atomic_write_bytes(Path(a.npz), buf.getvalue())
+        try:
+            atomic_write_bytes(Path(a.npz), buf.getvalue())
+        except BaseException:
+            grid.unlink(missing_ok=True)  # all outputs or none
+            raise
     print(json.dumps({
         "out": str(a.out), "npz": a.npz, "classifier": clf.name, "target": clf.class_names[target], "target_index": target,
         "n": a.n, "size": size, "plan": cfg.plan(), "seconds": round(seconds, 2), "seconds_per_image": round(seconds / a.n, 3),

@@ -53,6 +53,11 @@ class ImageDataset:
                 f"{self.name}: images must be uint8 [N, H, W, C] with C in (1, 3), "
                 f"got {imgs.dtype} {list(imgs.shape)}"
             )
+        if imgs.shape[1] != imgs.shape[2]:
+            raise DataError(
+                f"{self.name}: images are {imgs.shape[2]}x{imgs.shape[1]} (width x height); "
+                "egc models take square images"
+            )
         if labels.dtype != torch.int64 or labels.ndim != 1 or labels.shape[0] != imgs.shape[0]:
             raise DataError(
                 f"{self.name}: labels must be int64 [{imgs.shape[0]}] to match the images, "

@@ -50,6 +50,8 @@ def _check_images(images: np.ndarray, n: int, key: str, path: Path) -> np.ndarra
         )
     if images.shape[0] != n:
         raise DataError(f"{path}: {key!r} holds {images.shape[0]} images but {n} labels")
+    if n == 0:
+        raise DataError(f"{path}: {key!r} holds no images")
     return np.ascontiguousarray(images)
 
 
@@ -94,6 +96,10 @@ def load_npz(path: str | os.PathLike[str], split: str) -> ImageDataset:
     except OSError as exc:
         raise DataError(f"{p}: cannot open ({one_line(exc)})") from exc
     with handle:
+        magic = handle.read(6)
+        handle.seek(0)
+        if not (magic.startswith(b"PK") or magic.startswith(b"\x93NUMPY")):  # zip archive / bare .npy
+            raise DataError(f"{p}: not an .npz archive (no zip header); {_EXPECTED}")
         try:
             npz = np.load(handle, allow_pickle=False)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,13 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ..checkpoint import latest_in, load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
+from ..checkpoint import Checkpoint, latest_in, load_checkpoint, optimizer_tensors, remove_stale_tmp, restore_optimizer, save_checkpoint
 from ..config import RunConfig
 from ..data import DEFAULT_FLIP, BatchLoader, load_dataset, to_uint8
 from ..diffusion.losses import LOSSES
 from ..diffusion.schedule import Schedule
 from ..errors import CheckpointError, EgcError
-from ..imageio import save_grid
+from ..imageio import atomic_write_bytes, save_grid
 from ..model import EGC
 from ..nets import build_net
 from .dist import Dist, start as start_dist
@@ -71,12 +72,20 @@ def lr_factor(cfg: RunConfig, step: int, elapsed_s: float) -> float:
 class Logger:
     """CSV (always) and TensorBoard (when installed) scalars; only the writing process calls it."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, upto: int | None = None) -> None:
         self.path = run_dir / "log.csv"
         self.fields: list[str] | None = None
         if self.path.exists():
-            with open(self.path) as f:
-                self.fields = next(csv.reader(f), None)
+            with open(self.path, newline="") as f:
+                rows = list(csv.reader(f))
+            self.fields = rows[0] if rows else None
+            if upto is not None and self.fields:
+                # Starting from the checkpoint of step ``upto`` (0: a fresh run): drop rows of the steps
+                # about to be redone (a kill after a log line, before the next checkpoint) and a torn
+                # last line, so the log holds every step once.
+                keep = [r for r in rows[1:] if len(r) == len(self.fields) and _int_or_none(r[0]) is not None and _int_or_none(r[0]) <= upto]
+                if len(keep) != len(rows) - 1:
+                    self._rewrite(keep)
         self.tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter  # optional
@@ -85,11 +94,25 @@ class Logger:
         except Exception:  # tensorboard not installed: CSV only
             self.tb = None
 
+    def _rewrite(self, rows: list[list[str]]) -> None:
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(self.fields)
+        w.writerows(rows)
+        atomic_write_bytes(self.path, buf.getvalue().encode())
+
     def log(self, step: int, row: dict[str, float]) -> None:
         row = {"step": step, **row}
         new = self.fields is None
         if new:
             self.fields = list(row)
+        elif extra := [k for k in row if k not in self.fields]:  # a new column (e.g. the first non-finite event)
+            with open(self.path, newline="") as f:
+                old = list(csv.reader(f))[1:]
+            self.fields = self.fields + extra
+            self._rewrite([r + [""] * len(extra) for r in old])
         with open(self.path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
             if new:
@@ -99,6 +122,13 @@ class Logger:
             for k, v in row.items():
                 if k != "step":
                     self.tb.add_scalar(k, v, step)
+
+
+def _int_or_none(s: str) -> int | None:
+    try:
+        return int(s)
+    except ValueError:
+        return None
 
 
 class _NoLog:
@@ -163,27 +193,39 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
     ema = EMA(net, tc.ema_decay)
     gen = torch.Generator().manual_seed(tc.seed + 1)
     step, elapsed = 0, 0.0
-    if ckpt is not None:
-        net.load_state_dict(ckpt.group("model"))
-        restore_optimizer(opt, ckpt.group("opt"), ckpt.meta["opt_groups"])
-        ema.load_state_dict(ckpt.group("ema"), ckpt.meta["ema_updates"])
+    lr_scale = 1.0  # product of the rollback_lr_factor of every rollback so far (kept in checkpoints)
+    last_good: Path | None = None  # the checkpoint a rollback returns to: the newest this run resumed from or wrote
+
+    def restore(ck: Checkpoint) -> None:
+        """Weights, optimiser, EMA, RNG and data order from ``ck`` (for --resume and for a rollback)."""
+        net.load_state_dict(ck.group("model"))
+        restore_optimizer(opt, ck.group("opt"), ck.meta["opt_groups"])
+        ema.load_state_dict(ck.group("ema"), ck.meta["ema_updates"])
         ema.shadow = {k: v.to(dist.device) for k, v in ema.shadow.items()}
-        gen.set_state(ckpt.tensors["rng.loss"])
-        torch.set_rng_state(ckpt.tensors["rng.torch"])
+        gen.set_state(ck.tensors["rng.loss"])
+        torch.set_rng_state(ck.tensors["rng.torch"])
+        loader.load_state_dict({**ck.meta["loader"], **{k: v for k, v in ck.group("loader").items()}})
+
+    if ckpt is not None:
         saved_b = int(ckpt.meta["loader"].get("batch_size", loader.batch_size))
         if saved_b != loader.batch_size:  # the data order is kept per global batch
             hint = f"--batch-size {saved_b // dist.world}" if saved_b % dist.world == 0 else f"a process count that divides {saved_b}"
             raise EgcError(f"--resume: {found.name} was trained on global batches of {saved_b} images; this run's would be {loader.batch_size} "
                            f"({dist.world} process(es) x train.batch_size {tc.batch_size}): use {hint}")
-        loader.load_state_dict({**ckpt.meta["loader"], **{k: v for k, v in ckpt.group("loader").items()}})
+        restore(ckpt)
         step, elapsed = ckpt.step, float(ckpt.meta["elapsed_s"])
+        lr_scale, last_good = float(ckpt.meta.get("lr_scale", 1.0)), found
     if cfg.train.channels_last:
         net = net.to(memory_format=torch.channels_last)
     model = dist.wrap(net)  # what the loss calls (DDP for several processes); net = the weights themselves
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    logger: Logger | _NoLog = Logger(run_dir) if dist.is_main else _NoLog()
+        # Temporary files of a killed earlier process (a kill mid-write leaves ".NAME.tmpPID", never half a NAME).
+        for folder, names in ((run_dir / "checkpoints", None), (run_dir / "samples", None), (run_dir, ("config.yaml", "summary.json", "log.csv"))):
+            remove_stale_tmp(folder, names)
+        atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+    # The log describes the steps this run's checkpoints hold: rows after ``step`` (of a killed attempt) go.
+    logger: Logger | _NoLog = Logger(run_dir, upto=step) if dist.is_main else _NoLog()
     sched = Schedule.make(cfg.diffusion.schedule, cfg.diffusion.steps)
     autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if tc.precision == "bf16" else contextlib.nullcontext
     loss_fn = LOSSES[cfg.model.kind]  # the one place the model kind picks the objective
@@ -203,7 +245,7 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
         loader_m = {k: v for k, v in loader_sd.items() if not torch.is_tensor(v)}
         opt_t, opt_groups = optimizer_tensors(opt)
         meta = {"opt_groups": opt_groups, "ema_updates": ema.updates, "loader": loader_m, "elapsed_s": elapsed,
-                "class_names": ds.class_names, "data": cfg.data.name, "world_size": dist.world}
+                "class_names": ds.class_names, "data": cfg.data.name, "world_size": dist.world, "lr_scale": lr_scale}
         path = save_checkpoint(run_dir / "checkpoints" / f"step-{step:07d}.safetensors", cfg, step,
                                {"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt_t, "loader": loader_t,
                                 "rng": {"torch": torch.get_rng_state(), "loss": gen.get_state()}}, meta=meta)
@@ -211,7 +253,10 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
         for q in old:
             q.unlink(missing_ok=True)
         if tc.sample_n > 0 and cfg.model.kind != "classifier":  # a classifier cannot draw a grid
-            ema_net = build_net(cfg.model)
+            # build_net draws initial weights from the global RNG: without fork_rng the grid would shift the
+            # training RNG (dropout masks) by an amount that a resume from this checkpoint does not repeat.
+            with torch.random.fork_rng(devices=[]):
+                ema_net = build_net(cfg.model)
             ema_net.load_state_dict(ema.state_dict())
             model = EGC(ema_net, cfg, ds.class_names, tc.precision)
             balanced = cfg.model.kind == "egc"  # ddpm: an unconditional grid
@@ -224,7 +269,10 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
     last_ckpt_t, last_ckpt_step = time.time(), step
     window_imgs, window_t = 0, time.time()
     stats: dict[str, float] = {}
-    skipped = 0
+    skipped = rollbacks = 0
+    in_a_row, fail_step = 0, -1  # non-finite steps since training last got past the step that failed
+    if tc.nonfinite == "rollback" and last_good is None:  # a fresh run: a state to roll back to before the first step
+        last_good = checkpoint()
     stop = _Stop()
     stopping = False  # several processes: the stop request as agreed after the last step (a signal may reach one rank only)
     with stop:
@@ -235,26 +283,50 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
             if cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             for g in opt.param_groups:
-                g["lr"] = tc.lr * lr_factor(cfg, step, elapsed)
+                g["lr"] = tc.lr * lr_scale * lr_factor(cfg, step, elapsed)
             net.train()
             with autocast():
                 parts = loss_fn(model, cfg.model, cfg.loss, sched, x, y, gen, shard=dist.shard)
-            if not dist.all_true(torch.isfinite(parts.total)):  # every rank skips, or none does
-                skipped += 1
-                logger.log(step, {"skipped_nonfinite": float(skipped)})
-                tqdm.write(f"step {step}: non-finite loss, step skipped ({skipped} so far)")
+            bad = ""
+            if not dist.all_true(torch.isfinite(parts.total)):  # every rank sees it, or none does
+                bad = "loss"
+            else:
                 opt.zero_grad(set_to_none=True)
-                continue
-            opt.zero_grad(set_to_none=True)
-            parts.total.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-            if not torch.isfinite(gnorm):
-                skipped += 1
-                tqdm.write(f"step {step}: non-finite gradient, step skipped ({skipped} so far)")
+                parts.total.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+                if not torch.isfinite(gnorm):  # the same on every rank (DDP averaged the gradients)
+                    bad = "gradient"
+            if bad:  # the weights are untouched: skip the step, or return to the last checkpoint with a lower lr
+                opt.zero_grad(set_to_none=True)
+                in_a_row, fail_step = in_a_row + 1, max(fail_step, step)
+                what = "skipped steps" if tc.nonfinite == "skip" else "rollbacks"
+                if in_a_row > tc.max_nonfinite:
+                    raise EgcError(f"step {step}: non-finite {bad} after {tc.max_nonfinite} {what} in a row (train.nonfinite={tc.nonfinite}, "
+                                   f"train.max_nonfinite={tc.max_nonfinite}): giving up; lower train.lr or check the data")
+                if tc.nonfinite == "skip":
+                    skipped += 1
+                    msg = f"step {step}: non-finite {bad}, step skipped ({skipped} so far)"
+                else:
+                    if last_good is None or not last_good.is_file():
+                        raise EgcError(f"step {step}: non-finite {bad} and no checkpoint to roll back to ({last_good} is gone)")
+                    bad_step, good = step, load_checkpoint(last_good)
+                    restore(good)
+                    step = last_ckpt_step = good.step  # the time spent stays spent (elapsed is not rolled back)
+                    rollbacks += 1
+                    lr_scale *= tc.rollback_lr_factor
+                    msg = (f"step {bad_step}: non-finite {bad}: rolled back to {last_good.name} (step {step}), learning rate x{tc.rollback_lr_factor:g} "
+                           f"(now x{lr_scale:g} of the schedule; rollback {in_a_row} of at most {tc.max_nonfinite} in a row)")
+                    bar.n = step
+                if dist.is_main:
+                    tqdm.write(msg, file=sys.stderr)
+                logger.log(step if tc.nonfinite == "skip" else bad_step,
+                           {"nonfinite": 1.0, "skipped_nonfinite": float(skipped), "rollbacks": float(rollbacks), "lr_scale": lr_scale})
                 continue
             opt.step()
             ema.update(net)
             step += 1
+            if step > fail_step:
+                in_a_row = 0
             elapsed += time.time() - t0
             window_imgs += x.shape[0]  # the global batch
             due = step % tc.ckpt_every == 0 or time.time() - last_ckpt_t > 60 * tc.ckpt_minutes
@@ -270,13 +342,14 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
                 bar.set_postfix(loss=f"{stats['total']:.4f}", **shown, ips=f"{ips:.0f}")
                 logger.log(step, {**sc, "lr": opt.param_groups[0]["lr"], "grad_norm": float(gnorm), "img_per_s": ips, "elapsed_s": elapsed})
             if due:
-                checkpoint()
+                last_good = checkpoint()
                 last_ckpt_t, last_ckpt_step = time.time(), step
     bar.close()
     final = dist.from_main(step != last_ckpt_step or not list((run_dir / "checkpoints").glob("step-*.safetensors")))
     path = checkpoint() if final else latest_in(run_dir)
     summary = {"run_dir": str(run_dir), "step": step, "elapsed_s": round(elapsed, 1), "checkpoint": str(path),
-               "interrupted": stop.requested or stopping, "skipped_steps": skipped, **{k: round(v, 5) for k, v in stats.items()}}
+               "interrupted": stop.requested or stopping, "skipped_steps": skipped, "rollbacks": rollbacks, "lr_scale": lr_scale,
+               **{k: round(v, 5) for k, v in stats.items()}}
     if dist.is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
     return summary
