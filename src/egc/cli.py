@@ -259,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cag.cli import add_cag_parser  # CaG needs none of the EGC training code
 
     add_cag_parser(sub)
+    from .eval.cli import add_eval_parsers  # evaluation imports inference code only
+
+    add_eval_parsers(sub)
     return p
 
 

@@ -1,0 +1,137 @@
+"""The ``egc eval`` and ``egc report`` subcommands (wired into ``egc.cli`` by ``add_eval_parsers``).
+
+Bad input is an :class:`EgcError` (one line, exit 2 through ``egc.cli.main``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from egc.errors import EgcError
+
+
+def _floats(flag: str, s: str) -> list[float]:
+    out = []
+    for p in s.split(","):
+        if not p.strip():
+            continue
+        try:
+            v = float(p)
+        except ValueError:
+            raise EgcError(f"{flag}: expected comma-separated numbers, got '{s}'") from None
+        if not (math.isfinite(v) and v >= 0):
+            raise EgcError(f"{flag}: values must be finite and >= 0, got {p.strip()}")
+        out.append(v)
+    return out
+
+
+def _ints(flag: str, s: str) -> list[int]:
+    try:
+        return [int(p) for p in s.split(",") if p.strip()]
+    except ValueError:
+        raise EgcError(f"{flag}: expected comma-separated integers, got '{s}'") from None
+
+
+def _positive(flag: str, v: int | None) -> None:
+    if v is not None and v < 1:
+        raise EgcError(f"{flag} must be >= 1, got {v}")
+
+
+def settings_from_args(a: argparse.Namespace):
+    """EvalSettings from parsed ``egc eval`` flags (validated; EgcError on bad values)."""
+    from .evaluate import EvalSettings, parse_metrics
+
+    for flag, v in (("--n-test", a.n_test), ("--n-samples", a.n_samples), ("--steps", a.steps), ("--pgd-steps", a.pgd_steps),
+                    ("--restarts", a.restarts), ("--n-robust", a.n_robust), ("--square-queries", a.square_queries),
+                    ("--sanity-n", a.sanity_n), ("--batch-size", a.batch_size), ("--threads", a.threads)):
+        _positive(flag, v)
+    if a.guidance is not None and not (math.isfinite(a.guidance) and a.guidance >= 0):
+        raise EgcError(f"--guidance must be finite and >= 0, got {a.guidance}")
+    ood = None if a.ood_sets in (None, "auto") else [p.strip().lower() for p in a.ood_sets.split(",") if p.strip()]
+    return EvalSettings(
+        metrics=parse_metrics(a.metrics), data=a.data, data_root=a.data_root, n_test=a.n_test, noise_t=_ints("--noise-t", a.noise_t),
+        n_robust=a.n_robust, eps_linf=_floats("--eps-linf", a.eps_linf), eps_l2=_floats("--eps-l2", a.eps_l2), pgd_steps=a.pgd_steps,
+        restarts=a.restarts, sanity=not a.no_sanity, sanity_n=a.sanity_n, square_queries=a.square_queries, ood_sets=ood,
+        n_samples=a.n_samples, sampler=a.sampler, steps=a.steps, guidance=a.guidance, judge=a.judge, inception=a.inception,
+        batch_size=a.batch_size, seed=a.seed, precision=a.precision, out_dir=a.out_dir, quiet=a.quiet)
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from egc.imageio import atomic_write_bytes, check_output_dir, check_output_file
+
+    from .evaluate import INCEPTION_UNAVAILABLE, run_eval
+
+    if a.inception is not None:  # before loading anything
+        raise EgcError(f"--inception {a.inception}: {INCEPTION_UNAVAILABLE}")
+    if a.out_dir is None and a.json is None and Path(a.checkpoint).is_dir():
+        a.out_dir = str(Path(a.checkpoint) / "eval")  # a run folder keeps its evaluation beside it
+    if a.out_dir is not None:
+        check_output_dir(a.out_dir, "--out-dir")
+    if a.json is None and a.out_dir is not None:
+        a.json = str(Path(a.out_dir) / "eval.json")
+    if a.json is not None:
+        check_output_file(a.json, "--json")
+    s = settings_from_args(a)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    doc = run_eval(a.checkpoint, s)
+    text = json.dumps(doc, indent=2, allow_nan=False)
+    if a.json is not None:
+        atomic_write_bytes(Path(a.json), (text + "\n").encode())
+        print(f"wrote {a.json}", file=sys.stderr)
+    print(text)
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from .report import write_report
+
+    out = write_report(a.inputs, a.out, a.title)
+    print(json.dumps({"report": str(out), "models": len(a.inputs)}))
+    return 0
+
+
+def add_eval_parsers(sub) -> None:
+    """Add ``eval`` and ``report`` to the ``egc`` subparsers ``sub``."""
+    e = sub.add_parser("eval", help="accuracy, calibration, noisy accuracy, adversarial robustness, OOD detection and sample quality of a checkpoint")
+    e.add_argument("checkpoint", help="checkpoint file, run folder, or zoo:NAME")
+    e.add_argument("--data", help="test set (default: the data set the model was trained on)")
+    e.add_argument("--data-root", help="where the data set lives")
+    e.add_argument("--metrics", default="all", help="comma-separated: acc,ece,noisy_acc,robust,ood,gen (default all)")
+    e.add_argument("--n-test", type=int, help="test images (a seeded random subset; default the whole test set)")
+    e.add_argument("--noise-t", default="0,100,250,500,750", help="timesteps t for noisy accuracy")
+    e.add_argument("--eps-linf", default="0.05,0.1,0.2", help="L-inf budgets, pixel scale [0, 1] ('' = none)")
+    e.add_argument("--eps-l2", default="0.5,1.5,3", help="L2 budgets, pixel scale [0, 1] ('' = none)")
+    e.add_argument("--pgd-steps", type=int, default=20)
+    e.add_argument("--restarts", type=int, default=2, help="PGD random restarts (per-example worst case)")
+    e.add_argument("--n-robust", type=int, default=500, help="test images attacked (the first of the --n-test subset)")
+    e.add_argument("--square-queries", type=int, default=500, help="Square attack iterations for the gradient-masking check")
+    e.add_argument("--sanity-n", type=int, default=100, help="images for the attack sanity checks")
+    e.add_argument("--no-sanity", action="store_true", help="skip the attack sanity checks")
+    e.add_argument("--ood-sets", default="auto", help="uniform,gaussian,cifar10,mnist,fashion-mnist (default auto: noise and every other installed set)")
+    e.add_argument("--n-samples", type=int, default=1000, help="generated samples for the generation metrics (class-balanced)")
+    e.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++2m"])
+    e.add_argument("--steps", type=int, default=50, help="sampler steps")
+    e.add_argument("--guidance", type=float, default=None, help="classifier-term scale (default: the model's recommended scale)")
+    e.add_argument("--judge", help="feature network for generation metrics (zoo:NAME or file; default zoo:fashioncnn for fashion-mnist)")
+    e.add_argument("--inception", metavar="WEIGHTS", help="local Inception-v3 weights for standard FID (not implemented: an error)")
+    e.add_argument("--json", help="write the result here (default OUT_DIR/eval.json when there is an --out-dir)")
+    e.add_argument("--out-dir", help="folder for eval.json, reliability.png and samples.png (default RUN/eval for a run folder)")
+    e.add_argument("--batch-size", type=int, default=250)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    e.add_argument("--threads", type=int)
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(fn=cmd_eval)
+
+    r = sub.add_parser("report", help="one self-contained HTML page comparing egc eval results")
+    r.add_argument("inputs", nargs="+", metavar="RUN_OR_JSON", help="eval JSON files or folders holding eval.json (or eval/eval.json)")
+    r.add_argument("--out", default="report.html")
+    r.add_argument("--title", default="egc evaluation")
+    r.set_defaults(fn=cmd_report)

@@ -1,0 +1,454 @@
+"""``egc eval``: every metric of one checkpoint, as one JSON document (schema ``egc-eval/1``).
+
+Each metric group is a function of a loaded model (``m = EGC.load(spec)``) and tensors; ``run_eval``
+loads the model and data, runs the groups the model kind supports and records why the others were
+skipped. Images are float ``[N, C, H, W]`` in the model range [-1, 1] unless a name says ``x01``
+(pixel scale [0, 1], which the attacks use so that eps budgets are the usual ones).
+
+Model interface used: ``m.kind`` ("egc" | "classifier" | "ddpm"), ``m.config`` (RunConfig),
+``m.logits(x, t)``, ``m.energy(x)``, ``m.sample(...)``, ``m.net`` (for a differentiable forward,
+because ``m.logits`` runs without gradients) and ``m.schedule`` (its abar_t).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from egc.errors import DataError, EgcError
+
+SCHEMA = "egc-eval/1"
+METRICS = ("acc", "ece", "noisy_acc", "robust", "ood", "gen")
+CLASSIFY_METRICS = ("acc", "ece", "noisy_acc", "robust", "ood")
+OOD_DATASETS = ("cifar10", "mnist", "fashion-mnist")
+OOD_NOISE = ("uniform", "gaussian")
+DEFAULT_JUDGES = {"fashion-mnist": "zoo:fashioncnn"}
+INCEPTION_UNAVAILABLE = ("Inception-v3 FID is not implemented: egc has no torchvision-free port of the network; "
+                         "generation metrics use the judge network's features (fd_<judge>, kid_<judge>, ...)")
+
+
+@dataclass
+class EvalSettings:
+    """Everything that decides the numbers (stored in the JSON as ``settings``)."""
+
+    metrics: list[str] = field(default_factory=lambda: list(METRICS))
+    data: str | None = None  # None: the data set the model was trained on
+    data_root: str | None = None
+    n_test: int | None = None  # None: the whole test set
+    noise_t: list[int] = field(default_factory=lambda: [0, 100, 250, 500, 750])
+    n_robust: int = 500
+    eps_linf: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
+    eps_l2: list[float] = field(default_factory=lambda: [0.5, 1.5, 3.0])
+    pgd_steps: int = 20
+    restarts: int = 2
+    sanity: bool = True
+    sanity_n: int = 100
+    square_queries: int = 500
+    ood_sets: list[str] | None = None  # None: uniform, gaussian and every other installed data set
+    n_samples: int = 1000
+    sampler: str = "ddim"
+    steps: int = 50
+    guidance: float | None = None  # None: the model's recommended scale
+    judge: str | None = None  # None: the default judge of the data set, if any
+    inception: str | None = None
+    batch_size: int = 250
+    seed: int = 0
+    precision: str = "auto"
+    out_dir: str | None = None
+    quiet: bool = False
+
+
+# ---------------------------------------------------------------------------------------- model glue
+def model_config(m: Any):
+    """The model's RunConfig (``m.config``; ``m.cfg`` on other versions of the API)."""
+    cfg = getattr(m, "config", None) or getattr(m, "cfg", None)
+    if cfg is None:
+        raise EgcError("model has no config")
+    return cfg
+
+
+def model_kind(m: Any) -> str:
+    return getattr(m, "kind", "egc")
+
+
+def image_shape(m: Any) -> tuple[int, int, int]:
+    mc = model_config(m).model
+    return (mc.in_channels, mc.image_size, mc.image_size)
+
+
+def model_logits_fn(m: Any, t: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Differentiable ``x01 [B, C, H, W] in [0, 1] -> logits [B, K]``: the computation of ``m.logits``
+    (clean token by default, the model's precision), which itself runs under ``no_grad``."""
+    from egc.diffusion import energy as en
+
+    mc = model_config(m).model
+    tt = en.CLEAN_T if t is None or model_kind(m) == "classifier" else int(t)
+    autocast = getattr(m, "_autocast", None)
+
+    def fn(x01: torch.Tensor) -> torch.Tensor:
+        x = x01 * 2 - 1
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            return en.classify(m.net, mc, x, torch.full((x.shape[0],), tt, dtype=torch.long, device=x.device)).float()
+
+    return fn
+
+
+def _bar(total: int, desc: str, quiet: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=quiet, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+@torch.no_grad()
+def batched_logits(m: Any, x: torch.Tensor, t: int | None = None, batch_size: int = 250, quiet: bool = True, desc: str = "classify") -> torch.Tensor:
+    """``m.logits`` over ``x`` ``[N, C, H, W]`` in [-1, 1] -> float ``[N, K]``."""
+    out = []
+    with _bar(x.shape[0], desc, quiet) as bar:
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            out.append(m.logits(xb) if t is None else m.logits(xb, t))
+            bar.update(xb.shape[0])
+    return torch.cat(out).float()
+
+
+@torch.no_grad()
+def energy_scores(m: Any, x: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    """OOD score ``[N]`` (higher = more OOD): ``m.energy(x)`` (t = 0) for EGC, -logsumexp(logits) for a classifier."""
+    out = []
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i:i + batch_size]
+        if model_kind(m) == "classifier":
+            out.append(-torch.logsumexp(m.logits(xb).float(), dim=1))
+        else:
+            out.append(m.energy(xb).float())
+    return torch.cat(out)
+
+
+def noise_schedule_abar(m: Any, t: int) -> float:
+    """abar_t of the model's schedule (``m.schedule``, else rebuilt from the config as the model does)."""
+    sched = getattr(m, "schedule", None)
+    if sched is None:
+        from egc.diffusion.schedule import Schedule
+
+        d = model_config(m).diffusion
+        sched = Schedule.make(d.schedule, d.steps)
+    return float(sched.abar(torch.tensor([t]))[0])
+
+
+def noisy_accuracy(m: Any, x: torch.Tensor, y: torch.Tensor, ts: list[int], seed: int = 0, batch_size: int = 250,
+                   quiet: bool = True) -> dict[str, float]:
+    """``{str(t): accuracy of m.logits(x_t, t)}`` with x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps, one
+    fixed noise draw per t; x ``[N, C, H, W]`` in [-1, 1], y ``[N]``. (A classifier baseline ignores t
+    and sees x_t as a clean image.)"""
+    out: dict[str, float] = {}
+    for t in ts:
+        a = noise_schedule_abar(m, t)
+        g = torch.Generator().manual_seed(seed + 1000 + t)
+        xt = math.sqrt(a) * x + math.sqrt(1 - a) * torch.randn(x.shape, generator=g)
+        pred = batched_logits(m, xt, t, batch_size, quiet, f"noisy t={t}").argmax(dim=1)
+        out[str(t)] = float((pred == y).double().mean())
+    return out
+
+
+# ---------------------------------------------------------------------------------------- data
+def _norm_name(name: str) -> str:
+    return name.lower().replace("_", "-").replace("fashionmnist", "fashion-mnist").replace("cifar-10", "cifar10")
+
+
+def load_test_set(m: Any, name: str, root: str | None, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(x ``[n, C, H, W]`` in [-1, 1], y ``[n]``, size of the full test set): a seeded random subset of
+    the test split, checked against the model's input shape and class count."""
+    from egc.data import load_dataset, to_model_range
+
+    ds = load_dataset(name, "test", root)
+    shape = image_shape(m)
+    got = (ds.channels, ds.image_size, ds.image_size)
+    if got != shape:
+        raise DataError(f"data set {name} has {got[0]}x{got[1]}x{got[2]} images but the model takes {shape[0]}x{shape[1]}x{shape[2]} (C x H x W)")
+    k = model_config(m).model.num_classes
+    if ds.num_classes != k and model_kind(m) != "ddpm":
+        raise DataError(f"data set {name} has {ds.num_classes} classes but the model has {k}")
+    if len(ds) == 0:
+        raise DataError(f"data set {name} has no test images")
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
+    if n is not None:
+        idx = idx[:n]
+    return to_model_range(ds.images[idx]), ds.labels[idx], len(ds)
+
+
+def ood_sets(m: Any, data_name: str, names: list[str] | None, n: int, root: str | None, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """({key: images ``[n', C, H, W]`` in [-1, 1]}, {name: why skipped}) for the requested OOD sets."""
+    from egc.data import load_dataset
+
+    from .ood import convert_images, gaussian_noise, ood_set_key, uniform_noise
+
+    c, s, _ = image_shape(m)
+    own = _norm_name(data_name)
+    wanted = names if names is not None else [*OOD_NOISE, *(d for d in OOD_DATASETS if d != own)]
+    sets: dict[str, torch.Tensor] = {}
+    notes: dict[str, str] = {}
+    for name in wanted:
+        if name == "uniform":
+            sets["uniform_noise"] = uniform_noise(n, (c, s, s), seed)
+        elif name == "gaussian":
+            sets["gaussian_noise"] = gaussian_noise(n, (c, s, s), seed + 1)
+        else:
+            ds, err = None, ""
+            for r in dict.fromkeys([None, root]):  # the default locations first, then --data-root
+                try:
+                    ds = load_dataset(name, "test", r)
+                    break
+                except DataError as e:
+                    err = str(e)
+            if ds is None:
+                notes[name] = f"not available ({err})"
+                continue
+            idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+            sets[ood_set_key(_norm_name(name), ds.channels, c)] = convert_images(ds.images[idx], c, s)
+    return sets, notes
+
+
+# ---------------------------------------------------------------------------------------- generation
+def resolve_judge(m: Any, data_name: str, spec: str | None):
+    """(Judge or None, reason when None). An explicitly given judge that does not fit is an error."""
+    from .judge import load_judge
+
+    given = spec is not None
+    spec = spec or DEFAULT_JUDGES.get(_norm_name(data_name))
+    if spec is None:
+        return None, (f"no independent judge network for data set {data_name}; pass --judge FILE "
+                      "(a network saved with egc.eval.save_feature_net)")
+    judge = load_judge(spec)
+    shape = image_shape(m)
+    want = judge.meta.get("image_shape")
+    problem = None
+    if judge.net.in_ch != shape[0]:
+        problem = f"judge {judge.name} takes {judge.net.in_ch}-channel images, the model makes {shape[0]}"
+    elif want is not None and tuple(want) != shape:
+        problem = f"judge {judge.name} was trained on {tuple(want)} images, the model makes {shape}"
+    elif shape[1] < 16:
+        problem = f"judge {judge.name} needs images of at least 16x16, the model makes {shape[1]}x{shape[2]}"
+    if problem:
+        if given:
+            raise EgcError(problem)
+        return None, problem
+    return judge, ""
+
+
+def sample_grid_u8(images: torch.Tensor, labels: torch.Tensor, k: int, per_class: int = 10) -> tuple[torch.Tensor, int]:
+    """(uint8 ``[R * per_class, H, W, C]``, nrow): up to ``per_class`` samples of each class, one row per class."""
+    from egc.data import to_uint8
+
+    if (labels < 0).all():  # unconditional
+        sel = torch.arange(min(len(images), per_class * per_class))
+        return to_uint8(images[sel]), per_class
+    rows = []
+    for c in range(k):
+        idx = (labels == c).nonzero().flatten()[:per_class]
+        if idx.numel():
+            rows.append(torch.cat([images[idx], torch.ones(per_class - idx.numel(), *images.shape[1:])]))
+    return to_uint8(torch.cat(rows)), per_class
+
+
+def generation_metrics(m: Any, judge, test_x: torch.Tensor, s: EvalSettings) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """(metrics, samples ``[n, C, H, W]`` in [-1, 1], labels ``[n]``): class-balanced samples (EGC) or
+    unconditional ones (ddpm) judged in the judge's feature space against ``test_x``."""
+    from .judge import judge_samples
+
+    kind = model_kind(m)
+    conditional = kind != "ddpm"
+    kw = dict(sampler=s.sampler, steps=s.steps, seed=s.seed, batch_size=s.batch_size, progress=not s.quiet)
+    if conditional:
+        imgs, labels = m.sample(s.n_samples, class_balanced=True, guidance=s.guidance, **kw)
+    else:
+        imgs, labels = m.sample(s.n_samples, **kw)
+    judged_labels = labels if conditional else torch.zeros_like(labels)
+    res = judge_samples(judge, imgs, judged_labels, test_x, batch_size=s.batch_size, seed=s.seed,
+                        kid_subset_size=min(1000, s.n_samples, test_x.shape[0]))
+    if not conditional:
+        res.pop(f"cond_acc_{judge.name}", None)
+    res["judge"] = judge.name
+    return res, imgs, labels
+
+
+# ---------------------------------------------------------------------------------------- the whole run
+def parse_metrics(spec: str) -> list[str]:
+    names = [p.strip().lower() for p in spec.split(",") if p.strip()]
+    if not names:
+        raise EgcError("--metrics: no metric given")
+    if names == ["all"]:
+        return list(METRICS)
+    aliases = {"accuracy": "acc", "noisy": "noisy_acc", "noisy_accuracy": "noisy_acc", "generation": "gen", "ood_auroc": "ood"}
+    out = []
+    for n in names:
+        n = aliases.get(n, n)
+        if n not in METRICS:
+            raise EgcError(f"--metrics: unknown metric '{n}' (choose from {', '.join(METRICS)} or all)")
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def _clean(v: Any) -> Any:
+    """NaN / inf -> None, floats to 6 significant digits, tuples -> lists, recursively: the JSON stays standard."""
+    if isinstance(v, float):
+        return float(f"{v:.6g}") if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, torch.Tensor):
+        return _clean(v.tolist())
+    return v
+
+
+def run_eval(checkpoint: str, s: EvalSettings, model: Any = None) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` and return the ``egc-eval/1`` document; PNGs go to ``s.out_dir`` when set."""
+    from egc.imageio import atomic_write_bytes, save_grid
+
+    from .attacks import robust_accuracy_curve, sanity_checks
+    from .calibration import ece_from_bins, reliability_bins, reliability_diagram_png
+    from .ood import auroc
+
+    t_start = time.perf_counter()
+    if s.inception is not None:
+        raise EgcError(f"--inception {s.inception}: {INCEPTION_UNAVAILABLE}")
+    if model is None:
+        from egc.model import EGC
+
+        model = EGC.load(checkpoint, precision=s.precision)
+    m = model
+    kind = model_kind(m)
+    cfg = model_config(m)
+    k = cfg.model.num_classes
+    data_name = s.data or cfg.data.name
+    out_dir = Path(s.out_dir) if s.out_dir else None
+    if any(t < 0 or t >= cfg.diffusion.steps for t in s.noise_t):
+        raise EgcError(f"--noise-t values must be in [0, {cfg.diffusion.steps - 1}], got {','.join(map(str, s.noise_t))}")
+    if s.ood_sets is not None:
+        bad = [n for n in s.ood_sets if n not in (*OOD_NOISE, *OOD_DATASETS)]
+        if bad:
+            raise EgcError(f"--ood-sets: unknown set '{bad[0]}' (choose from {', '.join((*OOD_NOISE, *OOD_DATASETS))})")
+
+    wall: dict[str, float] = {}
+    metrics: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    artifacts: dict[str, str] = {}
+    tick = time.perf_counter()
+    x, y, n_full = load_test_set(m, data_name, s.data_root, s.n_test, s.seed)
+    wall["load"] = time.perf_counter() - tick
+
+    can_classify = kind in ("egc", "classifier")
+    can_generate = kind in ("egc", "ddpm")
+    todo = list(s.metrics)
+    for name in todo:
+        if name in CLASSIFY_METRICS and not can_classify:
+            skipped[name] = f"a {kind} model does not classify"
+        if name == "gen" and not can_generate:
+            skipped[name] = f"a {kind} model does not generate"
+
+    logits = None
+    if can_classify and ({"acc", "ece", "ood"} & set(todo)):
+        tick = time.perf_counter()
+        logits = batched_logits(m, x, None, s.batch_size, s.quiet)
+        wall["classify"] = time.perf_counter() - tick
+    if "acc" in todo and "acc" not in skipped:
+        metrics["accuracy"] = float((logits.argmax(dim=1) == y).double().mean())
+    if "ece" in todo and "ece" not in skipped:
+        bins = reliability_bins(torch.softmax(logits, dim=1), y)
+        metrics["ece"] = ece_from_bins(bins)
+        metrics["reliability"] = {"bins": len(bins["count"]), **bins}
+        if out_dir is not None:
+            p = out_dir / "reliability.png"
+            atomic_write_bytes(p, reliability_diagram_png(bins, title=Path(str(checkpoint)).name))
+            artifacts["reliability_png"] = str(p)
+    if "noisy_acc" in todo and "noisy_acc" not in skipped:
+        tick = time.perf_counter()
+        metrics["noisy_accuracy"] = noisy_accuracy(m, x, y, s.noise_t, s.seed, s.batch_size, s.quiet)
+        wall["noisy_acc"] = time.perf_counter() - tick
+    if "robust" in todo and "robust" not in skipped:
+        tick = time.perf_counter()
+        fn = model_logits_fn(m)
+        x01, yr = (x[:s.n_robust] + 1) / 2, y[:s.n_robust]
+        with torch.no_grad():  # the differentiable path must be the deployed one
+            ref = batched_logits(m, x[:8], None, s.batch_size)
+            mismatch = float((fn(x01[:8]) - ref).abs().max())
+        rb: dict[str, Any] = {"n": int(x01.shape[0]), "steps": s.pgd_steps, "restarts": s.restarts, "attack": "pgd-ce",
+                              "t": "clean" if kind == "egc" else "n/a"}
+        bs = min(s.batch_size, 100)
+        for norm, eps_list in (("linf", s.eps_linf), ("l2", s.eps_l2)):
+            if eps_list:
+                curve = robust_accuracy_curve(fn, x01, yr, norm, eps_list, s.pgd_steps, s.restarts, bs, s.seed, progress=not s.quiet)
+                rb[norm] = {f"{e:g}": a for e, a in curve.items()}
+        if s.sanity and s.eps_linf:
+            n_s = min(s.sanity_n, x01.shape[0])
+            mid = sorted(s.eps_linf)[len(s.eps_linf) // 2]
+            sanity = sanity_checks(fn, x01[:n_s], yr[:n_s], mid, s.pgd_steps, s.restarts, s.square_queries, bs, s.seed)
+            sanity["attack_path_max_abs_diff"] = mismatch
+            rb["sanity"] = sanity
+        else:
+            rb["sanity"] = {"skipped": "--no-sanity" if not s.sanity else "no L-inf eps given", "attack_path_max_abs_diff": mismatch}
+        metrics["robust"] = rb
+        wall["robust"] = time.perf_counter() - tick
+    if "ood" in todo and "ood" not in skipped:
+        tick = time.perf_counter()
+        sets, notes = ood_sets(m, data_name, s.ood_sets, x.shape[0], s.data_root, s.seed)
+        e_in = energy_scores(m, x, s.batch_size)
+        msp_in = -torch.softmax(logits, dim=1).max(dim=1).values
+        ood: dict[str, Any] = {}
+        ood_msp: dict[str, Any] = {}
+        for key, xo in sets.items():
+            ood[key] = auroc(e_in, energy_scores(m, xo, s.batch_size))
+            ood_msp[key] = auroc(msp_in, -torch.softmax(batched_logits(m, xo, None, s.batch_size), dim=1).max(dim=1).values)
+        metrics["ood_auroc"] = ood
+        metrics["ood_auroc_msp"] = ood_msp
+        if notes:
+            metrics["ood_notes"] = notes
+        wall["ood"] = time.perf_counter() - tick
+    if "gen" in todo and "gen" not in skipped:
+        tick = time.perf_counter()
+        judge, why = resolve_judge(m, data_name, s.judge)
+        if judge is None:
+            skipped["gen"] = why
+        else:
+            gen, imgs, labels = generation_metrics(m, judge, x, s)
+            gen["inception"] = "not computed: " + INCEPTION_UNAVAILABLE
+            gen["guidance"] = None if kind == "ddpm" else (cfg.train.guidance if s.guidance is None else s.guidance)
+            metrics["generation"] = gen
+            if out_dir is not None:
+                u8, nrow = sample_grid_u8(imgs, labels, k)
+                artifacts["samples_png"] = str(save_grid(u8, out_dir / "samples.png", nrow=nrow, scale=2))
+        wall["gen"] = time.perf_counter() - tick
+    wall["total"] = time.perf_counter() - t_start
+
+    settings = asdict(s)
+    settings.update(data=data_name, torch=torch.__version__, threads=torch.get_num_threads(), python=platform.python_version(),
+                    precision=getattr(m, "precision", s.precision))
+    ckpt_file = None
+    with contextlib.suppress(Exception):
+        from egc.checkpoint import resolve
+
+        ckpt_file = str(resolve(checkpoint))
+    doc = {
+        "schema": SCHEMA,
+        "checkpoint": str(checkpoint),
+        "checkpoint_file": ckpt_file,
+        "kind": kind,
+        "data": data_name,
+        "n_test": int(x.shape[0]),
+        "n_test_full": n_full,
+        "metrics": metrics,
+        "skipped": skipped,
+        "artifacts": artifacts,
+        "wall_time_s": {k2: round(v, 3) for k2, v in wall.items()},
+        "settings": settings,
+    }
+    return _clean(doc)
