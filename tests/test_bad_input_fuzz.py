@@ -1,4 +1,4 @@
-"""Malformed input to every command (train, sample, classify, export, demo, cag).
+"""Malformed input to every command (train, sample, classify, export, demo, cag, eval, report).
 
 Each case must exit != 0 with exactly one stderr line that names the problem, no traceback, and no
 output file (or temporary file) left behind. The cases run in-process through ``egc.cli.main``
@@ -87,6 +87,7 @@ def E(tmp_path_factory):
     _rewrite_meta(e.ckpt, d / "badconfig.safetensors", edit=lambda md: md.update(config="{not json"))
     _rewrite_meta(e.ckpt, d / "nan.safetensors", tensors_edit=lambda t: t[next(k for k in t if k.startswith("ema."))].fill_(float("nan")))
     (d / "afile").write_text("a regular file\n")
+    assert main(["eval", str(e.ckpt), "--data", f"npz:{e.npz}", "--metrics", "acc", "--quiet", "--json", str(d / "good-eval.json")]) == 0
     (d / "emptydir").mkdir()
     (d / "tmponly").mkdir()
     (d / "tmponly" / ".step-0000003.safetensors.tmp4242").write_bytes(raw[:100])
@@ -163,6 +164,14 @@ def _demo(e, tmp, *extra, ckpt=None, out=None):
 
 def _cag(e, tmp, *extra, clf=None, target="c1"):
     return ["cag", "--classifier", clf or f"egc:{e.run}", "--target", target, "--n", "2", "--steps", "1", "--quiet", "--out", str(tmp / "c.png"), *extra]
+
+
+def _eval(e, tmp, *extra, ckpt=None):
+    return ["eval", str(ckpt or e.ckpt), "--data", f"npz:{e.npz}", "--metrics", "acc", "--quiet", "--json", str(tmp / "eval.json"), *extra]
+
+
+def _rep(e, tmp, *inputs, out=None):
+    return ["report", *[str(i) for i in inputs], "--out", str(out or tmp / "r.html")]
 
 
 def _resume_copy(e, tmp, corrupt) -> Path:
@@ -319,6 +328,35 @@ CASES = {
     "cag-out-under-a-file": (lambda e, t: _cag(e, t, "--out", str(e.d / "afile" / "c.png")), ["afile"], []),
     "cag-npz-bad-suffix": (lambda e, t: _cag(e, t, "--npz", str(t / "c.txt")), [".npz"], ["c.png", "c.txt"]),
     "cag-npz-under-a-file": (lambda e, t: _cag(e, t, "--npz", str(e.d / "afile" / "c.npz")), ["afile"], ["c.png"]),
+    # ---- eval
+    "eval-ckpt-text-file": (lambda e, t: _eval(e, t, ckpt=e.d / "text.safetensors"), ["text.safetensors"], ["eval.json"]),
+    "eval-ckpt-truncated": (lambda e, t: _eval(e, t, ckpt=e.d / "trunc.safetensors"), ["trunc.safetensors"], ["eval.json"]),
+    "eval-ckpt-foreign-safetensors": (lambda e, t: _eval(e, t, ckpt=e.d / "foreign.safetensors"), ["not an egc"], ["eval.json"]),
+    "eval-ckpt-nan-weights": (lambda e, t: _eval(e, t, ckpt=e.d / "nan.safetensors"), ["nan"], ["eval.json"]),
+    "eval-ckpt-missing": (lambda e, t: _eval(e, t, ckpt=e.d / "none.safetensors"), ["none.safetensors"], ["eval.json"]),
+    "eval-zoo-unknown": (lambda e, t: _eval(e, t, ckpt="zoo:imagenet-9000"), ["imagenet-9000"], ["eval.json"]),
+    "eval-unknown-metric": (lambda e, t: _eval(e, t, "--metrics", "acc,fid"), ["'fid'"], ["eval.json"]),
+    "eval-no-metric": (lambda e, t: _eval(e, t, "--metrics", ","), ["--metrics"], ["eval.json"]),
+    "eval-data-unknown": (lambda e, t: _eval(e, t, "--data", "imagenet-22k"), ["imagenet-22k"], ["eval.json"]),
+    "eval-data-truncated-npz": (lambda e, t: _eval(e, t, "--data", f"npz:{e.d / 'trunc.npz'}"), ["trunc.npz"], ["eval.json"]),
+    "eval-data-other-image-size": (lambda e, t: _eval(e, t, "--data", f"folder:{e.d / 'mixed'}"), ["16x16"], ["eval.json"]),
+    "eval-n-test-0": (lambda e, t: _eval(e, t, "--n-test", "0"), ["--n-test"], ["eval.json"]),
+    "eval-pgd-steps-negative": (lambda e, t: _eval(e, t, "--pgd-steps=-1"), ["--pgd-steps"], ["eval.json"]),
+    "eval-eps-negative": (lambda e, t: _eval(e, t, "--eps-linf", "0.1,-0.2"), ["--eps-linf"], ["eval.json"]),
+    "eval-eps-not-numbers": (lambda e, t: _eval(e, t, "--eps-l2", "big"), ["--eps-l2"], ["eval.json"]),
+    "eval-noise-t-not-integers": (lambda e, t: _eval(e, t, "--noise-t", "0,1.5"), ["--noise-t"], ["eval.json"]),
+    "eval-noise-t-beyond-schedule": (lambda e, t: _eval(e, t, "--metrics", "noisy_acc", "--noise-t", "5000"), ["--noise-t"], ["eval.json"]),
+    "eval-guidance-nan": (lambda e, t: _eval(e, t, "--guidance", "nan"), ["--guidance"], ["eval.json"]),
+    "eval-unknown-ood-set": (lambda e, t: _eval(e, t, "--metrics", "ood", "--ood-sets", "svhn"), ["svhn"], ["eval.json"]),
+    "eval-inception-weights": (lambda e, t: _eval(e, t, "--inception", str(e.d / "foreign.pt")), ["--inception"], ["eval.json"]),
+    "eval-json-under-a-file": (lambda e, t: _eval(e, t, "--json", str(e.d / "afile" / "e.json")), ["afile"], ["eval.json"]),
+    "eval-out-dir-is-a-file": (lambda e, t: _eval(e, t, "--out-dir", str(e.d / "afile")), ["afile"], ["eval.json"]),
+    # ---- report
+    "report-input-missing": (lambda e, t: _rep(e, t, e.d / "none.json"), ["none.json"], ["r.html"]),
+    "report-input-not-json": (lambda e, t: _rep(e, t, e.d / "notes.txt"), ["notes.txt"], ["r.html"]),
+    "report-input-other-json": (lambda e, t: _rep(e, t, e.d / "list.yaml"), ["list.yaml"], ["r.html"]),
+    "report-folder-without-eval": (lambda e, t: _rep(e, t, e.d / "emptydir"), ["emptydir"], ["r.html"]),
+    "report-out-under-a-file": (lambda e, t: ["report", str(e.d / "good-eval.json"), "--out", str(e.d / "afile" / "r.html")], ["afile"], []),
 }
 
 # Full disk: RLIMIT_FSIZE below the size of what the command writes (name -> (argv, limit in bytes, words, outputs)).
@@ -331,6 +369,8 @@ FULL_DISK = {
     # the grid fits, the npz does not: neither may be left
     "sample-full-disk-npz": (lambda e, t: ["sample", str(e.run), "--n", "1", "--steps", "2", "--quiet", "--scale", "1", "--out", str(t / "g.png"),
                                            "--npz", str(t / "s.npz")], 350, ["file too large"], ["g.png", "s.npz"]),
+    "eval-full-disk": (lambda e, t: _eval(e, t), 200, ["file too large"], ["eval.json"]),
+    "report-full-disk": (lambda e, t: _rep(e, t, e.d / "good-eval.json"), 500, ["file too large"], ["r.html"]),
     "cag-full-disk-npz": (lambda e, t: _cag(e, t, "--n", "1", "--npz", str(t / "c.npz")), 350, ["file too large"], ["c.png", "c.npz"]),
 }
 
