@@ -3,6 +3,7 @@
 Layout of a file (tensor-name prefixes):
     model.*   raw weights            ema.*   EMA weights (what inference uses when present)
     opt.*     optimiser tensors       rng.*   RNG states           loader.*  data-order state
+    ae.*      a latent run's frozen autoencoder (config model.autoencoder), so the file is self-contained
 and metadata (strings): format, version, kind, step, config (JSON of RunConfig), plus free JSON.
 safetensors never executes code on load, and a file is written to a temporary name, fsynced and
 renamed, so a kill at any moment leaves either the old file or the new one, never half of one.
@@ -201,7 +202,10 @@ def export_weights(spec: str | Path, out: str | Path, dtype: torch.dtype = torch
         ck.config.train.guidance = float(guidance)
     weights = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in ck.inference_weights().items()}
     keep = {k: ck.meta[k] for k in ("class_names", "data", "elapsed_s") if k in ck.meta}
-    return save_checkpoint(out, ck.config, ck.step, {"ema": weights}, kind="weights", meta={**keep, **(extra_meta or {})})
+    groups = {"ema": weights}
+    if ck.group("ae"):  # a latent run: its autoencoder goes along (kept in float32)
+        groups["ae"] = ck.group("ae")
+    return save_checkpoint(out, ck.config, ck.step, groups, kind="weights", meta={**keep, **(extra_meta or {})})
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:

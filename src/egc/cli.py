@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
     t.add_argument("--out", required=True, help="run folder (config, log.csv, checkpoints/, samples/)")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    t.add_argument("--model", metavar="KIND", help="egc (default) | classifier | ddpm: the EGC model or a baseline on the same UNet")
+    t.add_argument("--model", metavar="KIND", help="egc (default) | classifier | ddpm: the EGC model or a baseline on the same UNet; "
+                   "autoencoder: the KL autoencoder of latent runs (then --set model.autoencoder=RUN)")
     t.add_argument("--model-size", choices=["tiny", "small", "base", "large"])
     t.add_argument("--data", help="fashion-mnist | mnist | cifar10 | folder:PATH | npz:PATH")
     t.add_argument("--data-root", help="where the data set lives (default: $EGC_DATA or the system location)")

@@ -34,6 +34,35 @@ ENERGY_PRIORS = ("none", "gaussian", "denoiser")
 # pooled logit map trained with cross-entropy on clean images only (no diffusion loss, no double
 # backprop), "ddpm" = the UNet with C output channels predicting eps directly (plain diffusion, MSE).
 MODEL_KINDS = ("egc", "classifier", "ddpm")
+# Not a classifier/generator but the frozen first stage of a latent run (``egc train --model
+# autoencoder``): a small KL autoencoder, see nets/autoencoder.py and egc/autoencoder.py.
+AUTOENCODER = "autoencoder"
+ALL_KINDS = MODEL_KINDS + (AUTOENCODER,)
+AE_RECON = ("l1", "mse")
+
+
+@dataclass
+class AutoencoderConfig:
+    """Architecture of a KL autoencoder (model.ae). For kind "autoencoder" it describes the network
+    trained; for a latent run it is copied from the autoencoder checkpoint (with the pixel shape) so
+    the run's checkpoints can rebuild the frozen autoencoder they embed."""
+
+    in_channels: int = 3  # pixel channels and size: set from the data
+    image_size: int = 32
+    latent_channels: int = 4
+    downsample: int = 4  # 1, 2, 4, 8 or 16: 32x32x3 -> 8x8x4 with 4
+    channels: int = 32  # width of the first level (doubled once, then x4 at most)
+    num_res_blocks: int = 1
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.downsample
+
+    def validate(self) -> None:
+        _check(self.downsample in (1, 2, 4, 8, 16), f"model.ae.downsample must be 1, 2, 4, 8 or 16, got {self.downsample}")
+        _check(self.latent_channels >= 1 and self.in_channels >= 1, "model.ae.latent_channels >= 1 and model.ae.in_channels >= 1 required")
+        _check(self.channels >= 4 and self.num_res_blocks >= 0, "model.ae.channels >= 4 and model.ae.num_res_blocks >= 0 required")
+        _check(self.image_size % self.downsample == 0, f"model.ae.image_size {self.image_size} not divisible by model.ae.downsample {self.downsample}")
 
 
 @dataclass
@@ -56,6 +85,25 @@ class ModelConfig:
     # (energy_prior and sigma_data matter for kind "egc" only.)
     energy_prior: str = "gaussian"
     sigma_data: float = 0.5
+    # Latent runs (kinds egc/classifier/ddpm): a trained autoencoder (checkpoint file or run folder of
+    # ``egc train --model autoencoder``). Images are encoded (posterior mean) and multiplied by
+    # latent_scale (0 = measure 1/std of the latents when a new run starts; then recorded here).
+    # in_channels/image_size are then the latent shape; model.ae holds the autoencoder's architecture.
+    autoencoder: str | None = None
+    latent_scale: float = 0.0
+    ae: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+
+    @property
+    def latent(self) -> bool:
+        """True for a network that runs on the latents of a frozen autoencoder."""
+        return self.kind != AUTOENCODER and bool(self.autoencoder)
+
+    @property
+    def pixel_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images a user gives and gets (the latent shape is in_channels/image_size)."""
+        if self.latent:
+            return (self.ae.in_channels, self.ae.image_size, self.ae.image_size)
+        return (self.in_channels, self.image_size, self.image_size)
 
     @property
     def out_channels(self) -> int:
@@ -67,16 +115,20 @@ class ModelConfig:
         return self.num_classes + (self.in_channels if self.energy_prior == "denoiser" else 0)
 
     def validate(self) -> None:
-        _check(self.kind in MODEL_KINDS, f"model.kind '{self.kind}' unknown (choose from {', '.join(MODEL_KINDS)})")
+        _check(self.kind in ALL_KINDS, f"model.kind '{self.kind}' unknown (choose from {', '.join(ALL_KINDS)})")
         _check(self.size in MODEL_SIZES or self.size == "custom", f"model.size '{self.size}' unknown (choose from {', '.join(MODEL_SIZES)})")
         _check(self.in_channels >= 1 and self.num_classes >= 2, "model.in_channels >= 1 and model.num_classes >= 2 required")
         _check(self.channels >= 4 and len(self.channel_mult) >= 1, "model.channels >= 4 and a non-empty model.channel_mult required")
         _check(self.patch in (1, 2, 4), f"model.patch must be 1, 2 or 4, got {self.patch}")
-        _check(self.image_size % self.patch == 0, f"model.image_size {self.image_size} not divisible by model.patch {self.patch}")
+        _check(self.kind == AUTOENCODER or self.image_size % self.patch == 0, f"model.image_size {self.image_size} not divisible by model.patch {self.patch}")
         _check(self.norm in ("group", "none"), f"model.norm must be 'group' or 'none', got '{self.norm}'")
         _check(self.pool in ("attention", "mean"), f"model.pool must be 'attention' or 'mean', got '{self.pool}'")
         _check(self.energy_prior in ENERGY_PRIORS, f"model.energy_prior must be one of {', '.join(ENERGY_PRIORS)}, got '{self.energy_prior}'")
         _check(0 <= self.dropout < 1 and self.sigma_data > 0, "model.dropout in [0, 1) and model.sigma_data > 0 required")
+        _check(self.latent_scale >= 0, f"model.latent_scale must be >= 0 (0 = measure it), got {self.latent_scale}")
+        _check(not (self.kind == AUTOENCODER and self.autoencoder), "model.autoencoder is for latent runs (kind egc, classifier or ddpm); "
+                                                                     "a model.kind autoencoder run trains one")
+        self.ae.validate()
 
 
 @dataclass
@@ -98,8 +150,13 @@ class LossConfig:
     clean_ce_weight: float = 1.0
     clean_fraction: float = 0.25  # share of the batch also used for the clean CE term
     label_smoothing: float = 0.2  # of the noisy CE (egc) and of the classifier baseline's CE
+    # kind "autoencoder": recon ("l1" | "mse", per-element mean) + kl_weight * KL (per latent element mean)
+    recon: str = "l1"
+    kl_weight: float = 1e-4
 
     def validate(self) -> None:
+        _check(self.recon in AE_RECON, f"loss.recon must be l1 or mse, got '{self.recon}'")
+        _check(0 <= self.kl_weight <= 1, f"loss.kl_weight must be in [0, 1], got {self.kl_weight}")
         _check(self.noisy_ce_weight >= 0 and self.clean_ce_weight >= 0, "loss weights must be >= 0")
         _check(0 <= self.clean_fraction <= 1, f"loss.clean_fraction must be in [0, 1], got {self.clean_fraction}")
         _check(0 <= self.label_smoothing < 1, f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")

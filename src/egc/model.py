@@ -9,6 +9,11 @@ The same class serves the baselines (``model.kind``, exposed as ``EGC.kind``): a
 checkpoint classifies (its energy is -logsumexp of the logits, an OOD score) but cannot generate;
 a "ddpm" checkpoint samples unconditionally but has no classes. The other methods raise EgcError.
 
+Latent checkpoints (``model.autoencoder``, see egc/autoencoder.py) carry their frozen autoencoder:
+``logits``/``predict_proba``/``energy`` take pixel images and encode them first, ``sample`` returns
+decoded pixel images, ``image_shape`` is the pixel shape; ``eps`` and ``score`` work on the scaled
+latents of shape ``latent_shape`` (the space the diffusion model lives in).
+
 Nothing here imports training code.
 """
 
@@ -19,8 +24,9 @@ from pathlib import Path
 
 import torch
 
+from .autoencoder import Autoencoder, embedded_autoencoder
 from .checkpoint import Checkpoint, load_checkpoint
-from .config import RunConfig
+from .config import AUTOENCODER, RunConfig
 from .diffusion import energy as en
 from .diffusion.samplers import SAMPLERS, run_sampler
 from .diffusion.schedule import Schedule
@@ -31,7 +37,13 @@ from .nets import build_net
 class EGC:
     """An EGC network (or a classifier / ddpm baseline, see ``kind``) with its config and noise schedule."""
 
-    def __init__(self, net: torch.nn.Module, config: RunConfig, class_names: list[str] | None = None, precision: str = "auto") -> None:
+    def __init__(self, net: torch.nn.Module, config: RunConfig, class_names: list[str] | None = None, precision: str = "auto",
+                 autoencoder: Autoencoder | None = None) -> None:
+        if config.model.kind == AUTOENCODER:
+            raise EgcError("an autoencoder is not an EGC model: use it as model.autoencoder of a latent run (egc.autoencoder.load_autoencoder)")
+        if config.model.latent and autoencoder is None:
+            raise EgcError(f"a latent model (model.autoencoder {config.model.autoencoder}) needs its autoencoder")
+        self.autoencoder = autoencoder if config.model.latent else None
         self.net = net.eval()
         self.config = config
         self.schedule = Schedule.make(config.diffusion.schedule, config.diffusion.steps)
@@ -61,6 +73,10 @@ class EGC:
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, precision: str = "auto") -> "EGC":
+        if ckpt.config.model.kind == AUTOENCODER:
+            raise CheckpointError(f"{ckpt.path} is an autoencoder checkpoint (model.kind autoencoder): it cannot classify or sample; "
+                                  "train a latent run on it with --set model.autoencoder=PATH")
+        ae = embedded_autoencoder(ckpt) if ckpt.config.model.latent else None
         net = build_net(ckpt.config.model)
         weights = ckpt.inference_weights()
         try:
@@ -69,7 +85,7 @@ class EGC:
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__)[:160]
             raise CheckpointError(f"{ckpt.path}: weights do not fit the model its config describes ({detail})") from None
-        return cls(net, ckpt.config, ckpt.meta.get("class_names"), precision)
+        return cls(net, ckpt.config, ckpt.meta.get("class_names"), precision, autoencoder=ae)
 
     @classmethod
     def load(cls, spec: str | Path, precision: str = "auto") -> "EGC":
@@ -79,8 +95,19 @@ class EGC:
     # ---- shapes and precision -------------------------------------------------------------
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the pixel images the model takes and makes (also for a latent model)."""
+        return self.config.model.pixel_shape
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what the network sees: the latents of a latent model, else the image shape."""
         m = self.config.model
         return (m.in_channels, m.image_size, m.image_size)
+
+    def _net_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Checked pixel images -> the network's input (the scaled latents of a latent model)."""
+        self.check_input(x)
+        return self.autoencoder.encode(x) if self.autoencoder is not None else x
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -100,9 +127,10 @@ class EGC:
     def logits(self, x: torch.Tensor, t: int | torch.Tensor = en.CLEAN_T) -> torch.Tensor:
         """Classifier logits [B, K] for x [B, C, H, W] in [-1, 1] at timestep t (CLEAN_T = -1: clean image).
 
-        A classifier baseline knows no timesteps (it was trained on clean images only): t is ignored."""
+        A classifier baseline knows no timesteps (it was trained on clean images only): t is ignored.
+        A latent model encodes x first (its posterior mean, scaled)."""
         self._need(self.can_classify, "class logits")
-        self.check_input(x)
+        x = self._net_input(x)
         if self.kind == "classifier":
             t = en.CLEAN_T
         with self._autocast():
@@ -115,11 +143,12 @@ class EGC:
     def energy(self, x: torch.Tensor, t: int | torch.Tensor = 0) -> torch.Tensor:
         """E(x, t) [B]: lower means more likely under the model (log p(x) = -E + const).
 
-        For a classifier baseline: -logsumexp of its clean-image logits (t ignored), an OOD score only."""
+        For a classifier baseline: -logsumexp of its clean-image logits (t ignored), an OOD score only.
+        A latent model: the energy of the encoded (scaled) latents of x, read as x_t."""
         self._need(self.can_classify, "energy")
         if self.kind == "classifier":
             return en.logit_energy(self.logits(x))
-        self.check_input(x)
+        x = self._net_input(x)
         tt = self._t(x, t)
         with self._autocast():
             e, _ = en.energy_and_logits(self.net, self.config.model, x, tt, self.schedule.abar(tt))
@@ -128,6 +157,8 @@ class EGC:
     # ---- backward direction: score and sampling --------------------------------------------
     def eps(self, x: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None = None, guidance: float = 0.0) -> torch.Tensor:
         """Noise prediction [B, C, H, W] = grad_x E (plus the classifier term for labels y).
+
+        A latent model works in its latent space here: x and the result have shape ``latent_shape``.
 
         A ddpm baseline predicts eps directly and is unconditional: labels y are an error."""
         self._need(self.can_generate, "noise prediction")
@@ -141,7 +172,9 @@ class EGC:
             return en.guided_eps(self.net, self.config.model, x, tt, self.schedule.abar(tt), y, guidance).float()
 
     def score(self, x: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None = None, guidance: float = 1.0) -> torch.Tensor:
-        """grad_x log p_t(x) (or of log p_t(x | y) with labels y) = -eps / sqrt(1 - abar_t)."""
+        """grad_x log p_t(x) (or of log p_t(x | y) with labels y) = -eps / sqrt(1 - abar_t).
+
+        A latent model: the score of its scaled latents (x of shape ``latent_shape``)."""
         tt = self._t(x, t)
         return -self.eps(x, tt, y, guidance) / (1 - self.schedule.abar(tt)).sqrt().view(-1, 1, 1, 1)
 
@@ -149,6 +182,7 @@ class EGC:
                steps: int = 100, guidance: float | None = None, eta: float = 0.0, seed: int = 0, batch_size: int = 250,
                progress: bool = False, clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw n images. Returns (images float [n, C, H, W] in [-1, 1], labels int64 [n], -1 = unconditional).
+        A latent model samples latents and returns them decoded: pixel images of ``image_shape``.
 
         ``guidance`` None takes the model's own recommended scale (config train.guidance, set by
         ``egc export --guidance`` after measuring it). ``class_balanced`` asks for n/K of each class (n rounded down to a multiple of K is an error
@@ -181,12 +215,14 @@ class EGC:
         else:
             y = None
         gen = torch.Generator().manual_seed(seed)
-        noise = torch.randn((n, *self.image_shape), generator=gen)
+        noise = torch.randn((n, *self.latent_shape), generator=gen)
         out = []
         for i in range(0, n, batch_size):
             yb = None if y is None else y[i:i + batch_size]
             fn = lambda x, t, yb=yb: self.eps(x, t, yb, guidance)  # noqa: E731
-            out.append(run_sampler(sampler, fn, noise[i:i + batch_size], self.schedule.alphas_cumprod, steps, eta=eta,
-                                   clip=clip, gen=gen, progress=progress))
+            # Latents are not confined to [-1, 1]: no clipping of the x0 estimate in latent space.
+            z = run_sampler(sampler, fn, noise[i:i + batch_size], self.schedule.alphas_cumprod, steps, eta=eta,
+                            clip=clip and self.autoencoder is None, gen=gen, progress=progress)
+            out.append(self.autoencoder.decode(z) if self.autoencoder is not None else z)
         labels_out = y if y is not None else torch.full((n,), -1, dtype=torch.long)
         return torch.cat(out).clamp(-1, 1), labels_out

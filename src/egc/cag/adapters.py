@@ -179,6 +179,8 @@ class EGCClassifier(nn.Module):
         super().__init__()
         if features not in ("mid", "logits"):
             raise EgcError(f"EGC features must be 'mid' or 'logits', got '{features}'")
+        if getattr(model.config.model, "latent", False):
+            raise EgcError(f"{name} is a latent model (model.autoencoder): CaG from latent models is not supported yet")
         if getattr(model.config.model, "kind", "egc") == "ddpm":
             raise EgcError(f"{name} is a ddpm checkpoint: it predicts noise and has no classifier to generate from")
         self.model = model

@@ -7,6 +7,9 @@ EGC (EGC paper Eq. 9 with the released weighting):
 Baselines on the same UNet:
     classifier   L = CE_ls(l(x_0, CLEAN_T), y)                           (clean images only, one backward)
     ddpm         L = mean ||net(x_t, t) - eps||^2                        (eps-prediction, same schedule)
+The latent runs' first stage (kind "autoencoder", ``autoencoder_loss``; not in LOSSES, which holds
+the kinds that share the UNet; ``loss_for`` covers every kind):
+    autoencoder  L = recon(D(z), x0) + kl_weight * KL(q(z|x0) || N(0, I)),  z ~ q(z|x0)
 All take (net, model config, loss config, schedule, x0, y, gen, shard) so the training loop calls any of them.
 
 Data parallelism (``shard=(rank, world)``): x0, y are the *global* batch and every rank draws the
@@ -40,6 +43,8 @@ class LossParts:
     clean_ce: torch.Tensor | None = None
     noisy_acc: torch.Tensor | None = None
     clean_acc: torch.Tensor | None = None
+    recon: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
 
     def scalars(self) -> dict[str, float]:
         return {f.name: float(v.detach()) for f in fields(self) if (v := getattr(self, f.name)) is not None}
@@ -124,5 +129,29 @@ def ddpm_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedu
     return LossParts(mse, mse=mse.detach())
 
 
+def autoencoder_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedule, x0: torch.Tensor, y: torch.Tensor,
+                     gen: torch.Generator | None = None, shard: Shard = (0, 1)) -> LossParts:
+    """KL autoencoder: loss.recon ("l1" | "mse", mean per pixel value) + loss.kl_weight * KL to N(0, I)
+    (mean per latent value), z drawn from the posterior with noise from ``gen`` (global batch, then
+    this rank's rows, as for the diffusion losses). ``sched`` and ``y`` are unused. Logs recon, kl and
+    the pixel mse."""
+    ae = mcfg.ae
+    dev = gen.device if gen is not None else x0.device
+    noise = torch.randn((x0.shape[0], ae.latent_channels, ae.latent_size, ae.latent_size), generator=gen, device=dev).to(x0.device)
+    x0, noise = _rows(shard, x0, noise)
+    rec, mean, logvar = net(x0, noise)
+    diff = rec.float() - x0.float()
+    recon = diff.abs().mean() if lcfg.recon == "l1" else diff.pow(2).mean()
+    mean, logvar = mean.float(), logvar.float()
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+    total = recon + lcfg.kl_weight * kl
+    return LossParts(total, mse=diff.pow(2).mean().detach(), recon=recon.detach(), kl=kl.detach())
+
+
 LossFn = Callable[..., LossParts]  # (net, mcfg, lcfg, sched, x0, y, gen=None, shard=(0, 1)) -> LossParts
 LOSSES: dict[str, LossFn] = {"egc": egc_loss, "classifier": classifier_loss, "ddpm": ddpm_loss}
+
+
+def loss_for(kind: str) -> LossFn:
+    """The objective of a model.kind, the autoencoder included."""
+    return autoencoder_loss if kind == "autoencoder" else LOSSES[kind]

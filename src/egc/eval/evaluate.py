@@ -328,6 +328,8 @@ def run_eval(checkpoint: str, s: EvalSettings, model: Any = None) -> dict[str, A
     m = model
     kind = model_kind(m)
     cfg = model_config(m)
+    if getattr(cfg.model, "latent", False):  # its net sees latents; the attacks and metrics here work on pixels
+        raise EgcError(f"{checkpoint} is a latent model (model.autoencoder): egc eval does not support latent models yet")
     k = cfg.model.num_classes
     data_name = s.data or cfg.data.name
     out_dir = Path(s.out_dir) if s.out_dir else None

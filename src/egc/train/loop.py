@@ -1,9 +1,16 @@
-"""``egc train``: the training loop (AdamW, EMA, clipping, bf16, budgets, resumable checkpoints)."""
+"""``egc train``: the training loop (AdamW, EMA, clipping, bf16, budgets, resumable checkpoints).
+
+The same loop trains the KL autoencoder of latent runs (model.kind "autoencoder": its grids show
+originals above reconstructions) and latent runs (model.autoencoder set): images are encoded by the
+frozen autoencoder on the fly, scaled by model.latent_scale (measured once when a new run starts),
+and the autoencoder's weights are embedded in every checkpoint (``ae.*``).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import math
 import signal
@@ -16,10 +23,11 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from ..autoencoder import AE_PREFIX, Autoencoder, embedded_autoencoder, load_autoencoder, measure_latent_scale
 from ..checkpoint import Checkpoint, latest_in, load_checkpoint, optimizer_tensors, remove_stale_tmp, restore_optimizer, save_checkpoint
-from ..config import RunConfig
-from ..data import DEFAULT_FLIP, BatchLoader, load_dataset, to_uint8
-from ..diffusion.losses import LOSSES
+from ..config import AUTOENCODER, RunConfig
+from ..data import DEFAULT_FLIP, BatchLoader, load_dataset, to_model_range, to_uint8
+from ..diffusion.losses import loss_for
 from ..diffusion.schedule import Schedule
 from ..errors import CheckpointError, EgcError
 from ..imageio import atomic_write_bytes, save_grid
@@ -139,8 +147,24 @@ class _NoLog:
 
 
 def _fit_model_to_data(cfg: RunConfig, ds: Any) -> None:
+    """Shapes from the data: the image shape (an autoencoder's pixels too), or for a latent run the
+    autoencoder's latent shape, after checking that the data has the autoencoder's pixel shape."""
     m = cfg.model
-    m.in_channels, m.num_classes, m.image_size = ds.channels, ds.num_classes, ds.image_size
+    pix = (ds.channels, ds.image_size, ds.image_size)
+    if m.kind == AUTOENCODER:
+        m.in_channels, m.num_classes, m.image_size = ds.channels, ds.num_classes, ds.image_size
+        m.ae.in_channels, m.ae.image_size = ds.channels, ds.image_size
+        if ds.image_size % m.ae.downsample:
+            raise EgcError(f"image size {ds.image_size} is not divisible by model.ae.downsample {m.ae.downsample}")
+        return
+    if m.latent:
+        want = (m.ae.in_channels, m.ae.image_size, m.ae.image_size)
+        if pix != want:
+            raise EgcError(f"data {cfg.data.name} has {'x'.join(map(str, pix))} images (CxHxW) but the autoencoder {m.autoencoder} "
+                           f"takes {'x'.join(map(str, want))}")
+        m.in_channels, m.num_classes, m.image_size = m.ae.latent_channels, ds.num_classes, m.ae.latent_size
+    else:
+        m.in_channels, m.num_classes, m.image_size = ds.channels, ds.num_classes, ds.image_size
     if m.image_size % m.patch:
         raise EgcError(f"image size {m.image_size} is not divisible by model.patch {m.patch}")
 
@@ -182,9 +206,23 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
         saved.train = cfg.train
         cfg = saved.validate()
     torch.manual_seed(tc.seed)
+    ae: Autoencoder | None = None  # a latent run's frozen autoencoder
+    if cfg.model.latent:
+        if ckpt is not None:  # from the checkpoint itself: the autoencoder file may be gone by now
+            ae = embedded_autoencoder(ckpt)
+        else:
+            ae = load_autoencoder(cfg.model.autoencoder)
+            cfg.model.ae = dataclasses.replace(ae.config)
     ds = load_dataset(cfg.data.name, "train", cfg.data.root)
     _fit_model_to_data(cfg, ds)
     cfg.validate()
+    if ae is not None:
+        ae.to(dist.device)
+        if cfg.model.latent_scale == 0:  # a new run: 1/std of the latents of a few batches, then part of the config
+            n = min(len(ds), max(4 * tc.batch_size, 256))
+            idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(tc.seed))[:n]
+            cfg.model.latent_scale = measure_latent_scale(ae, to_model_range(ds.images[idx]).to(dist.device))
+        ae.scale = cfg.model.latent_scale
     flip = DEFAULT_FLIP.get(cfg.data.name, False) if cfg.data.flip is None else cfg.data.flip
     # Every rank reads the same global batch; the loss keeps this rank's rows (shard=(rank, world)).
     loader = BatchLoader(ds, tc.batch_size * dist.world, seed=tc.seed, flip=flip)
@@ -228,7 +266,7 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
     logger: Logger | _NoLog = Logger(run_dir, upto=step) if dist.is_main else _NoLog()
     sched = Schedule.make(cfg.diffusion.schedule, cfg.diffusion.steps)
     autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if tc.precision == "bf16" else contextlib.nullcontext
-    loss_fn = LOSSES[cfg.model.kind]  # the one place the model kind picks the objective
+    loss_fn = loss_for(cfg.model.kind)  # the one place the model kind picks the objective
 
     def budget_left() -> bool:
         return not ((tc.steps and step >= tc.steps) or (tc.minutes and elapsed >= 60 * tc.minutes))
@@ -246,19 +284,29 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
         opt_t, opt_groups = optimizer_tensors(opt)
         meta = {"opt_groups": opt_groups, "ema_updates": ema.updates, "loader": loader_m, "elapsed_s": elapsed,
                 "class_names": ds.class_names, "data": cfg.data.name, "world_size": dist.world, "lr_scale": lr_scale}
-        path = save_checkpoint(run_dir / "checkpoints" / f"step-{step:07d}.safetensors", cfg, step,
-                               {"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt_t, "loader": loader_t,
-                                "rng": {"torch": torch.get_rng_state(), "loss": gen.get_state()}}, meta=meta)
+        groups = {"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt_t, "loader": loader_t,
+                  "rng": {"torch": torch.get_rng_state(), "loss": gen.get_state()}}
+        if ae is not None:  # the frozen autoencoder: the checkpoint does not depend on its file
+            groups[AE_PREFIX] = ae.state_dict()
+        path = save_checkpoint(run_dir / "checkpoints" / f"step-{step:07d}.safetensors", cfg, step, groups, meta=meta)
         old = sorted((run_dir / "checkpoints").glob("step-*.safetensors"))[:-tc.keep_ckpts]
         for q in old:
             q.unlink(missing_ok=True)
-        if tc.sample_n > 0 and cfg.model.kind != "classifier":  # a classifier cannot draw a grid
+        if tc.sample_n > 0 and cfg.model.kind == AUTOENCODER:  # originals (top row) above their reconstructions
+            with torch.random.fork_rng(devices=[]):
+                ema_net = build_net(cfg.model)
+            ema_net.load_state_dict(ema.state_dict())
+            n = min(tc.sample_n, len(ds), 16)
+            x = to_model_range(ds.images[torch.linspace(0, len(ds) - 1, n).long()])
+            rec = Autoencoder(ema_net).reconstruct(x)
+            save_grid(to_uint8(torch.cat([x, rec])), run_dir / "samples" / f"step-{step:07d}.png", nrow=n, scale=2)
+        elif tc.sample_n > 0 and cfg.model.kind != "classifier":  # a classifier cannot draw a grid
             # build_net draws initial weights from the global RNG: without fork_rng the grid would shift the
             # training RNG (dropout masks) by an amount that a resume from this checkpoint does not repeat.
             with torch.random.fork_rng(devices=[]):
                 ema_net = build_net(cfg.model)
             ema_net.load_state_dict(ema.state_dict())
-            model = EGC(ema_net, cfg, ds.class_names, tc.precision)
+            model = EGC(ema_net, cfg, ds.class_names, tc.precision, autoencoder=ae)
             balanced = cfg.model.kind == "egc"  # ddpm: an unconditional grid
             imgs, _ = model.sample(tc.sample_n, class_balanced=balanced, steps=tc.sample_steps, guidance=tc.guidance, seed=0)
             save_grid(to_uint8(imgs), run_dir / "samples" / f"step-{step:07d}.png",
@@ -280,6 +328,8 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
             t0 = time.time()
             x, y = next(loader)
             x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
+            if ae is not None:  # latent run: the frozen encoder's scaled posterior mean (augmentation happened in pixels)
+                x = ae.encode(x)
             if cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             for g in opt.param_groups:
