@@ -1,7 +1,8 @@
 """Benchmark one full EGC training step: the reference formulation against the project's default.
 
 (a) reference: fp32, eager, contiguous memory, the loss exactly as in the paper (no Gaussian prior
-    term), on the same architecture; (b) default: the project's training path (bf16 autocast and
+    term), on the same architecture; (a') released: the same, on the released UNet's layout (GroupNorm
+    in every block, no patch stem: full-resolution first level); (b) default: the project's training path (bf16 autocast and
     the config's memory format and energy prior). Each mode runs in its own subprocess so its peak
     memory (max RSS) is its own. Also counts the FLOPs of one default step with
     torch.utils.flop_counter and compares the achieved rate with a large matmul's rate in the same
@@ -30,8 +31,10 @@ def _setup(mode: str, size: str, batch: int, image: int, channels: int, classes:
 
     over = [f"model.size={size}", f"model.image_size={image}", f"model.in_channels={channels}", f"model.num_classes={classes}",
             f"train.batch_size={batch}"]
-    if mode == "reference":
+    if mode in ("reference", "released"):
         over += ["model.energy_prior=none", "train.precision=fp32", "train.channels_last=false"]
+    if mode == "released":
+        over += ["model.norm=group", "model.patch=1"]
     elif mode == "default-fp32":
         over += ["train.precision=fp32"]
     over += list(extra)
@@ -66,6 +69,7 @@ def _step(cfg, net, opt, sched, x, y, gen):
 
 def run_mode(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)  # as egc train does (train.flush_denormal)
     cfg, net, opt, sched, x, y = _setup(a.mode, a.size, a.batch, a.image, a.channels, a.classes, a.set or [])
     gen = torch.Generator().manual_seed(0)
     times = []
@@ -115,8 +119,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--set", action="append", help="extra config override applied to every mode (key=value)")
-    p.add_argument("--modes", default="reference,default", help="comma list of reference, default, default-fp32")
-    p.add_argument("--mode", choices=["reference", "default", "default-fp32"], help="internal: run one mode in this process")
+    p.add_argument("--modes", default="reference,default", help="comma list of released, reference, default, default-fp32")
+    p.add_argument("--mode", choices=["released", "reference", "default", "default-fp32"], help="internal: run one mode in this process")
     a = p.parse_args()
     if a.mode:
         print(json.dumps(run_mode(a)))
