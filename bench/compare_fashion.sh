@@ -14,16 +14,16 @@ EGC_RUN=${1:?usage: compare_fashion.sh EGC_RUN [BASELINE_MINUTES] [OUT]}
 MIN=${2:-45}
 OUT=${3:-runs/compare}
 EGC=${EGC:-.venv/bin/egc}
-EVAL_FLAGS=${EVAL_FLAGS:---n-test 2000 --n-robust 200 --pgd-steps 20 --restarts 1 --sanity-n 100 --square-queries 300 \
+EVAL_FLAGS=${EVAL_FLAGS:---n-test 10000 --n-robust 200 --pgd-steps 20 --restarts 1 --sanity-n 100 --square-queries 300 \
   --eps-linf 0.05,0.1,0.2 --eps-l2 0.5,1.5,3 --n-samples 1000 --sampler ddim --steps 100}
 mkdir -p "$OUT"
+# shellcheck disable=SC2086
+[ -f "$OUT/egc.json" ] || $EGC eval "$EGC_RUN" $EVAL_FLAGS --quiet --out-dir "$OUT/egc-eval" --json "$OUT/egc.json" > /dev/null
 for kind in classifier ddpm; do
   if [ ! -d "$OUT/$kind/checkpoints" ]; then
     $EGC train --config configs/fashion-mnist.yaml --model "$kind" --out "$OUT/$kind" --minutes "$MIN" --quiet > "$OUT/$kind.train.json"
   fi
 done
-# shellcheck disable=SC2086
-$EGC eval "$EGC_RUN" $EVAL_FLAGS --quiet --out-dir "$OUT/egc-eval" --json "$OUT/egc.json" > /dev/null
 for kind in classifier ddpm; do
   # shellcheck disable=SC2086
   $EGC eval "$OUT/$kind" $EVAL_FLAGS --quiet --out-dir "$OUT/$kind-eval" --json "$OUT/$kind.json" > /dev/null
