@@ -177,3 +177,18 @@ def test_resume_is_exact_with_dropout_and_sample_grids(tmp_path, tiny_overrides)
     a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(tmp_path / "part")
     assert a.step == b.step == 6
     assert not [k for k in a.tensors if not torch.equal(a.tensors[k], b.tensors[k])]
+
+
+def test_stale_temporary_files_of_other_writers_are_removed(tmp_path):
+    """Ours (".NAME.tmpPID" of another pid) and safetensors' own staging files (".tmpXXXXXX") go;
+    real checkpoints and our own pid's file stay."""
+    import os
+
+    from egc.checkpoint import remove_stale_tmp
+
+    keep = [tmp_path / "step-0000001.safetensors", tmp_path / f".step-0000002.safetensors.tmp{os.getpid()}"]
+    stale = [tmp_path / ".step-0000002.safetensors.tmp999999", tmp_path / ".tmpgL2UdO"]
+    for p in keep + stale:
+        p.write_bytes(b"x")
+    assert sorted(remove_stale_tmp(tmp_path)) == sorted(stale)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)

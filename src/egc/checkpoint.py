@@ -130,6 +130,11 @@ def remove_stale_tmp(folder: str | Path, names: tuple[str, ...] | None = None) -
         if m and not q.name.endswith(mine) and (names is None or m.group(1) in names):
             _unlink_quietly(q)
             gone.append(q)
+        elif names is None and re.fullmatch(r"\.tmp[A-Za-z0-9]{6}", q.name) and q.is_file():
+            # safetensors (Rust) stages its own writes in ".tmpXXXXXX" beside the target; a kill at
+            # that moment leaves one behind (seen under load in tests/test_kill_resume.py).
+            _unlink_quietly(q)
+            gone.append(q)
     return gone
 
 
