@@ -36,3 +36,11 @@ TINY = ["model.size=tiny", "train.batch_size=8", "train.sample_n=3", "train.samp
 @pytest.fixture
 def tiny_overrides(tiny_npz: Path) -> list[str]:
     return TINY + [f"data.name=npz:{tiny_npz}"]
+
+
+def tiny_train_argv(run: Path, npz: Path, steps: int, *extra: str) -> list[str]:
+    """``egc train`` arguments for a tiny run on ``npz`` (the TINY config), as a user would type them."""
+    args = ["train", "--out", str(run), "--data", f"npz:{npz}", "--steps", str(steps), "--quiet", *extra]
+    for s in TINY:
+        args += ["--set", s]
+    return args

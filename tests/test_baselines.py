@@ -20,7 +20,7 @@ from egc.diffusion.schedule import Schedule
 from egc.errors import ConfigError, EgcError
 from egc.nets import build_net
 
-from .conftest import TINY, make_npz
+from .conftest import make_npz, tiny_train_argv
 
 KINDS = ("egc", "classifier", "ddpm")
 
@@ -33,10 +33,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for kind in KINDS:
         run = root / kind
-        args = ["train", "--model", kind, "--out", str(run), "--data", f"npz:{npz}", "--steps", "3", "--quiet"]
-        for s in TINY:
-            args += ["--set", s]
-        assert main(args) == 0
+        assert main(tiny_train_argv(run, npz, 3, "--model", kind)) == 0
         out[kind] = run
     return out
 

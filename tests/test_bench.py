@@ -18,7 +18,7 @@ import torch
 
 from egc.cli import main
 
-from .conftest import TINY, make_npz
+from .conftest import make_npz, tiny_train_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -38,10 +38,7 @@ def run28(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("bench")
     npz = make_npz(d / "tiny28.npz", size=28)
     run = d / "run"
-    args = ["train", "--out", str(run), "--data", f"npz:{npz}", "--steps", "2", "--quiet"]
-    for s in TINY:
-        args += ["--set", s]
-    assert main(args) == 0
+    assert main(tiny_train_argv(run, npz, 2)) == 0
     return run
 
 

@@ -11,16 +11,13 @@ from PIL import Image
 
 from egc.cli import main
 
-from .conftest import TINY
+from .conftest import tiny_train_argv
 
 
 @pytest.fixture
 def trained(tmp_path: Path, tiny_npz: Path) -> Path:
     run = tmp_path / "run"
-    args = ["train", "--out", str(run), "--data", f"npz:{tiny_npz}", "--steps", "3", "--quiet"]
-    for s in TINY:
-        args += ["--set", s]
-    assert main(args) == 0
+    assert main(tiny_train_argv(run, tiny_npz, 3)) == 0
     return run
 
 
