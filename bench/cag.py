@@ -217,6 +217,7 @@ def main() -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mask", help="FAMILY:RATIO:FILL for the mask part (default: CaGConfig's), e.g. pixels:0.5:mean; for the mask sweep")
     p.add_argument("--skip-imagenet", action="store_true")
     p.add_argument("--skip-fashion", action="store_true")
     p.add_argument("--fashion-egc", default="zoo:fashion-mnist", help="EGC checkpoint whose classifier head generates")
@@ -235,7 +236,18 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     for c in configs:
         make_config(c, CaGConfig())  # unknown names fail before any work
-    base = CaGConfig(steps=a.steps, batch=a.batch, seed=a.seed, **({"lr": a.lr} if a.lr else {}))
+    over: dict[str, Any] = {"lr": a.lr} if a.lr else {}
+    if a.mask:
+        try:
+            family, ratio, fill = a.mask.split(":")
+            over.update(mask_family=family, mask_ratio=float(ratio), mask_fill=fill)
+        except ValueError:
+            raise SystemExit(f"--mask: expected FAMILY:RATIO:FILL (e.g. patches:0.3:noise), got '{a.mask}'") from None
+    base = CaGConfig(steps=a.steps, batch=a.batch, seed=a.seed, **over)
+    try:
+        base.validate()
+    except EgcError as e:
+        raise SystemExit(f"--mask: {e}") from None
     t0 = time.perf_counter()
     try:
         if not a.skip_imagenet:

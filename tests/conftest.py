@@ -44,3 +44,25 @@ def tiny_train_argv(run: Path, npz: Path, steps: int, *extra: str) -> list[str]:
     for s in TINY:
         args += ["--set", s]
     return args
+
+
+def fit_fixed_batch(loss_fn, net: torch.nn.Module, cfg, x0: torch.Tensor, y: torch.Tensor, steps: int, lr: float = 3e-3):
+    """Adam on one fixed batch for ``steps`` steps; returns (loss before, loss after, last parts).
+
+    Both losses use the same noise draw (seed 123) so they compare like with like."""
+    from egc.diffusion.schedule import Schedule
+
+    sched = Schedule.make("ldm-linear")
+    opt = torch.optim.Adam(net.parameters(), lr)
+
+    def eval_loss() -> float:
+        return float(loss_fn(net, cfg.model, cfg.loss, sched, x0, y, torch.Generator().manual_seed(123)).total.detach())
+
+    before = eval_loss()
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        parts = loss_fn(net, cfg.model, cfg.loss, sched, x0, y, gen)
+        opt.zero_grad()
+        parts.total.backward()
+        opt.step()
+    return before, eval_loss(), parts

@@ -16,11 +16,10 @@ from egc.checkpoint import load_checkpoint, save_checkpoint
 from egc.cli import main
 from egc.config import MODEL_KINDS, RunConfig, load_config
 from egc.diffusion.losses import LOSSES
-from egc.diffusion.schedule import Schedule
 from egc.errors import ConfigError, EgcError
 from egc.nets import build_net
 
-from .conftest import make_npz, tiny_train_argv
+from .conftest import fit_fixed_batch, make_npz, tiny_train_argv
 
 KINDS = ("egc", "classifier", "ddpm")
 
@@ -71,26 +70,12 @@ def test_loss_decreases_on_a_fixed_tiny_batch(kind):
     cfg = load_config(None, ["model.size=tiny", "model.image_size=8", "model.num_classes=3", f"model.kind={kind}"])
     torch.manual_seed(0)
     net = build_net(cfg.model)
-    sched = Schedule.make("ldm-linear")
     y = torch.arange(12) % 3
     x0 = torch.full((12, 1, 8, 8), -0.8) + 0.1 * torch.randn(12, 1, 8, 8)
     for i, k in enumerate(y.tolist()):
         r, c = divmod(k, 2)
         x0[i, :, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4] = 0.8
-    loss_fn = LOSSES[kind]
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-
-    def eval_loss() -> float:
-        return float(loss_fn(net, cfg.model, cfg.loss, sched, x0, y, torch.Generator().manual_seed(123)).total.detach())
-
-    before = eval_loss()
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(20):
-        parts = loss_fn(net, cfg.model, cfg.loss, sched, x0, y, gen)
-        opt.zero_grad()
-        parts.total.backward()
-        opt.step()
-    after = eval_loss()
+    before, after, _ = fit_fixed_batch(LOSSES[kind], net, cfg, x0, y, steps=20)
     assert after < 0.8 * before, (kind, before, after)
 
 

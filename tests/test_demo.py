@@ -7,16 +7,13 @@ import json
 from egc.checkpoint import ZOO_DIR
 from egc.cli import main
 
-from .conftest import TINY, make_npz
+from .conftest import make_npz, tiny_train_argv
 
 
 def test_demo_writes_pngs_and_summary(tmp_path, capsys):
     data = make_npz(tmp_path / "fm.npz", n=20, size=28, classes=10)
     run = tmp_path / "run"
-    args = ["train", "--out", str(run), "--data", f"npz:{data}", "--steps", "1", "--quiet"]
-    for s in TINY:
-        args += ["--set", s]
-    assert main(args) == 0
+    assert main(tiny_train_argv(run, data, 1)) == 0
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--checkpoint", str(run), "--quick"]) == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -19,7 +19,7 @@ from egc.eval.calibration import expected_calibration_error, reliability_bins, r
 from egc.eval.cli import add_eval_parsers
 from egc.eval.ood import auroc, convert_images
 
-from .conftest import TINY, make_npz
+from .conftest import make_npz, tiny_train_argv
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -155,10 +155,7 @@ def _main(monkeypatch, argv: list[str]) -> int:
 
 def _train(tmp_path: Path, npz: Path, name: str, *extra: str) -> Path:
     run = tmp_path / name
-    args = ["train", "--out", str(run), "--data", f"npz:{npz}", "--steps", "3", "--quiet", *extra]
-    for s in TINY:
-        args += ["--set", s]
-    assert egc_cli.main(args) == 0
+    assert egc_cli.main(tiny_train_argv(run, npz, 3, *extra)) == 0
     return run
 
 

@@ -19,12 +19,11 @@ from egc.checkpoint import load_checkpoint
 from egc.cli import main
 from egc.config import AutoencoderConfig, load_config
 from egc.diffusion.losses import loss_for
-from egc.diffusion.schedule import Schedule
 from egc.errors import CheckpointError, ConfigError, EgcError
 from egc.nets import build_net
 from egc.nets.autoencoder import KLAutoencoder
 
-from .conftest import TINY, make_npz
+from .conftest import TINY, fit_fixed_batch, make_npz
 
 AE = ["model.ae.downsample=2", "model.ae.channels=8", "model.ae.latent_channels=2", "model.ae.num_res_blocks=0"]
 
@@ -64,21 +63,9 @@ def test_autoencoder_loss_decreases_on_a_fixed_tiny_batch():
     x0 = torch.full((8, 1, 8, 8), -0.8) + 0.1 * torch.randn(8, 1, 8, 8)
     x0[::2, :, :4, :4] = 0.8
     y = torch.zeros(8, dtype=torch.long)
-    loss_fn, sched = loss_for("autoencoder"), Schedule.make("ldm-linear")
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-
-    def eval_loss() -> float:
-        return float(loss_fn(net, cfg.model, cfg.loss, sched, x0, y, torch.Generator().manual_seed(123)).total.detach())
-
-    before = eval_loss()
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(25):
-        parts = loss_fn(net, cfg.model, cfg.loss, sched, x0, y, gen)
-        opt.zero_grad()
-        parts.total.backward()
-        opt.step()
+    before, after, parts = fit_fixed_batch(loss_for("autoencoder"), net, cfg, x0, y, steps=25)
     assert set(parts.scalars()) == {"total", "mse", "recon", "kl"}
-    assert eval_loss() < 0.8 * before
+    assert after < 0.8 * before
 
 
 def test_encode_decode_shapes_and_scale():

@@ -19,7 +19,7 @@ from egc.errors import CheckpointError, ConfigError, EgcError
 from egc.train import loop
 from egc.train.loop import lr_factor, train
 
-from .conftest import TINY
+from .conftest import tiny_train_argv
 
 FAST = ["train.sample_n=0", "train.ckpt_every=2", "train.lr_schedule=constant"]
 
@@ -111,8 +111,8 @@ def test_rollback_before_the_first_checkpoint_returns_to_step_0(tmp_path, tiny_o
 
 def test_rollbacks_that_keep_failing_give_a_one_line_error(tmp_path, tiny_npz, monkeypatch, capsys):
     calls = _inject(monkeypatch, after=4, kind="loss")  # from step 4 on, every loss is NaN
-    args = ["train", "--out", str(tmp_path / "r"), "--data", f"npz:{tiny_npz}", "--steps", "20", "--quiet"]
-    for s in TINY + FAST + ["train.nonfinite=rollback", "train.max_nonfinite=3"]:
+    args = tiny_train_argv(tmp_path / "r", tiny_npz, 20)
+    for s in FAST + ["train.nonfinite=rollback", "train.max_nonfinite=3"]:
         args += ["--set", s]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()

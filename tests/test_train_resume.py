@@ -63,6 +63,20 @@ def test_checkpoint_refuses_nan_weights_and_foreign_files(tmp_path):
         load_checkpoint(tmp_path / "foreign.safetensors")
 
 
+def test_checkpoint_file_mode_follows_the_umask(tmp_path):
+    # safetensors stages through a private 0600 file; a checkpoint or exported model must be readable
+    # by whoever the umask allows (0644 under 022), like any other file the user writes.
+    import os
+
+    cfg = load_config(None, ["model.size=tiny"])
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "w.safetensors", cfg, 1, {"model": {"w": torch.zeros(2)}})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_wrong_architecture_is_reported(tmp_path, tiny_overrides):
     s = train(load_config(None, tiny_overrides + ["train.steps=1"]), tmp_path / "r", quiet=True)
     ck = load_checkpoint(s["checkpoint"])

@@ -50,6 +50,13 @@ class Checkpoint:
         return self.group("ema") or self.group("model")
 
 
+def _default_file_mode() -> int:
+    """The mode ``open()`` would give a new file under the current umask (0644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_checkpoint(path: str | Path, config: RunConfig, step: int, groups: dict[str, dict[str, torch.Tensor]],
                     kind: str = "train", meta: dict[str, Any] | None = None) -> Path:
     """Atomically write ``groups`` ({prefix: {name: tensor}}) with the config and metadata."""
@@ -69,6 +76,7 @@ def save_checkpoint(path: str | Path, config: RunConfig, step: int, groups: dict
         save_file(tensors, str(tmp), metadata=metadata)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_file_mode())  # safetensors stages through a 0600 file; exported weights are meant to be shared
         _test_pause()
         os.replace(tmp, path)
         _fsync_dir(path.parent)

@@ -152,20 +152,18 @@ def _fit_model_to_data(cfg: RunConfig, ds: Any) -> None:
     m = cfg.model
     pix = (ds.channels, ds.image_size, ds.image_size)
     if m.kind == AUTOENCODER:
-        m.in_channels, m.num_classes, m.image_size = ds.channels, ds.num_classes, ds.image_size
         m.ae.in_channels, m.ae.image_size = ds.channels, ds.image_size
         if ds.image_size % m.ae.downsample:
             raise EgcError(f"image size {ds.image_size} is not divisible by model.ae.downsample {m.ae.downsample}")
-        return
-    if m.latent:
+    elif m.latent:
         want = (m.ae.in_channels, m.ae.image_size, m.ae.image_size)
         if pix != want:
             raise EgcError(f"data {cfg.data.name} has {'x'.join(map(str, pix))} images (CxHxW) but the autoencoder {m.autoencoder} "
                            f"takes {'x'.join(map(str, want))}")
-        m.in_channels, m.num_classes, m.image_size = m.ae.latent_channels, ds.num_classes, m.ae.latent_size
-    else:
-        m.in_channels, m.num_classes, m.image_size = ds.channels, ds.num_classes, ds.image_size
-    if m.image_size % m.patch:
+    # The network sees latents in a latent run and pixels otherwise (an autoencoder's net is the AE).
+    channels, size = (m.ae.latent_channels, m.ae.latent_size) if m.latent else (ds.channels, ds.image_size)
+    m.in_channels, m.num_classes, m.image_size = channels, ds.num_classes, size
+    if m.kind != AUTOENCODER and m.image_size % m.patch:
         raise EgcError(f"image size {m.image_size} is not divisible by model.patch {m.patch}")
 
 
