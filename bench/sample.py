@@ -3,6 +3,9 @@
 
     python bench/sample.py zoo:fashion-mnist [--n 500] [--guidance 3] [--configs ddpm:1000,ddpm:250,ddim:100,ddim:50,ddim:20,dpm++2m:20,dpm++2m:10]
 
+A configuration is SAMPLER:STEPS[:ETA[:GUIDANCE]]: ETA is DDIM's noise (0 deterministic, 1 = DDPM's
+variance), GUIDANCE overrides --guidance for that row (few-step samplers may want another scale).
+
 Prints one JSON line per sampler configuration, then a summary line. Frechet distances are in the
 features of the judge named in the key (for example fd_fashioncnn), not Inception features.
 """
@@ -36,11 +39,16 @@ def main() -> None:
     judge = load_judge(a.judge)
     rows = []
     for item in a.configs.split(","):
-        sampler, steps = item.split(":")
+        parts = item.split(":")
+        if not 2 <= len(parts) <= 4:
+            raise SystemExit(f"--configs: '{item}' is not SAMPLER:STEPS[:ETA[:GUIDANCE]]")
+        sampler, steps = parts[0], int(parts[1])
+        eta = float(parts[2]) if len(parts) > 2 else 0.0
+        guidance = float(parts[3]) if len(parts) > 3 else a.guidance
         t0 = time.time()
-        imgs, labels = m.sample(a.n, class_balanced=True, sampler=sampler, steps=int(steps), guidance=a.guidance, seed=a.seed)
+        imgs, labels = m.sample(a.n, class_balanced=True, sampler=sampler, steps=steps, guidance=guidance, eta=eta, seed=a.seed)
         dt = time.time() - t0
-        row = {"benchmark": "sample", "sampler": sampler, "steps": int(steps), "nfe": int(steps), "guidance": a.guidance, "n": a.n,
+        row = {"benchmark": "sample", "sampler": sampler, "steps": steps, "eta": eta, "nfe": steps, "guidance": guidance, "n": a.n,
                "s_per_image": dt / a.n, **judge_samples(judge, imgs, labels, test, kid_subsets=50, kid_subset_size=min(a.n, 500))}
         rows.append(row)
         print(json.dumps(row), flush=True)
