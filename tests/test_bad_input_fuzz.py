@@ -348,7 +348,8 @@ CASES = {
     "eval-noise-t-beyond-schedule": (lambda e, t: _eval(e, t, "--metrics", "noisy_acc", "--noise-t", "5000"), ["--noise-t"], ["eval.json"]),
     "eval-guidance-nan": (lambda e, t: _eval(e, t, "--guidance", "nan"), ["--guidance"], ["eval.json"]),
     "eval-unknown-ood-set": (lambda e, t: _eval(e, t, "--metrics", "ood", "--ood-sets", "svhn"), ["svhn"], ["eval.json"]),
-    "eval-inception-weights": (lambda e, t: _eval(e, t, "--inception", str(e.d / "foreign.pt")), ["--inception"], ["eval.json"]),
+    "eval-inception-weights": (lambda e, t: _eval(e, t, "--inception", str(e.d / "foreign.pt")), ["not a torch state dict"], ["eval.json"]),
+    "eval-inception-missing": (lambda e, t: _eval(e, t, "--inception", str(e.d / "none.pth")), ["none.pth"], ["eval.json"]),
     "eval-json-under-a-file": (lambda e, t: _eval(e, t, "--json", str(e.d / "afile" / "e.json")), ["afile"], ["eval.json"]),
     "eval-out-dir-is-a-file": (lambda e, t: _eval(e, t, "--out-dir", str(e.d / "afile")), ["afile"], ["eval.json"]),
     # ---- report

@@ -215,7 +215,7 @@ def test_bad_input_is_one_line(case, tmp_path, trained, monkeypatch, capsys):
         "unknown_metric": (["eval", str(trained), "--metrics", "acc,fid"], "unknown metric 'fid'"),
         "missing_ckpt": (["eval", str(tmp_path / "nope.safetensors")], "nope.safetensors"),
         "wrong_data": (["eval", str(trained), "--data", f"npz:{make_npz(tmp_path / 'd8.npz', size=8)}"], "model takes 1x16x16"),
-        "inception": (["eval", str(trained), "--inception", "pt_inception.pth"], "not implemented"),
+        "inception": (["eval", str(trained), "--inception", "pt_inception.pth"], "Inception weights file not found"),
         "bad_eps": (["eval", str(trained), "--eps-linf", "0.1,x"], "--eps-linf"),
         "bad_t": (["eval", str(trained), "--noise-t", "5000", "--metrics", "noisy_acc"], "--noise-t"),
         "report_not_eval": (["report", str(tmp_path / "d8.json")], "not found"),

@@ -63,10 +63,11 @@ def settings_from_args(a: argparse.Namespace):
 def cmd_eval(a: argparse.Namespace) -> int:
     from egc.imageio import atomic_write_bytes, check_output_dir, check_output_file
 
-    from .evaluate import INCEPTION_UNAVAILABLE, run_eval
+    from .evaluate import run_eval
+    from .inception import WEIGHTS_HINT
 
-    if a.inception is not None:  # before loading anything
-        raise EgcError(f"--inception {a.inception}: {INCEPTION_UNAVAILABLE}")
+    if a.inception is not None and not Path(a.inception).is_file():  # before loading anything (run_eval checks the contents)
+        raise EgcError(f"--inception {a.inception}: Inception weights file not found; {WEIGHTS_HINT}")
     if a.out_dir is None and a.json is None and Path(a.checkpoint).is_dir():
         a.out_dir = str(Path(a.checkpoint) / "eval")  # a run folder keeps its evaluation beside it
     if a.out_dir is not None:
@@ -120,7 +121,8 @@ def add_eval_parsers(sub) -> None:
     e.add_argument("--steps", type=int, default=50, help="sampler steps")
     e.add_argument("--guidance", type=float, default=None, help="classifier-term scale (default: the model's recommended scale)")
     e.add_argument("--judge", help="feature network for generation metrics (zoo:NAME or file; default zoo:fashioncnn for fashion-mnist)")
-    e.add_argument("--inception", metavar="WEIGHTS", help="local Inception-v3 weights for standard FID (not implemented: an error)")
+    e.add_argument("--inception", metavar="WEIGHTS", help="pytorch-fid's Inception-v3 weights file pt_inception-2015-12-05-6726825d.pth "
+                   "(downloaded by you; egc never downloads): adds the standard fid_inception and kid_inception to the generation metrics")
     e.add_argument("--json", help="write the result here (default OUT_DIR/eval.json when there is an --out-dir)")
     e.add_argument("--out-dir", help="folder for eval.json, reliability.png and samples.png (default RUN/eval for a run folder)")
     e.add_argument("--batch-size", type=int, default=250)

@@ -31,8 +31,8 @@ CLASSIFY_METRICS = ("acc", "ece", "noisy_acc", "robust", "ood")
 OOD_DATASETS = ("cifar10", "mnist", "fashion-mnist")
 OOD_NOISE = ("uniform", "gaussian")
 DEFAULT_JUDGES = {"fashion-mnist": "zoo:fashioncnn"}
-INCEPTION_UNAVAILABLE = ("Inception-v3 FID is not implemented: egc has no torchvision-free port of the network; "
-                         "generation metrics use the judge network's features (fd_<judge>, kid_<judge>, ...)")
+INCEPTION_NOT_GIVEN = ("not computed: pass --inception WEIGHTS (pytorch-fid's pt_inception-2015-12-05-6726825d.pth) "
+                       "for fid_inception / kid_inception; fd_<judge> and kid_<judge> are not FID")
 
 
 @dataclass
@@ -58,7 +58,7 @@ class EvalSettings:
     steps: int = 50
     guidance: float | None = None  # None: the model's recommended scale
     judge: str | None = None  # None: the default judge of the data set, if any
-    inception: str | None = None
+    inception: str | None = None  # pytorch-fid's Inception-v3 weights file: fid_inception, kid_inception
     batch_size: int = 250
     seed: int = 0
     precision: str = "auto"
@@ -258,9 +258,11 @@ def sample_grid_u8(images: torch.Tensor, labels: torch.Tensor, k: int, per_class
     return to_uint8(torch.cat(rows)), per_class
 
 
-def generation_metrics(m: Any, judge, test_x: torch.Tensor, s: EvalSettings) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+def generation_metrics(m: Any, judge, test_x: torch.Tensor, s: EvalSettings, inception=None) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
     """(metrics, samples ``[n, C, H, W]`` in [-1, 1], labels ``[n]``): class-balanced samples (EGC) or
-    unconditional ones (ddpm) judged in the judge's feature space against ``test_x``."""
+    unconditional ones (ddpm) judged in the judge's feature space against ``test_x`` (when there is a
+    judge) and, with the FID Inception-v3 ``inception``, ``fid_inception`` / ``kid_inception`` on the
+    same samples and reference images."""
     from .judge import judge_samples
 
     kind = model_kind(m)
@@ -270,16 +272,39 @@ def generation_metrics(m: Any, judge, test_x: torch.Tensor, s: EvalSettings) -> 
         imgs, labels = m.sample(s.n_samples, class_balanced=True, guidance=s.guidance, **kw)
     else:
         imgs, labels = m.sample(s.n_samples, **kw)
-    judged_labels = labels if conditional else torch.zeros_like(labels)
-    res = judge_samples(judge, imgs, judged_labels, test_x, batch_size=s.batch_size, seed=s.seed,
-                        kid_subset_size=min(1000, s.n_samples, test_x.shape[0]))
-    if not conditional:
-        res.pop(f"cond_acc_{judge.name}", None)
-    res["judge"] = judge.name
+    kid_size = min(1000, s.n_samples, test_x.shape[0])
+    res: dict[str, Any] = {}
+    if judge is not None:
+        judged_labels = labels if conditional else torch.zeros_like(labels)
+        res = judge_samples(judge, imgs, judged_labels, test_x, batch_size=s.batch_size, seed=s.seed, kid_subset_size=kid_size)
+        if not conditional:
+            res.pop(f"cond_acc_{judge.name}", None)
+    res["judge"] = None if judge is None else judge.name
+    if inception is not None:
+        from .inception import inception_metrics
+
+        res.update(inception_metrics(inception, imgs, test_x, batch_size=min(s.batch_size, 50), kid_subset_size=kid_size, seed=s.seed))
+        res["inception_weights"] = dict(inception.source)
+    res.setdefault("n", int(imgs.shape[0]))
+    res.setdefault("n_ref", int(test_x.shape[0]))
     return res, imgs, labels
 
 
 # ---------------------------------------------------------------------------------------- the whole run
+def load_inception_flag(path: str | None):
+    """The FID Inception-v3 of ``--inception PATH`` (None without the flag); a one-line EgcError
+    starting with ``--inception`` for a missing or foreign file."""
+    if path is None:
+        return None
+    from .inception import load_inception
+
+    try:
+        net = load_inception(path, device="cuda" if torch.cuda.is_available() else "cpu")
+    except EgcError as e:
+        raise EgcError(f"--inception {e}") from None
+    return net
+
+
 def parse_metrics(spec: str) -> list[str]:
     names = [p.strip().lower() for p in spec.split(",") if p.strip()]
     if not names:
@@ -319,8 +344,7 @@ def run_eval(checkpoint: str, s: EvalSettings, model: Any = None) -> dict[str, A
     from .ood import auroc
 
     t_start = time.perf_counter()
-    if s.inception is not None:
-        raise EgcError(f"--inception {s.inception}: {INCEPTION_UNAVAILABLE}")
+    inception = load_inception_flag(s.inception)  # before the model: a bad file fails at once
     if model is None:
         from egc.model import EGC
 
@@ -418,11 +442,14 @@ def run_eval(checkpoint: str, s: EvalSettings, model: Any = None) -> dict[str, A
     if "gen" in todo and "gen" not in skipped:
         tick = time.perf_counter()
         judge, why = resolve_judge(m, data_name, s.judge)
-        if judge is None:
+        if judge is None and inception is None:
             skipped["gen"] = why
         else:
-            gen, imgs, labels = generation_metrics(m, judge, x, s)
-            gen["inception"] = "not computed: " + INCEPTION_UNAVAILABLE
+            gen, imgs, labels = generation_metrics(m, judge, x, s, inception)
+            if judge is None:
+                gen["judge_skipped"] = why
+            if inception is None:
+                gen["inception"] = INCEPTION_NOT_GIVEN
             gen["guidance"] = None if kind == "ddpm" else (cfg.train.guidance if s.guidance is None else s.guidance)
             metrics["generation"] = gen
             if out_dir is not None:

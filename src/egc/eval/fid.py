@@ -154,6 +154,34 @@ def frechet_distance(
     return max(dist, 0.0)
 
 
+def frechet_distance_features(feats1: ArrayLike, feats2: ArrayLike) -> float:
+    """:func:`frechet_distance` of the Gaussians fitted by :func:`gaussian_stats` to two feature sets.
+
+    Same value as ``frechet_distance(*gaussian_stats(feats1), *gaussian_stats(feats2))``, but when a
+    set has fewer rows than dimensions (e.g. 1000 samples of 2048-d Inception features) no
+    ``[D, D]`` matrix is formed: with centred ``A [N1, D]``, ``B [N2, D]`` and
+    ``c = (N1 - 1)(N2 - 1)``, the nonzero eigenvalues of ``s1 s2 = A^T A B^T B / c`` are the squared
+    singular values of ``A B^T / sqrt(c)``, so ``tr(sqrt(s1 s2))`` is their sum, and
+    ``tr(s1) = |A|_F^2 / (N1 - 1)``. Cost ``O(N1 N2 (D + min(N1, N2)))`` instead of ``O(D^3)``.
+
+    Args:
+        feats1: ``[N1, D]``; feats2: ``[N2, D]``; N1, N2 >= 2.
+    """
+    x = _as_feats(feats1, "feats1", min_rows=2)
+    y = _as_feats(feats2, "feats2", min_rows=2)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"frechet_distance_features: feature dims differ: {x.shape[1]} vs {y.shape[1]}")
+    if min(x.shape[0], y.shape[0]) > x.shape[1]:
+        return frechet_distance(*gaussian_stats(x), *gaussian_stats(y))
+    mu1, mu2 = x.mean(axis=0), y.mean(axis=0)
+    a, b = x - mu1, y - mu2
+    n1, n2 = x.shape[0] - 1, y.shape[0] - 1
+    tr_covmean = float(np.linalg.svd(a @ b.T, compute_uv=False).sum()) / np.sqrt(n1 * n2)
+    diff = mu1 - mu2
+    dist = float(diff @ diff + (a * a).sum() / n1 + (b * b).sum() / n2 - 2.0 * tr_covmean)
+    return max(dist, 0.0)
+
+
 def kid(
     feats1: ArrayLike,
     feats2: ArrayLike,

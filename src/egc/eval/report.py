@@ -21,7 +21,7 @@ from .evaluate import SCHEMA
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 # Rows where a smaller number is better (for the bold "best" cell); everything else: larger is better.
-LOWER_IS_BETTER = ("ece", "fd_", "kid_", "wall_time")
+LOWER_IS_BETTER = ("ece", "fd_", "fid_", "kid_", "wall_time")
 NO_BEST = ("sanity", "kid_std")
 # Table row prefix -> the metric name that ``skipped`` uses for it.
 ROW_GROUP = {"accuracy": "acc", "ece": "ece", "noisy_accuracy": "noisy_acc", "robust": "robust", "sanity": "robust",
@@ -243,6 +243,10 @@ def build_report(docs: list[dict[str, Any]], bases: list[Path], title: str = "eg
             notes.append(f"<li>{html.escape(lb)}: attack sanity problems: {html.escape(san['problems'])}</li>")
         for k, why in ((d.get("metrics") or {}).get("ood_notes") or {}).items():
             notes.append(f"<li>{html.escape(lb)}: OOD set {html.escape(k)} {html.escape(str(why))}</li>")
+        iw = ((d.get("metrics") or {}).get("generation") or {}).get("inception_weights")
+        if isinstance(iw, dict):
+            notes.append(f"<li>{html.escape(lb)}: fid_inception / kid_inception with Inception weights "
+                         f"{html.escape(str(iw.get('file')))} (sha256 {html.escape(str(iw.get('sha256')))}...)</li>")
     style = ("body{font-family:sans-serif;margin:24px;color:#222}table.metrics{border-collapse:collapse}"
              "table.metrics td,table.metrics th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
              "table.metrics td:first-child{text-align:left}td.na{color:#999}.row{display:flex;flex-wrap:wrap;gap:16px}"
@@ -250,7 +254,8 @@ def build_report(docs: list[dict[str, Any]], bases: list[Path], title: str = "eg
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>",
              "<p>Metric names carry their feature network (fd_fashioncnn is a Frechet distance in the features of the "
-             "independent Fashion-MNIST CNN, not Inception FID). Robust accuracy: PGD on the full prediction path, pixel "
+             "independent Fashion-MNIST CNN, not Inception FID; fid_inception is the standard FID, with the Inception-v3 "
+             "weights named in the notes). Robust accuracy: PGD on the full prediction path, pixel "
              "scale [0, 1]. OOD AUROC: energy score (lower = in-distribution); _msp rows use the max softmax probability.</p>",
              "<h2>Metrics</h2>", metric_table(labels, docs)]
     curves = robust_curves(labels, docs)
