@@ -21,6 +21,7 @@ data-free batch-norm prior (EGC's UNet has no BatchNorm, so there it is simply o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import io
 import json
@@ -40,6 +41,15 @@ IMAGENET_CLASSES = ["goldfish", "flamingo", "ladybug", "monarch", "zebra", "scho
                     "strawberry", "volcano"]  # 1, 130, 301, 323, 340, 779, 607, 937, 949, 980
 FASHION_CLASSES = list(range(10))
 CONFIGS = ["full", "plain"] + [f"no-{p}" for p in PARTS]
+
+
+def _number_or_text(v: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
 
 
 def make_config(name: str, base: CaGConfig) -> CaGConfig:
@@ -217,6 +227,8 @@ def main() -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a CaGConfig field for every configuration (repeatable), e.g. --set bn_weight=1 --set jitter=16")
     p.add_argument("--mask", help="FAMILY:RATIO:FILL for the mask part (default: CaGConfig's), e.g. pixels:0.5:mean; for the mask sweep")
     p.add_argument("--skip-imagenet", action="store_true")
     p.add_argument("--skip-fashion", action="store_true")
@@ -243,6 +255,12 @@ def main() -> None:
             over.update(mask_family=family, mask_ratio=float(ratio), mask_fill=fill)
         except ValueError:
             raise SystemExit(f"--mask: expected FAMILY:RATIO:FILL (e.g. patches:0.3:noise), got '{a.mask}'") from None
+    fields = {f.name: f.type for f in dataclasses.fields(CaGConfig)}
+    for item in a.set:
+        key, _, val = item.partition("=")
+        if key not in fields or not val:
+            raise SystemExit(f"--set: expected FIELD=VALUE with FIELD one of {', '.join(fields)}, got '{item}'")
+        over[key] = {"True": True, "False": False}.get(val, None) if val in ("True", "False") else _number_or_text(val)
     base = CaGConfig(steps=a.steps, batch=a.batch, seed=a.seed, **over)
     try:
         base.validate()

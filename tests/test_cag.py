@@ -223,7 +223,7 @@ def test_few_steps_raise_target_logit(tiny):
 def test_each_part_switches_off_and_runs(tiny):
     cfg = small_cfg(steps=2, tv_weight=0.1)
     plain = plain_config(cfg)
-    assert not plain.mask and not plain.progressive and plain.div_weight == plain.bn_weight == plain.tv_weight == plain.jitter == 0
+    assert not plain.mask and not plain.progressive and plain.div_weight == plain.bn_weight == plain.tv_weight == plain.jitter == 0 and not plain.flip
     assert plain.plan() == [(16, 4)]
     for part in ("mask", "progressive", "div", "dist", "jitter", "tv"):
         assert generate(tiny, 1, 2, without(cfg, part), progress=False).shape == (2, 3, 16, 16)

@@ -97,6 +97,14 @@ class Recorder(torch.nn.Module):
         return self.net(x) * 10 + torch.tensor([1000.0, 0.0, 0.0])
 
 
+def test_sanity_thresholds_count_one_example_in_100_as_exactly_one_point():
+    from egc.eval.attacks import _more_than_a_point
+
+    one = float(torch.tensor(0.09)) - float(torch.tensor(0.08))  # float32 shares: 0.0100000054...
+    assert one > 0.01 and not _more_than_a_point(one)
+    assert _more_than_a_point(0.02) and not _more_than_a_point(0.0)
+
+
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.7)])
 def test_pgd_never_leaves_the_ball_or_the_box(norm, eps):
     g = torch.Generator().manual_seed(0)

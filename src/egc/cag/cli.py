@@ -82,6 +82,7 @@ def add_cag_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-progressive", action="store_true", help="optimise at the final size only (same total steps)")
     p.add_argument("--no-div", action="store_true", help="switch off the diversity loss")
     p.add_argument("--no-dist", action="store_true", help="switch off the distribution prior (batch-norm statistics)")
+    p.add_argument("--no-jitter", action="store_true", help="switch off the random shifts and mirror flips")
     p.add_argument("--plain", action="store_true", help="plain gradient ascent: every part off")
     p.add_argument("--scale", type=_pos_int, default=1, help="upscale the grid for viewing")
     p.add_argument("--threads", type=_pos_int)
@@ -105,7 +106,8 @@ def _config(a: argparse.Namespace, size: int) -> Any:
     cfg = CaGConfig(**{**cfg.to_dict(), **over})
     if cfg.jitter >= size:  # a small image keeps the default jitter only if it fits
         cfg.jitter = max(0, size // 8)
-    off = [part for part, flag in (("mask", a.no_mask), ("progressive", a.no_progressive), ("div", a.no_div), ("dist", a.no_dist)) if flag]
+    flags = (("mask", a.no_mask), ("progressive", a.no_progressive), ("div", a.no_div), ("dist", a.no_dist), ("jitter", a.no_jitter))
+    off = [part for part, flag in flags if flag]
     if a.plain:
         off = list(PARTS)
     return without(cfg, *off).validate()

@@ -4,7 +4,7 @@ One loop, every part switchable by :class:`CaGConfig`::
 
     z  (unconstrained, [b, C, s, s] at the stage size s)      x = sigmoid(z) in (0, 1)
     x_S  = resize(x, S)                        progressive resolution (schedule.py)
-    x_j  = roll(x_S, random shift <= jitter)   translation jitter (DeepDream-style)
+    x_j  = roll(x_S, random shift <= jitter)   translation jitter (DeepDream-style), random mirror (flip)
     x_m  = apply_mask(x_j, random_mask(...))   mask-based stochastic reconstruction g (masks.py)
     L    = L_cls(f(x_m), c) + w_div L_div(h(x_m)) + w_dist L_dist(h(x_m); mu_c, sigma_c)
            + w_bn L_bn + w_tv TV(x)            (losses.py)
@@ -47,7 +47,8 @@ class CaGConfig:
     halving from ``size`` down to 32 (128 -> 32, 64, 128). ``dist_weight`` needs per-class feature
     statistics (``real_stats`` of :func:`generate`); without them the term is inactive and
     ``bn_weight`` (the DeepInversion batch-norm prior, the data-free stand-in) is the distribution
-    prior. ``jitter`` is the largest random shift in pixels at the final size.
+    prior. ``jitter`` is the largest random shift in pixels at the final size; ``flip`` mirrors the
+    batch left-right at random each step (both are the "jitter" part: augmentations the object must survive).
     """
 
     size: int = 128
@@ -68,6 +69,7 @@ class CaGConfig:
     bn_weight: float = 0.05
     tv_weight: float = 0.0
     jitter: int = 4
+    flip: bool = True
     init_std: float = 0.1
     seed: int = 0
     batch: int = 8
@@ -121,6 +123,7 @@ def without(cfg: CaGConfig, *parts: str) -> CaGConfig:
             off["bn_weight"] = 0.0
         elif p == "jitter":
             off["jitter"] = 0
+            off["flip"] = False
         elif p == "tv":
             off["tv_weight"] = 0.0
     return replace(cfg, **off)
@@ -162,6 +165,7 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
             # The shift and the mask are drawn here, once per step; the noise fill is drawn inside
             # the objective, which input_grad also calls exactly once, so the stream stays seeded.
             shift = tuple(int(v) for v in torch.randint(-cfg.jitter, cfg.jitter + 1, (2,), generator=gen)) if cfg.jitter else (0, 0)
+            mirror = cfg.flip and bool(torch.randint(0, 2, (1,), generator=gen))
             mask = random_mask((b, c, size_final, size_final), cfg.mask_family, cfg.mask_ratio, gen, cfg.mask_patch) if cfg.mask else None
 
             def objective(zz: torch.Tensor) -> torch.Tensor:
@@ -169,6 +173,8 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
                 xs = resize(x, size_final)  # [b, C, S, S]: the classifier always sees the final size
                 if shift != (0, 0):
                     xs = torch.roll(xs, shifts=shift, dims=(2, 3))
+                if mirror:
+                    xs = xs.flip(3)
                 if mask is not None:
                     xs = apply_mask(xs, mask, cfg.mask_fill, gen)
                 if recorder is not None:
