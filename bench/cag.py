@@ -118,7 +118,7 @@ def run_variant(variant: str, clf: Any, targets: list[int], judge_fn: Any, base:
             "sec_per_image": round(seconds / (m * n), 3), "per_class_judge_top1": per_class,
             "parts": {"mask": cfg.mask and f"{cfg.mask_family}:{cfg.mask_ratio}:{cfg.mask_fill}", "progressive": cfg.progressive,
                       "div": cfg.div_weight, "dist": cfg.dist_weight if real_stats else 0.0, "bn": cfg.bn_weight if bn_active else 0.0,
-                      "jitter": cfg.jitter,
+                      "jitter": cfg.jitter, "flip": cfg.flip, "scale": cfg.scale, "rotate": cfg.rotate, "mask_ratio": cfg.mask_ratio,
                       "tv": cfg.tv_weight, "lr": cfg.lr},
         }), flush=True)
 

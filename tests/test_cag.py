@@ -131,6 +131,21 @@ def test_apply_mask_keeps_visible_pixels(fill):
 
 
 # ---- schedule ---------------------------------------------------------------------------------
+def test_random_affine_is_identity_at_zero_and_zooms_about_the_centre():
+    from egc.cag.schedule import apply_affine, random_affine
+
+    x = torch.zeros(1, 1, 33, 33)
+    x[..., 12:21, 12:21] = 1.0  # a 9 x 9 square in the middle
+    g = torch.Generator().manual_seed(0)
+    assert torch.allclose(apply_affine(x, random_affine(1, 0.0, 0.0, g)), x, atol=1e-5)
+    big = apply_affine(x, torch.tensor([[[1 / 1.5, 0.0, 0.0], [0.0, 1 / 1.5, 0.0]]]))  # zoom 1.5x
+    assert big.sum() > 1.8 * x.sum() and big[..., 16, 16] > 0.99  # area ~2.25x, still centred
+    t1, t2 = random_affine(4, 0.2, 15, torch.Generator().manual_seed(1)), random_affine(4, 0.2, 15, torch.Generator().manual_seed(1))
+    assert torch.equal(t1, t2) and t1.shape == (4, 2, 3)
+    y = apply_affine(torch.rand(4, 3, 16, 16), t1)
+    assert y.min() >= 0 and y.max() <= 1
+
+
 def test_schedule_lands_on_final_size():
     assert resolution_schedule(128, steps=10) == [(32, 10), (64, 10), (128, 10)]
     assert resolution_schedule(128, steps=10, progressive=False) == [(128, 30)]

@@ -78,6 +78,8 @@ def add_cag_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--bn-weight", type=_nonneg_float, help="weight of the batch-norm statistics prior")
     p.add_argument("--tv-weight", type=_nonneg_float, help="weight of the total-variation prior")
     p.add_argument("--jitter", type=int, help="largest random shift in pixels per step (0 = off)")
+    p.add_argument("--zoom", type=_nonneg_float, help="random zoom per image and step, e.g. 0.15 = 0.85x..1.15x (0 = off)")
+    p.add_argument("--rotate", type=_nonneg_float, help="random rotation per image and step, largest angle in degrees (0 = off)")
     p.add_argument("--no-mask", action="store_true", help="switch off the random masks")
     p.add_argument("--no-progressive", action="store_true", help="optimise at the final size only (same total steps)")
     p.add_argument("--no-div", action="store_true", help="switch off the diversity loss")
@@ -100,7 +102,8 @@ def _config(a: argparse.Namespace, size: int) -> Any:
         over["steps"] = a.steps[0] if len(a.steps) == 1 else a.steps
     for flag, key in ((a.stages, "stages"), (a.lr, "lr"), (a.batch_size, "batch"), (a.mask_family, "mask_family"),
                       (a.mask_ratio, "mask_ratio"), (a.mask_fill, "mask_fill"), (a.div_weight, "div_weight"),
-                      (a.bn_weight, "bn_weight"), (a.tv_weight, "tv_weight"), (a.jitter, "jitter")):
+                      (a.bn_weight, "bn_weight"), (a.tv_weight, "tv_weight"), (a.jitter, "jitter"),
+                      (a.zoom, "scale"), (a.rotate, "rotate")):
         if flag is not None:
             over[key] = flag
     cfg = CaGConfig(**{**cfg.to_dict(), **over})

@@ -31,7 +31,7 @@ from ..errors import ConfigError, EgcError
 from .adapters import logits_and_features
 from .losses import CLASS_LOSSES, BNStatsRecorder, batchnorm_layers, class_loss, distribution_loss, diversity_loss, total_variation
 from .masks import MASK_FAMILIES, MASK_FILLS, apply_mask, random_mask
-from .schedule import resize, resolution_schedule, to_image, upsample_param
+from .schedule import apply_affine, random_affine, resize, resolution_schedule, to_image, upsample_param
 
 #: The parts that can be switched off one at a time (the ablation in bench/cag.py).
 PARTS: tuple[str, ...] = ("mask", "progressive", "div", "dist", "jitter", "tv")
@@ -48,7 +48,9 @@ class CaGConfig:
     statistics (``real_stats`` of :func:`generate`); without them the term is inactive and
     ``bn_weight`` (the DeepInversion batch-norm prior, the data-free stand-in) is the distribution
     prior. ``jitter`` is the largest random shift in pixels at the final size; ``flip`` mirrors the
-    batch left-right at random each step (both are the "jitter" part: augmentations the object must survive).
+    batch left-right at random each step; ``scale`` (relative zoom, e.g. 0.1 = 0.9x..1.1x) and
+    ``rotate`` (degrees) draw a random zoom and rotation per image and step. All four are the
+    "jitter" part: transformations the object must survive, which an adversarial pattern does not.
     """
 
     size: int = 128
@@ -70,6 +72,8 @@ class CaGConfig:
     tv_weight: float = 0.0
     jitter: int = 4
     flip: bool = True
+    scale: float = 0.0
+    rotate: float = 0.0
     init_std: float = 0.1
     seed: int = 0
     batch: int = 8
@@ -92,6 +96,8 @@ class CaGConfig:
         for k in ("div_weight", "dist_weight", "bn_weight", "tv_weight", "init_std"):
             need(getattr(self, k) >= 0, f"cag {k} must be >= 0, got {getattr(self, k)}")
         need(0 <= self.jitter < self.size, f"jitter must be in [0, size), got {self.jitter}")
+        need(0 <= self.scale < 1, f"cag scale must be in [0, 1), got {self.scale}")
+        need(0 <= self.rotate <= 180, f"cag rotate must be in [0, 180] degrees, got {self.rotate}")
         need(self.batch >= 1, f"cag batch must be >= 1, got {self.batch}")
         self.plan()  # stage / step errors
         return self
@@ -124,6 +130,8 @@ def without(cfg: CaGConfig, *parts: str) -> CaGConfig:
         elif p == "jitter":
             off["jitter"] = 0
             off["flip"] = False
+            off["scale"] = 0.0
+            off["rotate"] = 0.0
         elif p == "tv":
             off["tv_weight"] = 0.0
     return replace(cfg, **off)
@@ -166,6 +174,7 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
             # the objective, which input_grad also calls exactly once, so the stream stays seeded.
             shift = tuple(int(v) for v in torch.randint(-cfg.jitter, cfg.jitter + 1, (2,), generator=gen)) if cfg.jitter else (0, 0)
             mirror = cfg.flip and bool(torch.randint(0, 2, (1,), generator=gen))
+            warp = random_affine(b, cfg.scale, cfg.rotate, gen) if (cfg.scale or cfg.rotate) else None
             mask = random_mask((b, c, size_final, size_final), cfg.mask_family, cfg.mask_ratio, gen, cfg.mask_patch) if cfg.mask else None
 
             def objective(zz: torch.Tensor) -> torch.Tensor:
@@ -175,6 +184,8 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
                     xs = torch.roll(xs, shifts=shift, dims=(2, 3))
                 if mirror:
                     xs = xs.flip(3)
+                if warp is not None:
+                    xs = apply_affine(xs, warp.to(xs.device))
                 if mask is not None:
                     xs = apply_mask(xs, mask, cfg.mask_fill, gen)
                 if recorder is not None:

@@ -84,3 +84,21 @@ def upsample_param(z: torch.Tensor, size: int, mode: str = "bicubic") -> torch.T
         raise ConfigError(f"upsampling mode must be 'bilinear' or 'bicubic', got '{mode}'")
     with torch.no_grad():
         return to_param(resize(to_image(z), size, mode=mode))
+
+
+def random_affine(b: int, scale: float, rotate: float, gen: torch.Generator) -> torch.Tensor:
+    """b random zoom-and-rotate matrices [b, 2, 3] for :func:`apply_affine`: zoom uniform in
+    [1 - scale, 1 + scale], angle uniform in [-rotate, rotate] degrees (drawn from ``gen``)."""
+    u = torch.rand(b, 2, generator=gen) * 2 - 1  # [b, 2] in [-1, 1]
+    zoom = 1 + scale * u[:, 0]
+    ang = torch.deg2rad(rotate * u[:, 1])
+    cos, sin = torch.cos(ang) / zoom, torch.sin(ang) / zoom  # sampling grid = inverse map: / zoom
+    zero = torch.zeros_like(cos)
+    return torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+
+
+def apply_affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """x [B, C, H, W] resampled through theta [B, 2, 3] about the centre (bilinear; borders
+    reflected, so no constant frame appears for the classifier to latch on to)."""
+    grid = tfn.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return tfn.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
