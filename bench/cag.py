@@ -88,6 +88,7 @@ def run_variant(variant: str, clf: Any, targets: list[int], judge_fn: Any, base:
         self_top1: list[float] = []
         div: list[float] = []
         per_class: dict[str, float] = {}
+        per_class_detail: dict[str, dict[str, float]] = {}
         seconds = 0.0
         images = []
         for k in targets:
@@ -104,6 +105,8 @@ def run_variant(variant: str, clf: Any, targets: list[int], judge_fn: Any, base:
             judged_top5.append(float((top5 == k).any(dim=1).float().mean()))
             div.append(mean_pairwise_cos_dist(feats))
             per_class[clf.class_names[k]] = round(judged_top1[-1], 3)
+            per_class_detail[clf.class_names[k]] = {"top1": round(judged_top1[-1], 3), "top5": round(judged_top5[-1], 3),
+                                                    "self_top1": round(self_top1[-1], 3), "div": round(div[-1], 4)}
         if grids is not None:
             from egc.imageio import save_grid
 
@@ -115,10 +118,10 @@ def run_variant(variant: str, clf: Any, targets: list[int], judge_fn: Any, base:
             "bench": "cag", "variant": variant, "config": cname, **extra, "size": cfg.size, "plan": cfg.plan(),
             "n_per_class": n, "n_classes": m, "judge_top1": round(sum(judged_top1) / m, 4), "judge_top5": round(sum(judged_top5) / m, 4),
             "self_top1": round(sum(self_top1) / m, 4), "diversity_cos_dist": round(sum(div) / m, 4),
-            "sec_per_image": round(seconds / (m * n), 3), "per_class_judge_top1": per_class,
+            "sec_per_image": round(seconds / (m * n), 3), "per_class_judge_top1": per_class, "per_class": per_class_detail,
             "parts": {"mask": cfg.mask and f"{cfg.mask_family}:{cfg.mask_ratio}:{cfg.mask_fill}", "progressive": cfg.progressive,
                       "div": cfg.div_weight, "dist": cfg.dist_weight if real_stats else 0.0, "bn": cfg.bn_weight if bn_active else 0.0,
-                      "jitter": cfg.jitter, "flip": cfg.flip, "scale": cfg.scale, "rotate": cfg.rotate, "mask_ratio": cfg.mask_ratio,
+                      "jitter": cfg.shift, "flip": cfg.flip, "scale": cfg.scale, "rotate": cfg.rotate, "mask_ratio": cfg.mask_ratio,
                       "tv": cfg.tv_weight, "lr": cfg.lr},
         }), flush=True)
 
@@ -204,7 +207,7 @@ def fashion(a: argparse.Namespace, base: CaGConfig, configs: list[str]) -> None:
             except EgcError as e:
                 print(json.dumps({"bench": "cag", "variant": "fashion", "generator": spec, "note": f"no real statistics: {e}"}), flush=True)
         size = clf.input_size or 28
-        fb = replace(base, size=size, stages=(size // 2, size) if size % 2 == 0 else None, jitter=min(base.jitter, size // 8),
+        fb = replace(base, size=size, stages=(size // 2, size) if size % 2 == 0 else None, jitter=None if base.jitter is None else min(base.jitter, size // 8),
                      mask_patch=None)
         run_variant("fashion", clf, targets, judge_fn, fb, configs, a.n_per_class, a.grids, stats, a.progress,
                     {"generator": clf.name, "judge": judge.name, "real_stats_per_class": a.real_stats or 0})

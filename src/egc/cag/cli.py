@@ -107,8 +107,6 @@ def _config(a: argparse.Namespace, size: int) -> Any:
         if flag is not None:
             over[key] = flag
     cfg = CaGConfig(**{**cfg.to_dict(), **over})
-    if cfg.jitter >= size:  # a small image keeps the default jitter only if it fits
-        cfg.jitter = max(0, size // 8)
     flags = (("mask", a.no_mask), ("progressive", a.no_progressive), ("div", a.no_div), ("dist", a.no_dist), ("jitter", a.no_jitter))
     off = [part for part, flag in flags if flag]
     if a.plain:

@@ -47,7 +47,8 @@ class CaGConfig:
     halving from ``size`` down to 32 (128 -> 32, 64, 128). ``dist_weight`` needs per-class feature
     statistics (``real_stats`` of :func:`generate`); without them the term is inactive and
     ``bn_weight`` (the DeepInversion batch-norm prior, the data-free stand-in) is the distribution
-    prior. ``jitter`` is the largest random shift in pixels at the final size; ``flip`` mirrors the
+    prior. ``jitter`` is the largest random shift in pixels at the final size (None: an eighth of
+    it, 16 px at 128; see :meth:`shift`); ``flip`` mirrors the
     batch left-right at random each step; ``scale`` (relative zoom, e.g. 0.1 = 0.9x..1.1x) and
     ``rotate`` (degrees) draw a random zoom and rotation per image and step. All four are the
     "jitter" part: transformations the object must survive, which an adversarial pattern does not.
@@ -68,9 +69,9 @@ class CaGConfig:
     mask_patch: int | None = None
     div_weight: float = 0.1
     dist_weight: float = 1.0
-    bn_weight: float = 0.05
+    bn_weight: float = 1.0
     tv_weight: float = 0.0
-    jitter: int = 4
+    jitter: int | None = None
     flip: bool = True
     scale: float = 0.0
     rotate: float = 0.0
@@ -95,12 +96,17 @@ class CaGConfig:
         need(self.upsample in ("bilinear", "bicubic"), f"upsample must be 'bilinear' or 'bicubic', got '{self.upsample}'")
         for k in ("div_weight", "dist_weight", "bn_weight", "tv_weight", "init_std"):
             need(getattr(self, k) >= 0, f"cag {k} must be >= 0, got {getattr(self, k)}")
-        need(0 <= self.jitter < self.size, f"jitter must be in [0, size), got {self.jitter}")
+        need(0 <= self.shift < self.size, f"jitter must be in [0, size), got {self.jitter}")
         need(0 <= self.scale < 1, f"cag scale must be in [0, 1), got {self.scale}")
         need(0 <= self.rotate <= 180, f"cag rotate must be in [0, 180] degrees, got {self.rotate}")
         need(self.batch >= 1, f"cag batch must be >= 1, got {self.batch}")
         self.plan()  # stage / step errors
         return self
+
+    @property
+    def shift(self) -> int:
+        """The largest random shift in pixels: ``jitter``, or size // 8 when it is None."""
+        return self.size // 8 if self.jitter is None else self.jitter
 
     def plan(self) -> list[tuple[int, int]]:
         """The (stage size, steps) list this config runs."""
@@ -172,7 +178,7 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
             terms: dict[str, torch.Tensor] = {}
             # The shift and the mask are drawn here, once per step; the noise fill is drawn inside
             # the objective, which input_grad also calls exactly once, so the stream stays seeded.
-            shift = tuple(int(v) for v in torch.randint(-cfg.jitter, cfg.jitter + 1, (2,), generator=gen)) if cfg.jitter else (0, 0)
+            shift = tuple(int(v) for v in torch.randint(-cfg.shift, cfg.shift + 1, (2,), generator=gen)) if cfg.shift else (0, 0)
             mirror = cfg.flip and bool(torch.randint(0, 2, (1,), generator=gen))
             warp = random_affine(b, cfg.scale, cfg.rotate, gen) if (cfg.scale or cfg.rotate) else None
             mask = random_mask((b, c, size_final, size_final), cfg.mask_family, cfg.mask_ratio, gen, cfg.mask_patch) if cfg.mask else None
