@@ -13,8 +13,13 @@ One loop, every part switchable by :class:`CaGConfig`::
 ``plain_gradient_ascent`` is the same loop with every part off (one stage at S, no mask, no jitter,
 no priors): the adversarial-noise baseline the paper starts from.
 
-The defaults below are PROVISIONAL (not yet measured): ``bench/cag.py`` is the measurement that is
-to settle the mask family / ratio / fill and the loss weights.
+How the defaults were chosen (BENCHMARKS.md section 6): the batch-norm prior weight (1.0) and the
+shift (an eighth of the image) come from small tuning runs of ``bench/cag.py`` on EfficientNet-Lite0
+(3 ImageNet classes x 4 images, judged by Lite2), where they were the only change that moved the
+judge at all; zoom/rotation, a lower learning rate with total variation, and larger shifts did not
+measurably help. Those runs are small (12 images each), so the defaults are a measured but weak
+choice. The mask family / ratio / fill (patches, 0.3, noise) were NOT compared by measurement:
+the sweep was cut for CPU time; treat them as a starting point.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 
 @dataclass
 class CaGConfig:
-    """Everything the CaG loop does. Defaults are provisional (see the module docstring).
+    """Everything the CaG loop does. How the defaults were chosen: see the module docstring.
 
     ``steps`` counts steps *per stage* (an int, or one per stage); with ``progressive`` off the
     single stage gets their sum, so ablations spend the same budget. ``stages`` None means sizes

@@ -18,8 +18,9 @@ Families (``ratio`` = share of pixels hidden, per image):
 Fills (what a hidden pixel shows the classifier): ``"noise"`` (uniform in [0, 1]), ``"mean"`` (the
 image's per-channel mean), ``"zero"`` (black), ``"blur"`` (a box-blurred copy of the image).
 
-The defaults in :class:`egc.cag.generate.CaGConfig` (family, ratio, fill) are PROVISIONAL: they are
-to be settled by ``bench/cag.py`` and are not a measured optimum yet.
+The defaults in :class:`egc.cag.generate.CaGConfig` (patches, 0.3, noise) are a starting point, not a
+measured optimum: ``bench/cag.py --mask FAMILY:RATIO:FILL`` is the sweep that would settle them (not
+run to completion on the 2-core machine; see the module docstring of ``generate``).
 """
 
 from __future__ import annotations
