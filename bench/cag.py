@@ -112,7 +112,8 @@ def run_variant(variant: str, clf: Any, targets: list[int], judge_fn: Any, base:
 
             grids.mkdir(parents=True, exist_ok=True)
             u8 = (torch.cat(images) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-            save_grid(u8, grids / f"{variant}-{cname}.png", nrow=n)
+            tag = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(extra.get("generator", "")))  # one file per generator
+            save_grid(u8, grids / f"{variant}-{tag}-{cname}.png", nrow=n)
         m = len(targets)
         print(json.dumps({
             "bench": "cag", "variant": variant, "config": cname, **extra, "size": cfg.size, "plan": cfg.plan(),
