@@ -44,6 +44,9 @@ CONFIGS = ["full", "plain"] + [f"no-{p}" for p in PARTS]
 
 
 def _number_or_text(v: str) -> Any:
+    """A --set value as the CaGConfig field wants it: True/False, int, float, else the text."""
+    if v in ("True", "False"):
+        return v == "True"
     for cast in (int, float):
         try:
             return cast(v)
@@ -259,17 +262,17 @@ def main() -> None:
             over.update(mask_family=family, mask_ratio=float(ratio), mask_fill=fill)
         except ValueError:
             raise SystemExit(f"--mask: expected FAMILY:RATIO:FILL (e.g. patches:0.3:noise), got '{a.mask}'") from None
-    fields = {f.name: f.type for f in dataclasses.fields(CaGConfig)}
+    fields = [f.name for f in dataclasses.fields(CaGConfig)]
     for item in a.set:
         key, _, val = item.partition("=")
         if key not in fields or not val:
             raise SystemExit(f"--set: expected FIELD=VALUE with FIELD one of {', '.join(fields)}, got '{item}'")
-        over[key] = {"True": True, "False": False}.get(val, None) if val in ("True", "False") else _number_or_text(val)
+        over[key] = _number_or_text(val)
     base = CaGConfig(steps=a.steps, batch=a.batch, seed=a.seed, **over)
     try:
         base.validate()
     except EgcError as e:
-        raise SystemExit(f"--mask: {e}") from None
+        raise SystemExit(f"--mask/--set: {e}") from None
     t0 = time.perf_counter()
     try:
         if not a.skip_imagenet:
