@@ -3,10 +3,12 @@
 (a) reference: fp32, eager, contiguous memory, the loss exactly as in the paper (no Gaussian prior
     term), on the same architecture; (a') released: the same, on the released UNet's layout (GroupNorm
     in every block, no patch stem: full-resolution first level); (b) default: the project's training path (bf16 autocast and
-    the config's memory format and energy prior). Each mode runs in its own subprocess so its peak
-    memory (max RSS) is its own. Also counts the FLOPs of one default step with
-    torch.utils.flop_counter and compares the achieved rate with a large matmul's rate in the same
-    dtype on this CPU. Prints one JSON line.
+    the config's memory format and energy prior); default-fp32: the same in fp32; compiled: default
+    with train.compile (torch.compile of the torch.func.grad form; compile time is reported apart and
+    not in s_per_step). Each mode runs in its own subprocess so its peak memory (max RSS) is its own.
+    Also counts the FLOPs of one step of the default (and compiled) mode with torch.utils.flop_counter's
+    per-operator formulas and compares the achieved rate with a large matmul's rate in the same dtype
+    on this CPU. Prints one JSON line.
 
     python bench/train_step.py [--size small] [--batch 64] [--steps 10] [--threads 2]
 """
@@ -22,6 +24,7 @@ import sys
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def _setup(mode: str, size: str, batch: int, image: int, channels: int, classes: int, extra: list[str]):
@@ -37,6 +40,8 @@ def _setup(mode: str, size: str, batch: int, image: int, channels: int, classes:
         over += ["model.norm=group", "model.patch=1"]
     elif mode == "default-fp32":
         over += ["train.precision=fp32"]
+    elif mode == "compiled":
+        over += ["train.compile=true"]
     over += list(extra)
     cfg = load_config(None, over)
     torch.manual_seed(0)
@@ -52,14 +57,14 @@ def _setup(mode: str, size: str, batch: int, image: int, channels: int, classes:
     return cfg, net, opt, Schedule.make(cfg.diffusion.schedule), x, y
 
 
-def _step(cfg, net, opt, sched, x, y, gen):
+def _step(cfg, net, opt, sched, x, y, gen, eps_fn=None):
     import contextlib
 
     from egc.diffusion.losses import egc_loss
 
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.train.precision == "bf16" else contextlib.nullcontext()
     with ctx:
-        parts = egc_loss(net, cfg.model, cfg.loss, sched, x, y, gen)
+        parts = egc_loss(net, cfg.model, cfg.loss, sched, x, y, gen, eps_fn=eps_fn)
     opt.zero_grad(set_to_none=True)
     parts.total.backward()
     torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -67,29 +72,62 @@ def _step(cfg, net, opt, sched, x, y, gen):
     return float(parts.total.detach())
 
 
+class _Flops(TorchDispatchMode):
+    """Sums torch.utils.flop_counter's per-operator FLOP formulas over every aten call. FlopCounterMode
+    itself cannot run here: its module tracker's backward hooks fail inside the double backward on
+    torch 2.13 ("A leaf node was passed to _will_engine_execute_node ..."). Ops without a formula
+    (elementwise, normalisation) count 0, so this is the convolution/matmul work, as FlopCounterMode's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch.utils.flop_counter import flop_registry
+
+        self.registry, self.total, self.by_op = flop_registry, 0, {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = self.registry.get(func._overloadpacket)
+        if formula is not None:
+            n = int(formula(*args, **kwargs, out_val=out))
+            self.total += n
+            name = str(func._overloadpacket).replace("aten.", "")
+            self.by_op[name] = self.by_op.get(name, 0) + n
+        return out
+
+
 def run_mode(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)  # as egc train does (train.flush_denormal)
     cfg, net, opt, sched, x, y = _setup(a.mode, a.size, a.batch, a.image, a.channels, a.classes, a.set or [])
     gen = torch.Generator().manual_seed(0)
+    eps_fn = None
+    out: dict = {"mode": a.mode}
+    if cfg.train.compile:
+        from egc.diffusion.energy import CompiledEps
+
+        eps_fn = CompiledEps()
+        t0 = time.perf_counter()
+        _step(cfg, net, opt, sched, x, y, gen, eps_fn)  # the first call compiles
+        out["compile_s"] = time.perf_counter() - t0
+        if eps_fn.error:
+            out["compile_error"] = eps_fn.error
     times = []
     for i in range(a.warmup + a.steps):
         t0 = time.perf_counter()
-        _step(cfg, net, opt, sched, x, y, gen)
+        _step(cfg, net, opt, sched, x, y, gen, eps_fn)
         if i >= a.warmup:
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    out = {"mode": a.mode, "s_per_step": med, "images_per_s": a.batch / med, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if a.mode == "default":
-        from torch.utils.flop_counter import FlopCounterMode
-
-        try:
-            with FlopCounterMode(display=False) as fc:
-                _step(cfg, net, opt, sched, x, y, gen)
-            flops = fc.get_total_flops()
-        except RuntimeError as e:  # some torch builds cannot count through double backward
-            out["flops_error"] = str(e).splitlines()[0]
-            return out
+    out.update({"s_per_step": med, "images_per_s": a.batch / med, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    if a.mode in ("default", "compiled"):
+        # Counted on the eager path (a compiled graph's kernels are not dispatched one by one): the
+        # same arithmetic, so achieved = counted FLOPs / this mode's measured step time.
+        counter = _Flops()
+        with counter:
+            _step(cfg, net, opt, sched, x, y, gen)
+        flops = counter.total
+        out["flops_by_op"] = counter.by_op
         out["flops_per_step"] = flops
         out["achieved_gflops"] = flops / med / 1e9
         dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
@@ -119,8 +157,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--set", action="append", help="extra config override applied to every mode (key=value)")
-    p.add_argument("--modes", default="reference,default", help="comma list of released, reference, default, default-fp32")
-    p.add_argument("--mode", choices=["released", "reference", "default", "default-fp32"], help="internal: run one mode in this process")
+    p.add_argument("--modes", default="reference,default", help="comma list of released, reference, default, default-fp32, compiled")
+    p.add_argument("--mode", choices=["released", "reference", "default", "default-fp32", "compiled"], help="internal: run one mode in this process")
     a = p.parse_args()
     if a.mode:
         print(json.dumps(run_mode(a)))

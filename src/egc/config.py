@@ -179,6 +179,10 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda when available, else cpu) | "cpu" | "cuda"; the run's processes all use it
     channels_last: bool = False  # measured slower for this UNet on this CPU (BENCHMARKS.md)
     threads: int = 0  # 0 = torch default
+    # EGC kind only: run the forward + input gradient through torch.compile (torch.func.grad form,
+    # since AOTAutograd refuses autograd.grad's double backward); compiling costs minutes at the
+    # first step and counts against train.minutes. One process only; falls back to eager on failure.
+    compile: bool = False
     # Trained weights drift into subnormal floats that x86 handles ~2x slower in the double backward
     # (measured: 1.02 -> 0.50 s per step at step 2,500); flushing values below ~1e-38 to zero changes nothing a model can use.
     flush_denormal: bool = True

@@ -116,6 +116,47 @@ def eps_and_logits(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.T
     return eps, logits[0], energy
 
 
+def _eps_and_logits_func(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """eps_and_logits(create_graph=True) written with torch.func.grad. The results stay differentiable
+    with respect to the weights (functorch levels compose with ordinary autograd), and torch.compile
+    can trace it: AOTAutograd refuses the double backward of autograd.grad(create_graph=True)
+    ("does not currently support double backward"), but a traced func.grad is a plain forward graph
+    whose first-order backward it can build."""
+
+    def fn(xg: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        e, lg = energy_and_logits(net, cfg, xg, t, abar)
+        return e.sum(), (lg, e)
+
+    eps, (logits, energy) = torch.func.grad(fn, has_aux=True)(x)
+    return eps, logits, energy
+
+
+class CompiledEps:
+    """The training path's eps_and_logits(create_graph=True) through torch.compile (train.compile).
+
+    Call it like ``eps_and_logits(net, cfg, x, t, abar)``. The first call compiles (minutes on 2 CPU
+    cores; a new input shape compiles again). If compiling fails (for example no C compiler for the
+    CPU backend), it says so once on stderr and runs the same torch.func path eagerly from then on,
+    so a run never dies of it; ``self.error`` keeps the reason.
+    """
+
+    def __init__(self) -> None:
+        self._fn: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = torch.compile(_eps_and_logits_func, dynamic=False)
+        self.error: str | None = None
+
+    def __call__(self, net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.error is None:
+            try:
+                return self._fn(net, cfg, x, t, abar)
+            except Exception as e:  # noqa: BLE001 - any backend failure: fall back, never lose the run
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                self.error = f"{type(e).__name__}: {first}"[:300]
+                import sys
+
+                print(f"egc: torch.compile failed ({self.error}); training continues uncompiled", file=sys.stderr)
+        return _eps_and_logits_func(net, cfg, x, t, abar)
+
+
 def guided_eps(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor, y: torch.Tensor | None, scale: float) -> torch.Tensor:
     """Class-conditional noise prediction, as released (one backward for both terms):
 

@@ -72,9 +72,16 @@ def _rows(shard: Shard, *vs: torch.Tensor) -> list[torch.Tensor]:
     return [v[rank::world] for v in vs]
 
 
+EpsFn = Callable[[nn.Module, ModelConfig, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
 def egc_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedule, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None,
-             shard: Shard = (0, 1)) -> LossParts:
-    """x0 [B, C, H, W] in [-1, 1], y [B] int64 -> LossParts. Randomness (t, eps) comes from ``gen``."""
+             shard: Shard = (0, 1), eps_fn: EpsFn | None = None) -> LossParts:
+    """x0 [B, C, H, W] in [-1, 1], y [B] int64 -> LossParts. Randomness (t, eps) comes from ``gen``.
+
+    ``eps_fn(net, mcfg, x_t, t, abar) -> (eps_hat, logits, energy)``, differentiable in the weights,
+    replaces the default double-backprop ``eps_and_logits(..., create_graph=True)`` (train.compile
+    passes energy.CompiledEps here)."""
     t, eps = _draw(sched, x0, gen)
     n_clean = int(round(lcfg.clean_fraction * x0.shape[0]))  # of the global batch: its first n_clean rows
     rank, world = shard
@@ -82,7 +89,10 @@ def egc_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedul
     b = x0.shape[0]
     abar = sched.abar(t)
     xt = sched.add_noise(x0, t, eps)
-    eps_hat, logits, _ = eps_and_logits(net, mcfg, xt, t, abar, create_graph=True)
+    if eps_fn is None:
+        eps_hat, logits, _ = eps_and_logits(net, mcfg, xt, t, abar, create_graph=True)
+    else:
+        eps_hat, logits, _ = eps_fn(net, mcfg, xt, t, abar)
     mse = (eps_hat.float() - eps.float()).pow(2).mean()
     ce = tfn.cross_entropy(logits, y, label_smoothing=lcfg.label_smoothing, reduction="none")
     noisy_ce = (abar.sqrt() * ce).mean()

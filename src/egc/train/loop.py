@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import json
 import math
 import signal
@@ -27,6 +28,7 @@ from ..autoencoder import AE_PREFIX, Autoencoder, embedded_autoencoder, load_aut
 from ..checkpoint import Checkpoint, latest_in, load_checkpoint, optimizer_tensors, remove_stale_tmp, restore_optimizer, save_checkpoint
 from ..config import AUTOENCODER, RunConfig
 from ..data import DEFAULT_FLIP, BatchLoader, load_dataset, to_model_range, to_uint8
+from ..diffusion.energy import CompiledEps
 from ..diffusion.losses import loss_for
 from ..diffusion.schedule import Schedule
 from ..errors import CheckpointError, EgcError
@@ -265,6 +267,10 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
     sched = Schedule.make(cfg.diffusion.schedule, cfg.diffusion.steps)
     autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if tc.precision == "bf16" else contextlib.nullcontext
     loss_fn = loss_for(cfg.model.kind)  # the one place the model kind picks the objective
+    if tc.compile:
+        if cfg.model.kind != "egc" or dist.world > 1:
+            raise EgcError(f"train.compile applies to model.kind egc in one process (this run: kind {cfg.model.kind}, {dist.world} processes)")
+        loss_fn = functools.partial(loss_fn, eps_fn=CompiledEps())
 
     def budget_left() -> bool:
         return not ((tc.steps and step >= tc.steps) or (tc.minutes and elapsed >= 60 * tc.minutes))

@@ -1,0 +1,105 @@
+"""Equal-steps training comparison for issue 5: does a faster path learn as well, step for step?
+
+Trains the same recipe once per mode with `egc train --steps N` (same seed, same batches, same noise
+draws), one mode after the other, and prints one JSON line with, per mode: seconds per step (from
+the run's own log), and the mean and standard error of every logged loss term over the last
+``--window`` logged steps. "Within noise" = the difference of two modes' means is within about two
+standard errors of the difference (the SE uses the spread of the logged values, which are single
+batches, so it is a loose, honest yardstick rather than a test).
+
+Modes use the same overrides as bench/train_step.py:
+  reference     fp32, contiguous, no energy prior (the paper's loss), the config's layout
+  released      the reference on the released layout (GroupNorm everywhere, no patch stem)
+  default       the config as it is
+  default-bf16  the config with bf16 autocast
+  compiled      the config with train.compile
+
+    python bench/train_equal_steps.py --config configs/fashion-mnist.yaml --steps 300 --modes reference,default
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+MODES = {
+    "reference": ["model.energy_prior=none", "train.precision=fp32", "train.channels_last=false"],
+    "released": ["model.energy_prior=none", "train.precision=fp32", "train.channels_last=false", "model.norm=group", "model.patch=1"],
+    "default": [],
+    "default-bf16": ["train.precision=bf16"],
+    "compiled": ["train.compile=true"],
+}
+TERMS = ("total", "mse", "noisy_ce", "clean_ce", "noisy_acc", "clean_acc")
+
+
+def _summarise(log: Path, window: int) -> dict:
+    with log.open() as f:
+        rows = list(csv.DictReader(f))
+    tail = rows[-window:]
+    out: dict = {"logged_rows": len(rows), "final_step": int(rows[-1]["step"])}
+    for k in TERMS:
+        vals = [float(r[k]) for r in tail if r.get(k) not in (None, "")]
+        if len(vals) >= 2:
+            out[k] = {"mean": statistics.fmean(vals), "se": statistics.stdev(vals) / math.sqrt(len(vals))}
+    # Step time from the elapsed clock between the first and last logged rows (compile time, which
+    # falls before the first logged row, is excluded).
+    if len(rows) >= 2:
+        d_steps = int(rows[-1]["step"]) - int(rows[0]["step"])
+        out["s_per_step"] = (float(rows[-1]["elapsed_s"]) - float(rows[0]["elapsed_s"])) / max(d_steps, 1)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", default="configs/fashion-mnist.yaml")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--window", type=int, default=5, help="last logged rows averaged (log_every steps apart)")
+    p.add_argument("--modes", default="reference,default")
+    p.add_argument("--data", help="data name passed to egc train --data (default: the config's)")
+    p.add_argument("--set", action="append", default=[], help="extra override for every mode (key=value)")
+    p.add_argument("--out", help="keep the runs here (default: a temporary folder)")
+    p.add_argument("--egc", default=str(Path(sys.executable).with_name("egc")))
+    a = p.parse_args()
+    modes = a.modes.split(",")
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        p.error(f"--modes: unknown {', '.join(bad)} (choose from {', '.join(MODES)})")
+    root = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="egc-equal-steps-"))
+    results = {}
+    for mode in modes:
+        run = root / mode
+        cmd = [a.egc, "train", "--config", a.config, "--out", str(run), "--steps", str(a.steps), "--quiet",
+               "--set", "train.sample_n=0", "--set", "train.ckpt_minutes=100000"]  # one checkpoint, at the end
+        if a.data:
+            cmd += ["--data", a.data]
+        for s in [*a.set, *MODES[mode]]:
+            cmd += ["--set", s]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"train_equal_steps: mode {mode} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        results[mode] = {"overrides": MODES[mode], **_summarise(run / "log.csv", a.window)}
+    first = results[modes[0]]
+    diffs = {}
+    for m in modes[1:]:
+        d = {}
+        for k in TERMS:
+            if k in first and k in results[m]:
+                delta = results[m][k]["mean"] - first[k]["mean"]
+                se = math.hypot(results[m][k]["se"], first[k]["se"])
+                d[k] = {"delta": delta, "in_se": delta / se if se > 0 else None}
+        if "s_per_step" in first and "s_per_step" in results[m]:
+            d["speedup"] = first["s_per_step"] / results[m]["s_per_step"]
+        diffs[f"{m}_vs_{modes[0]}"] = d
+    print(json.dumps({"benchmark": "train_equal_steps", "config": a.config, "steps": a.steps, "window": a.window,
+                      "extra": a.set, **results, "differences": diffs}))
+
+
+if __name__ == "__main__":
+    main()
