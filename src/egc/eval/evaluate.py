@@ -7,7 +7,9 @@ skipped. Images are float ``[N, C, H, W]`` in the model range [-1, 1] unless a n
 
 Model interface used: ``m.kind`` ("egc" | "classifier" | "ddpm"), ``m.config`` (RunConfig),
 ``m.logits(x, t)``, ``m.energy(x)``, ``m.sample(...)``, ``m.net`` (for a differentiable forward,
-because ``m.logits`` runs without gradients) and ``m.schedule`` (its abar_t).
+because ``m.logits`` runs without gradients), ``m.schedule`` (its abar_t) and, for a latent model,
+``m.autoencoder`` (its network sees scaled latents: attacks differentiate through the encoder, noisy
+accuracy noises the latents, samples come back decoded).
 """
 
 from __future__ import annotations
@@ -80,8 +82,24 @@ def model_kind(m: Any) -> str:
 
 
 def image_shape(m: Any) -> tuple[int, int, int]:
+    """(C, H, W) of the pixel images the model takes: for a latent model the autoencoder's, not its net's."""
     mc = model_config(m).model
-    return (mc.in_channels, mc.image_size, mc.image_size)
+    return tuple(getattr(mc, "pixel_shape", (mc.in_channels, mc.image_size, mc.image_size)))
+
+
+def _autoencoder(m: Any):
+    """The frozen autoencoder of a latent model (``m.autoencoder``), else None."""
+    return getattr(m, "autoencoder", None)
+
+
+def _latents(m: Any, x: torch.Tensor) -> torch.Tensor:
+    """Pixels [B, C, H, W] in [-1, 1] -> what m's network sees: the scaled posterior mean of a latent
+    model (differentiable, unlike ``Autoencoder.encode``, so attacks go through the encoder), else x."""
+    ae = _autoencoder(m)
+    if ae is None:
+        return x
+    mean, _ = ae.net.encode(x.float())
+    return mean * ae.scale
 
 
 def model_logits_fn(m: Any, t: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -94,7 +112,7 @@ def model_logits_fn(m: Any, t: int | None = None) -> Callable[[torch.Tensor], to
     autocast = getattr(m, "_autocast", None)
 
     def fn(x01: torch.Tensor) -> torch.Tensor:
-        x = x01 * 2 - 1
+        x = _latents(m, x01 * 2 - 1)  # a latent model's prediction path starts at its encoder
         with autocast() if autocast is not None else contextlib.nullcontext():
             return en.classify(m.net, mc, x, torch.full((x.shape[0],), tt, dtype=torch.long, device=x.device)).float()
 
@@ -143,17 +161,40 @@ def noise_schedule_abar(m: Any, t: int) -> float:
     return float(sched.abar(torch.tensor([t]))[0])
 
 
+@torch.no_grad()
+def _net_logits(m: Any, z: torch.Tensor, t: int, batch_size: int) -> torch.Tensor:
+    """Logits [N, K] of the network itself on its own inputs z (a latent model's noisy latents) at t."""
+    from egc.diffusion import energy as en
+
+    mc = model_config(m).model
+    autocast = getattr(m, "_autocast", None)
+    out = []
+    for i in range(0, z.shape[0], batch_size):
+        zb = z[i:i + batch_size]
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            out.append(en.classify(m.net, mc, zb, torch.full((zb.shape[0],), t, dtype=torch.long)).float())
+    return torch.cat(out)
+
+
 def noisy_accuracy(m: Any, x: torch.Tensor, y: torch.Tensor, ts: list[int], seed: int = 0, batch_size: int = 250,
                    quiet: bool = True) -> dict[str, float]:
     """``{str(t): accuracy of m.logits(x_t, t)}`` with x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps, one
     fixed noise draw per t; x ``[N, C, H, W]`` in [-1, 1], y ``[N]``. (A classifier baseline ignores t
-    and sees x_t as a clean image.)"""
+    and sees x_t as a clean image.) A latent model is noised where it was trained to be: x is encoded
+    once and the noise added to the latents."""
+    latent = _autoencoder(m) is not None
+    if latent:
+        with torch.no_grad():
+            x = torch.cat([_latents(m, x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
     out: dict[str, float] = {}
     for t in ts:
         a = noise_schedule_abar(m, t)
         g = torch.Generator().manual_seed(seed + 1000 + t)
         xt = math.sqrt(a) * x + math.sqrt(1 - a) * torch.randn(x.shape, generator=g)
-        pred = batched_logits(m, xt, t, batch_size, quiet, f"noisy t={t}").argmax(dim=1)
+        if latent:
+            pred = _net_logits(m, xt, t, batch_size).argmax(dim=1)
+        else:
+            pred = batched_logits(m, xt, t, batch_size, quiet, f"noisy t={t}").argmax(dim=1)
         out[str(t)] = float((pred == y).double().mean())
     return out
 
@@ -352,8 +393,6 @@ def run_eval(checkpoint: str, s: EvalSettings, model: Any = None) -> dict[str, A
     m = model
     kind = model_kind(m)
     cfg = model_config(m)
-    if getattr(cfg.model, "latent", False):  # its net sees latents; the attacks and metrics here work on pixels
-        raise EgcError(f"{checkpoint} is a latent model (model.autoencoder): egc eval does not support latent models yet")
     k = cfg.model.num_classes
     data_name = s.data or cfg.data.name
     out_dir = Path(s.out_dir) if s.out_dir else None
@@ -405,8 +444,9 @@ def run_eval(checkpoint: str, s: EvalSettings, model: Any = None) -> dict[str, A
         fn = model_logits_fn(m)
         x01, yr = (x[:s.n_robust] + 1) / 2, y[:s.n_robust]
         with torch.no_grad():  # the differentiable path must be the deployed one
-            ref = batched_logits(m, x[:8], None, s.batch_size)
-            mismatch = float((fn(x01[:8]) - ref).abs().max())
+            k8 = min(8, x01.shape[0])  # --n-robust may be below 8
+            ref = batched_logits(m, x[:k8], None, s.batch_size)
+            mismatch = float((fn(x01[:k8]) - ref).abs().max())
         rb: dict[str, Any] = {"n": int(x01.shape[0]), "steps": s.pgd_steps, "restarts": s.restarts, "attack": "pgd-ce",
                               "t": "clean" if kind == "egc" else "n/a"}
         bs = min(s.batch_size, 100)
