@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Issue 3's CIFAR-10 table: EGC, a plain classifier and a plain eps-prediction diffusion model, each
+# trained by `egc train --config configs/cifar10.yaml` for the SAME number of minutes, one after the
+# other (never two trainings at once on 2 cores), then judged by the same `egc eval` flags: robust
+# accuracy at L-inf 8/255 and L2 0.5 (pixel scale [0, 1]); Frechet distance / KID / precision-recall /
+# conditional accuracy in the features of a CIFAR-10 judge CNN trained here by
+# bench/train_feature_classifier.py (named "cifarcnn"; it is NOT Inception, so no figure is an FID).
+#
+#   bash bench/compare_cifar10.sh [MINUTES] [OUT]        (default 45 minutes each, runs/compare-c10)
+#
+# The data is the JPEG re-encoding of CIFAR-10 in ../shared/data (artefacts: not comparable with
+# published CIFAR-10 figures). Results: OUT/{egc,classifier,ddpm}.json, OUT/report.html.
+set -euo pipefail
+MIN=${1:-45}
+OUT=${2:-runs/compare-c10}
+EGC=${EGC:-.venv/bin/egc}
+PY=${PY:-.venv/bin/python}
+JUDGE="$OUT/cifarcnn.safetensors"
+EVAL_FLAGS=${EVAL_FLAGS:---n-test 10000 --n-robust 200 --pgd-steps 20 --restarts 1 --sanity-n 100 --square-queries 300 \
+  --eps-linf 0.0078431,0.0156863,0.0313725 --eps-l2 0.25,0.5,1 --n-samples 1000 --sampler ddim --steps 100}
+mkdir -p "$OUT"
+JUDGE_ARGS=${JUDGE_ARGS:---epochs 10}
+# shellcheck disable=SC2086
+[ -f "$JUDGE" ] || $PY bench/train_feature_classifier.py --data cifar10 --name cifarcnn --threads 2 --max-shift 3 $JUDGE_ARGS --out "$JUDGE" > "$OUT/judge.json"
+for kind in egc classifier ddpm; do
+  if [ ! -d "$OUT/$kind/checkpoints" ]; then
+    $EGC train --config configs/cifar10.yaml --model "$kind" --out "$OUT/$kind" --minutes "$MIN" --quiet > "$OUT/$kind.train.json"
+  fi
+done
+for kind in egc classifier ddpm; do
+  # shellcheck disable=SC2086
+  [ -f "$OUT/$kind.json" ] || $EGC eval "$OUT/$kind" $EVAL_FLAGS --judge "$JUDGE" --quiet --out-dir "$OUT/$kind-eval" --json "$OUT/$kind.json" > /dev/null
+done
+$EGC report "$OUT/egc.json" "$OUT/classifier.json" "$OUT/ddpm.json" --out "$OUT/report.html" --title "CIFAR-10 (JPEG copy): EGC vs. baselines, $MIN min each"
+echo "$OUT/report.html"
