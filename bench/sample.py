@@ -1,10 +1,12 @@
 """Sampler benchmark on a trained model: seconds per image and the independent judge's verdict
 (conditional accuracy, Frechet distance in its features) against the number of network evaluations.
 
-    python bench/sample.py zoo:fashion-mnist [--n 500] [--guidance 3] [--configs ddpm:1000,ddpm:250,ddim:100,ddim:50,ddim:20,dpm++2m:20,dpm++2m:10]
+    python bench/sample.py zoo:fashion-mnist [--n 500] [--guidance 3] [--configs ddpm:1000,ddpm:250,ddim:100,ddim:50,ddim:20,dpm++2m:20,dpm++2m:10] [--precisions fp32,bf16]
 
 A configuration is SAMPLER:STEPS[:ETA[:GUIDANCE]]: ETA is DDIM's noise (0 deterministic, 1 = DDPM's
 variance), GUIDANCE overrides --guidance for that row (few-step samplers may want another scale).
+Every configuration runs once per entry of --precisions (auto = the precision the model was trained
+in; bf16 = autocast of the network, the samplers' arithmetic stays float64/float32), same seed.
 
 Prints one JSON line per sampler configuration, then a summary line. Frechet distances are in the
 features of the judge named in the key (for example fd_fashioncnn), not Inception features.
@@ -32,13 +34,20 @@ def main() -> None:
     p.add_argument("--judge", default="zoo:fashioncnn")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precisions", default="auto", help="comma list of auto, fp32, bf16")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    m = EGC.load(a.checkpoint)
+    precisions = a.precisions.split(",")
+    bad = [x for x in precisions if x not in ("auto", "fp32", "bf16")]
+    if bad:
+        raise SystemExit(f"--precisions: '{bad[0]}' is not auto, fp32 or bf16")
+    models = {prec: EGC.load(a.checkpoint, precision=prec) for prec in precisions}
+    m = models[precisions[0]]
     test = to_model_range(load_dataset(m.config.data.name, "test", m.config.data.root).images)
     judge = load_judge(a.judge)
     rows = []
-    for item in a.configs.split(","):
+    for item, prec in [(c, q) for c in a.configs.split(",") for q in precisions]:
+        m = models[prec]
         parts = item.split(":")
         if not 2 <= len(parts) <= 4:
             raise SystemExit(f"--configs: '{item}' is not SAMPLER:STEPS[:ETA[:GUIDANCE]]")
@@ -49,6 +58,7 @@ def main() -> None:
         imgs, labels = m.sample(a.n, class_balanced=True, sampler=sampler, steps=steps, guidance=guidance, eta=eta, seed=a.seed)
         dt = time.time() - t0
         row = {"benchmark": "sample", "sampler": sampler, "steps": steps, "eta": eta, "nfe": steps, "guidance": guidance, "n": a.n,
+               "precision": m.precision,
                "s_per_image": dt / a.n, **judge_samples(judge, imgs, labels, test, kid_subsets=50, kid_subset_size=min(a.n, 500))}
         rows.append(row)
         print(json.dumps(row), flush=True)

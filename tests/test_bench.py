@@ -57,10 +57,12 @@ def test_train_step_bench():
 
 
 def test_sample_and_quick_eval_benches(run28):
-    rows = _bench("sample.py", str(run28), "--n", "4", "--configs", "ddim:2,dpm++2m:2,ddim:2:0.5:7", "--threads", "1")
+    rows = _bench("sample.py", str(run28), "--n", "4", "--configs", "ddim:2,dpm++2m:2,ddim:2:0.5:7", "--threads", "1",
+                  "--precisions", "fp32,bf16")
     per = [r for r in rows if "sampler" in r]
-    assert [(r["sampler"], r["steps"], r["eta"]) for r in per] == [("ddim", 2, 0.0), ("dpm++2m", 2, 0.0), ("ddim", 2, 0.5)]
-    assert per[2]["guidance"] == 7.0 and per[0]["guidance"] != 7.0
+    assert [(r["sampler"], r["steps"], r["eta"], r["precision"]) for r in per] == [
+        (s, n, e, p) for s, n, e in [("ddim", 2, 0.0), ("dpm++2m", 2, 0.0), ("ddim", 2, 0.5)] for p in ("fp32", "bf16")]
+    assert per[4]["guidance"] == 7.0 and per[0]["guidance"] != 7.0
     assert all(k.endswith("_fashioncnn") for r in per for k in r if k.startswith(("fd_", "cond_acc_")))
     q = _bench("quick_eval.py", str(run28), "--n", "4", "--steps", "2", "--test-n", "20")[-1]
     assert 0 <= q["test_acc"] <= 1 and "fd_fashioncnn" in q

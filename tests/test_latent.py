@@ -86,6 +86,20 @@ def test_encode_decode_shapes_and_scale():
         ae.encode(torch.zeros(1, 1, 32, 32))
 
 
+def test_encode_rows_matches_the_rows_a_data_parallel_loss_keeps():
+    torch.manual_seed(0)
+    ae = Autoencoder(KLAutoencoder(AutoencoderConfig(in_channels=3, image_size=32, latent_channels=4, downsample=4, channels=8)))
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    full = ae.encode(x)
+    assert torch.equal(ae.encode_rows(x, (0, 1)), full)
+    for rank in range(3):
+        z = ae.encode_rows(x, (rank, 3))
+        assert z.shape == full.shape
+        torch.testing.assert_close(z[rank::3], full[rank::3], rtol=1e-5, atol=1e-6)
+        others = [i for i in range(6) if i % 3 != rank]
+        assert z[others].abs().max() == 0  # never read: the loss keeps rows rank::world only
+
+
 def test_config_validation():
     with pytest.raises(ConfigError, match="model.ae.downsample must be"):
         load_config(None, ["model.ae.downsample=3"])

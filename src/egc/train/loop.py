@@ -333,7 +333,7 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
             x, y = next(loader)
             x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
             if ae is not None:  # latent run: the frozen encoder's scaled posterior mean (augmentation happened in pixels)
-                x = ae.encode(x)
+                x = ae.encode_rows(x, dist.shard)
             if cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             for g in opt.param_groups:
