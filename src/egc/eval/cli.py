@@ -132,8 +132,8 @@ def add_eval_parsers(sub) -> None:
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(fn=cmd_eval)
 
-    r = sub.add_parser("report", help="one self-contained HTML page comparing egc eval results")
+    r = sub.add_parser("report", help="one self-contained HTML page (or, for --out X.md, a Markdown table) comparing egc eval results")
     r.add_argument("inputs", nargs="+", metavar="RUN_OR_JSON", help="eval JSON files or folders holding eval.json (or eval/eval.json)")
-    r.add_argument("--out", default="report.html")
+    r.add_argument("--out", default="report.html", help="an .html page, or an .md file for the metric table as Markdown")
     r.add_argument("--title", default="egc evaluation")
     r.set_defaults(fn=cmd_report)

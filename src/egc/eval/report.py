@@ -1,4 +1,4 @@
-"""``egc report``: one self-contained HTML page comparing ``egc eval`` results side by side.
+"""``egc report``: one self-contained HTML page (or a Markdown table) comparing ``egc eval`` results.
 
 Inputs are ``egc-eval/1`` JSON files (or folders holding ``eval.json`` / ``eval/eval.json``). The
 page has no scripts and no external files: the metric table, robust-accuracy-vs-eps curves as
@@ -81,6 +81,7 @@ def flatten_metrics(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fmt(v: Any) -> str:
+    """Plain text of one cell (the HTML renderer escapes it)."""
     if v is None:
         return "n/a"
     if isinstance(v, bool):
@@ -89,7 +90,7 @@ def _fmt(v: Any) -> str:
         return str(v)
     if isinstance(v, float):
         return f"{v:.4f}" if abs(v) < 1000 else f"{v:.1f}"
-    return html.escape(str(v))
+    return str(v)
 
 
 def _best(row: str, values: list[Any]) -> int | None:
@@ -100,29 +101,58 @@ def _best(row: str, values: list[Any]) -> int | None:
     return (min if lower else max)(nums, key=lambda iv: iv[1])[0]
 
 
-def metric_table(labels: list[str], docs: list[dict[str, Any]]) -> str:
-    """HTML table: one row per metric, one column per model; the best value of a row in bold."""
+Cell = tuple[str, bool, str | None]  # (text, best of its row, why it is missing or None)
+
+
+def table_rows(labels: list[str], docs: list[dict[str, Any]]) -> list[tuple[str, list[Cell]]]:
+    """The comparison table as data: one ``(metric, cells)`` per row, one cell per model (plain text).
+
+    Shared by the HTML page and the Markdown table, so both always show the same rows and best cells."""
     flat = [flatten_metrics(d) for d in docs]
-    rows: list[str] = []
+    names: list[str] = []
     for f in flat:
-        rows += [r for r in f if r not in rows]
-    head = "".join(f"<th>{html.escape(lb)}</th>" for lb in labels)
-    kinds = "".join("<td>" + html.escape(str(d.get("kind"))) + "</td>" for d in docs)
-    data = "".join("<td>" + html.escape(f"{d.get('data')} ({d.get('n_test')})") + "</td>" for d in docs)
-    body = [f"<tr><td>kind</td>{kinds}</tr>", f"<tr><td>data (n_test)</td>{data}</tr>"]
-    for r in rows:
+        names += [r for r in f if r not in names]
+    rows: list[tuple[str, list[Cell]]] = [
+        ("kind", [(str(d.get("kind")), False, None) for d in docs]),
+        ("data (n_test)", [(f"{d.get('data')} ({d.get('n_test')})", False, None) for d in docs]),
+    ]
+    for r in names:
         vals = [f.get(r) for f in flat]
         best = _best(r, vals)
-        cells = []
+        cells: list[Cell] = []
         for i, (v, d) in enumerate(zip(vals, docs)):
             if r not in flat[i]:
-                why = str((d.get("skipped") or {}).get(ROW_GROUP.get(r.split()[0], ""), "not measured"))
-                cells.append(f"<td class='na' title='{html.escape(why, quote=True)}'>-</td>")
+                cells.append(("-", False, str((d.get("skipped") or {}).get(ROW_GROUP.get(r.split()[0], ""), "not measured"))))
             else:
-                txt = _fmt(v)
-                cells.append(f"<td><b>{txt}</b></td>" if i == best else f"<td>{txt}</td>")
-        body.append(f"<tr><td>{html.escape(r)}</td>{''.join(cells)}</tr>")
+                cells.append((_fmt(v), i == best, None))
+        rows.append((r, cells))
+    return rows
+
+
+def metric_table(labels: list[str], docs: list[dict[str, Any]]) -> str:
+    """HTML table: one row per metric, one column per model; the best value of a row in bold."""
+    head = "".join(f"<th>{html.escape(lb)}</th>" for lb in labels)
+    body = []
+    for r, cells in table_rows(labels, docs):
+        tds = []
+        for text, best, why in cells:
+            if why is not None:
+                tds.append(f"<td class='na' title='{html.escape(why, quote=True)}'>-</td>")
+            else:
+                tds.append(f"<td><b>{html.escape(text)}</b></td>" if best else f"<td>{html.escape(text)}</td>")
+        body.append(f"<tr><td>{html.escape(r)}</td>{''.join(tds)}</tr>")
     return f"<table class='metrics'><thead><tr><th>metric</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def markdown_table(labels: list[str], docs: list[dict[str, Any]]) -> str:
+    """The same table as GitHub Markdown (best value of a row in bold, missing cells as "-")."""
+    def esc(t: str) -> str:
+        return t.replace("|", "\\|")
+
+    lines = ["| metric | " + " | ".join(esc(lb) for lb in labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for r, cells in table_rows(labels, docs):
+        lines.append(f"| {esc(r)} | " + " | ".join(f"**{esc(t)}**" if b else esc(t) for t, b, _ in cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def svg_curve(series: list[tuple[str, list[tuple[float, float]]]], title: str, xlabel: str, ylabel: str = "robust accuracy",
@@ -269,11 +299,16 @@ def build_report(docs: list[dict[str, Any]], bases: list[Path], title: str = "eg
 
 
 def write_report(specs: list[str], out: str | Path, title: str = "egc evaluation") -> Path:
-    """Read every eval result in ``specs`` and write the HTML report to ``out``."""
+    """Read every eval result in ``specs`` and write the report to ``out``: an HTML page, or for a
+    ``.md`` file the metric table alone as Markdown (for a README or a paper draft)."""
     from egc.imageio import atomic_write_bytes, check_output_file
 
     out = check_output_file(out)
     loaded = [load_eval_doc(s) for s in specs]
-    page = build_report([d for d, _ in loaded], [b for _, b in loaded], title)
+    docs = [d for d, _ in loaded]
+    if Path(out).suffix.lower() == ".md":
+        page = f"## {title}\n\n" + markdown_table(_labels(docs), docs)
+    else:
+        page = build_report(docs, [b for _, b in loaded], title)
     atomic_write_bytes(out, page.encode("utf-8"))
     return out
