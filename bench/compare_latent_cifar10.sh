@@ -35,6 +35,7 @@ for pair in "latent:$OUT/latent" "pixel:$PIXEL"; do
   # shellcheck disable=SC2086
   [ -f "$OUT/$name.json" ] || $EGC eval "$run" $EVAL_FLAGS --judge "$JUDGE" --quiet --out-dir "$OUT/$name-eval" --json "$OUT/$name.json" > /dev/null
 done
-$EGC report "$OUT/latent.json" "$OUT/pixel.json" --out "$OUT/report.md" --title "CIFAR-10 (JPEG copy): latent vs pixel EGC, $MIN min each"
-$EGC report "$OUT/latent.json" "$OUT/pixel.json" --out "$OUT/report.html" --title "CIFAR-10 (JPEG copy): latent vs pixel EGC, $MIN min each"
+for ext in md html; do
+  $EGC report "$OUT/latent.json" "$OUT/pixel.json" --out "$OUT/report.$ext" --title "CIFAR-10 (JPEG copy): latent vs pixel EGC, $MIN min each"
+done
 cat "$OUT/report.md"

@@ -20,7 +20,7 @@ LABELS = ["a (egc)", "b (classifier)"]
 
 
 def test_rows_best_cells_and_missing_cells():
-    rows = dict(table_rows(LABELS, DOCS))
+    rows = dict(table_rows(DOCS))
     assert rows["accuracy"] == [("0.9000", True, None), ("0.8000", False, None)]  # larger is better
     assert rows["ece"] == [("0.1000", False, None), ("0.0200", True, None)]  # smaller is better
     assert rows["generation fd_toycnn"][1] == ("-", False, "a classifier does not generate")

@@ -66,19 +66,6 @@ class Autoencoder:
         mean, _ = self.net.encode(x.float().to(self._device()))
         return (mean * self.scale).to(x.device)
 
-    def encode_rows(self, x: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
-        """Encode only rows rank::world of a global batch [B, C, H, W]; the other rows are left zero.
-
-        Data-parallel losses keep exactly these rows of the global batch (see diffusion/losses.py),
-        so each process encodes 1/world of the batch instead of all of it."""
-        rank, world = shard
-        if world == 1:
-            return self.encode(x)
-        z_own = self.encode(x[rank::world])
-        z = z_own.new_zeros((x.shape[0], *z_own.shape[1:]))
-        z[rank::world] = z_own
-        return z
-
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latents [B, c, h, w] -> pixels [B, C, H, W] clamped to [-1, 1]."""

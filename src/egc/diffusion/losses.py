@@ -62,14 +62,21 @@ def _draw(sched: Schedule, x0: torch.Tensor, gen: torch.Generator | None) -> tup
     return t.to(x0.device), eps.to(x0.device)
 
 
-def _rows(shard: Shard, *vs: torch.Tensor) -> list[torch.Tensor]:
-    """This rank's rows rank::world of global-batch tensors (all of them for one process)."""
+def own_rows(shard: Shard) -> slice:
+    """The rows of a global batch that process ``shard = (rank, world)`` keeps: rank::world."""
     rank, world = shard
+    return slice(rank, None, world)
+
+
+def _rows(shard: Shard, *vs: torch.Tensor) -> list[torch.Tensor]:
+    """This rank's rows (:func:`own_rows`) of global-batch tensors (all of them for one process)."""
+    world = shard[1]
     if world == 1:
         return list(vs)
     if vs[0].shape[0] % world:
         raise ValueError(f"global batch {vs[0].shape[0]} is not divisible by the world size {world}")
-    return [v[rank::world] for v in vs]
+    rows = own_rows(shard)
+    return [v[rows] for v in vs]
 
 
 EpsFn = Callable[[nn.Module, ModelConfig, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]

@@ -104,7 +104,7 @@ def _best(row: str, values: list[Any]) -> int | None:
 Cell = tuple[str, bool, str | None]  # (text, best of its row, why it is missing or None)
 
 
-def table_rows(labels: list[str], docs: list[dict[str, Any]]) -> list[tuple[str, list[Cell]]]:
+def table_rows(docs: list[dict[str, Any]]) -> list[tuple[str, list[Cell]]]:
     """The comparison table as data: one ``(metric, cells)`` per row, one cell per model (plain text).
 
     Shared by the HTML page and the Markdown table, so both always show the same rows and best cells."""
@@ -133,7 +133,7 @@ def metric_table(labels: list[str], docs: list[dict[str, Any]]) -> str:
     """HTML table: one row per metric, one column per model; the best value of a row in bold."""
     head = "".join(f"<th>{html.escape(lb)}</th>" for lb in labels)
     body = []
-    for r, cells in table_rows(labels, docs):
+    for r, cells in table_rows(docs):
         tds = []
         for text, best, why in cells:
             if why is not None:
@@ -150,7 +150,7 @@ def markdown_table(labels: list[str], docs: list[dict[str, Any]]) -> str:
         return t.replace("|", "\\|")
 
     lines = ["| metric | " + " | ".join(esc(lb) for lb in labels) + " |", "|---" * (len(labels) + 1) + "|"]
-    for r, cells in table_rows(labels, docs):
+    for r, cells in table_rows(docs):
         lines.append(f"| {esc(r)} | " + " | ".join(f"**{esc(t)}**" if b else esc(t) for t, b, _ in cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -29,7 +29,7 @@ from ..checkpoint import Checkpoint, latest_in, load_checkpoint, optimizer_tenso
 from ..config import AUTOENCODER, RunConfig
 from ..data import DEFAULT_FLIP, BatchLoader, load_dataset, to_model_range, to_uint8
 from ..diffusion.energy import CompiledEps
-from ..diffusion.losses import loss_for
+from ..diffusion.losses import loss_for, own_rows
 from ..diffusion.schedule import Schedule
 from ..errors import CheckpointError, EgcError
 from ..imageio import atomic_write_bytes, save_grid
@@ -146,6 +146,19 @@ class _NoLog:
 
     def log(self, step: int, row: dict[str, float]) -> None:
         pass
+
+
+def _encode_own_rows(ae: Autoencoder, x: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
+    """Latents [B, c, h, w] of a global pixel batch x [B, C, H, W], encoding only the rows this
+    process's loss keeps (``own_rows``); the other rows stay zero and are never read. So each of
+    ``world`` processes encodes 1/world of the batch instead of all of it."""
+    if shard[1] == 1:
+        return ae.encode(x)
+    rows = own_rows(shard)
+    z_own = ae.encode(x[rows])
+    z = z_own.new_zeros((x.shape[0], *z_own.shape[1:]))
+    z[rows] = z_own
+    return z
 
 
 def _fit_model_to_data(cfg: RunConfig, ds: Any) -> None:
@@ -333,7 +346,7 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
             x, y = next(loader)
             x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
             if ae is not None:  # latent run: the frozen encoder's scaled posterior mean (augmentation happened in pixels)
-                x = ae.encode_rows(x, dist.shard)
+                x = _encode_own_rows(ae, x, dist.shard)
             if cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             for g in opt.param_groups:
