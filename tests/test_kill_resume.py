@@ -192,3 +192,29 @@ def test_stale_temporary_files_of_other_writers_are_removed(tmp_path):
         p.write_bytes(b"x")
     assert sorted(remove_stale_tmp(tmp_path)) == sorted(stale)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
+
+
+def test_sigterm_during_the_final_checkpoint_still_finishes(tmp_path, tiny_npz):
+    """A stop request while the last checkpoint is being written must not kill the run between the
+    checkpoint and summary.json (the signal handler stays installed until both are written)."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "egc.cli", "train", "--out", str(run), "--data", f"npz:{tiny_npz}", "--steps", "3", "--quiet"]
+    for s in TINY + ["train.ckpt_every=1000"]:  # the only checkpoint is the final one
+        cmd += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EGC_TEST_SLOW_CKPT": "1.0"}
+    out = tmp_path / "out.txt"
+    with open(out, "w") as fo:
+        proc = subprocess.Popen(cmd, stdout=fo, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        assert _wait(lambda: any(q.name.endswith(f".tmp{proc.pid}") for q in (run / "checkpoints").glob(".step-*")), proc)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, (proc.returncode, stderr)
+    summary = json.loads(out.read_text().strip().splitlines()[-1])
+    assert summary["step"] == 3 and summary["interrupted"]
+    assert json.loads((run / "summary.json").read_text())["step"] == 3
+    assert load_checkpoint(latest_in(run)).step == 3

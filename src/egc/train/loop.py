@@ -411,12 +411,14 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
             if due:
                 last_good = checkpoint()
                 last_ckpt_t, last_ckpt_step = time.time(), step
-    bar.close()
-    final = dist.from_main(step != last_ckpt_step or not list((run_dir / "checkpoints").glob("step-*.safetensors")))
-    path = checkpoint() if final else latest_in(run_dir)
-    summary = {"run_dir": str(run_dir), "step": step, "elapsed_s": round(elapsed, 1), "checkpoint": str(path),
-               "interrupted": stop.requested or stopping, "skipped_steps": skipped, "rollbacks": rollbacks, "lr_scale": lr_scale,
-               **{k: round(v, 5) for k, v in stats.items()}}
-    if dist.is_main:
-        atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        # Still inside `with stop:` so a SIGTERM during the final checkpoint or summary only marks the run
+        # interrupted instead of killing it between the two (the checkpoint write itself is atomic).
+        bar.close()
+        final = dist.from_main(step != last_ckpt_step or not list((run_dir / "checkpoints").glob("step-*.safetensors")))
+        path = checkpoint() if final else latest_in(run_dir)
+        summary = {"run_dir": str(run_dir), "step": step, "elapsed_s": round(elapsed, 1), "checkpoint": str(path),
+                   "interrupted": stop.requested or stopping, "skipped_steps": skipped, "rollbacks": rollbacks, "lr_scale": lr_scale,
+                   **{k: round(v, 5) for k, v in stats.items()}}
+        if dist.is_main:
+            atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
     return summary
