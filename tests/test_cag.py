@@ -256,6 +256,26 @@ def test_seeds_reproduce_exactly(tiny):
     assert not torch.equal(a, c)
 
 
+def test_view_size_is_what_the_classifier_sees(tiny):
+    seen: list[int] = []
+    hook = tiny.net.body[0].register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].shape[-1]))
+    try:
+        out = generate(tiny, 1, 2, small_cfg(steps=1, view_size=24), progress=False)
+    finally:
+        hook.remove()
+    assert out.shape == (2, 3, 16, 16)  # the images keep the final size
+    assert set(seen) == {24}  # every stage is shown to the classifier at the view size
+    tiny.input_size = 24  # a fixed-size classifier: the view size, not the image size, must fit it
+    try:
+        assert generate(tiny, 1, 1, small_cfg(steps=1, view_size=24), progress=False).shape == (1, 3, 16, 16)
+        with pytest.raises(EgcError, match="takes 24x24 images; size 16 does not fit"):
+            generate(tiny, 1, 1, small_cfg(steps=1), progress=False)
+    finally:
+        tiny.input_size = None
+    with pytest.raises(EgcError, match="view size must be >= 8"):
+        CaGConfig(view_size=4).validate()
+
+
 def test_config_validation_and_bad_inputs(tiny):
     with pytest.raises(EgcError, match="lr"):
         CaGConfig(lr=0).validate()

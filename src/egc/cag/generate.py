@@ -5,6 +5,7 @@ One loop, every part switchable by :class:`CaGConfig`::
     z  (unconstrained, [b, C, s, s] at the stage size s)      x = sigmoid(z) in (0, 1)
     x_S  = resize(x, S)                        progressive resolution (schedule.py)
     x_j  = roll(x_S, random shift <= jitter)   translation jitter (DeepDream-style), random mirror (flip)
+    x_v  = resize(x_j, V)                      the classifier's view size V (default V = S)
     x_m  = apply_mask(x_j, random_mask(...))   mask-based stochastic reconstruction g (masks.py)
     L    = L_cls(f(x_m), c) + w_div L_div(h(x_m)) + w_dist L_dist(h(x_m); mu_c, sigma_c)
            + w_bn L_bn + w_tv TV(x)            (losses.py)
@@ -57,6 +58,9 @@ class CaGConfig:
     batch left-right at random each step; ``scale`` (relative zoom, e.g. 0.1 = 0.9x..1.1x) and
     ``rotate`` (degrees) draw a random zoom and rotation per image and step. All four are the
     "jitter" part: transformations the object must survive, which an adversarial pattern does not.
+    ``view_size`` is the size the classifier sees the (jittered) image at, None = ``size``: a 128 x 128
+    image shown to an ImageNet network at its native 224 keeps objects at the scale its filters and
+    batch-norm statistics know, and the upsampling leaves no room for pixel-level adversarial patterns.
     """
 
     size: int = 128
@@ -81,6 +85,7 @@ class CaGConfig:
     scale: float = 0.0
     rotate: float = 0.0
     init_std: float = 0.1
+    view_size: int | None = None
     seed: int = 0
     batch: int = 8
 
@@ -105,8 +110,14 @@ class CaGConfig:
         need(0 <= self.scale < 1, f"cag scale must be in [0, 1), got {self.scale}")
         need(0 <= self.rotate <= 180, f"cag rotate must be in [0, 180] degrees, got {self.rotate}")
         need(self.batch >= 1, f"cag batch must be >= 1, got {self.batch}")
+        need(self.view_size is None or self.view_size >= 8, f"cag view size must be >= 8, got {self.view_size}")
         self.plan()  # stage / step errors
         return self
+
+    @property
+    def view(self) -> int:
+        """The size the classifier sees: ``view_size``, or ``size`` when it is None."""
+        return self.size if self.view_size is None else self.view_size
 
     @property
     def shift(self) -> int:
@@ -161,15 +172,16 @@ def _check_target(classifier: Any, target: int) -> None:
 
 def _check_size(classifier: Any, cfg: CaGConfig) -> None:
     need = getattr(classifier, "input_size", None)
-    if need is not None and cfg.size != need:
-        raise EgcError(f"classifier {classifier.name} takes {need}x{need} images; size {cfg.size} does not fit")
+    if need is not None and cfg.view != need:
+        what = f"view size {cfg.view_size}" if cfg.view_size is not None else f"size {cfg.size}"
+        raise EgcError(f"classifier {classifier.name} takes {need}x{need} images; {what} does not fit")
 
 
 def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_stats: tuple[torch.Tensor, torch.Tensor] | None,
                     gen: torch.Generator, bar: tqdm, recorder: BNStatsRecorder | None, device: torch.device) -> torch.Tensor:
     """b images [b, C, S, S] in [0, 1] of class ``target`` (one batch of :func:`generate`)."""
     plan = cfg.plan()
-    c, size_final = int(classifier.channels), cfg.size
+    c, size_final, view = int(classifier.channels), cfg.size, cfg.view
     kind = "logit" if len(classifier.class_names) == 1 else cfg.cls_loss  # CE is flat for K = 1
     # Start near mid-grey with a little seeded noise: the samples of a batch must differ, or the
     # diversity loss has no direction to push them in.
@@ -186,15 +198,16 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
             shift = tuple(int(v) for v in torch.randint(-cfg.shift, cfg.shift + 1, (2,), generator=gen)) if cfg.shift else (0, 0)
             mirror = cfg.flip and bool(torch.randint(0, 2, (1,), generator=gen))
             warp = random_affine(b, cfg.scale, cfg.rotate, gen) if (cfg.scale or cfg.rotate) else None
-            mask = random_mask((b, c, size_final, size_final), cfg.mask_family, cfg.mask_ratio, gen, cfg.mask_patch) if cfg.mask else None
+            mask = random_mask((b, c, view, view), cfg.mask_family, cfg.mask_ratio, gen, cfg.mask_patch) if cfg.mask else None
 
             def objective(zz: torch.Tensor) -> torch.Tensor:
                 x = to_image(zz)  # [b, C, s, s]
-                xs = resize(x, size_final)  # [b, C, S, S]: the classifier always sees the final size
+                xs = resize(x, size_final)  # [b, C, S, S]: jitter acts on the final image
                 if shift != (0, 0):
                     xs = torch.roll(xs, shifts=shift, dims=(2, 3))
                 if mirror:
                     xs = xs.flip(3)
+                xs = resize(xs, view)  # [b, C, V, V]
                 if warp is not None:
                     xs = apply_affine(xs, warp.to(xs.device))
                 if mask is not None:
