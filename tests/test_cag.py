@@ -25,9 +25,12 @@ from egc.cag import (
     distribution_loss,
     diversity_loss,
     feature_stats,
+    fourier_weights,
     generate,
+    init_param,
     load_classifier,
     logits_and_features,
+    param_image,
     plain_config,
     plain_gradient_ascent,
     prompt_classes,
@@ -36,6 +39,7 @@ from egc.cag import (
     resolve_class,
     text_classifier_from_encoders,
     total_variation,
+    upsample,
     upsample_param,
     without,
     wrap_module,
@@ -274,6 +278,36 @@ def test_view_size_is_what_the_classifier_sees(tiny):
         tiny.input_size = None
     with pytest.raises(EgcError, match="view size must be >= 8"):
         CaGConfig(view_size=4).validate()
+
+
+def test_fourier_parameterisation_scale_and_exact_upsampling():
+    gen = torch.Generator().manual_seed(0)
+    z = init_param("fourier", 4, 3, 32, 1.0, gen)
+    assert z.shape == (4, 3, 32, 17, 2)
+    pre = torch.logit(param_image("fourier", z))
+    assert pre.shape == (4, 3, 32, 32) and 0.6 < float(pre.std()) < 1.4  # about unit pre-sigmoid variance
+    w = fourier_weights(32)
+    assert float(w[0, 0]) == float(w[1, 0]) == float(w[0, 1]) > float(w[3, 4]) > float(w[16, 16])  # 1/f beyond f = 1
+    z[:, :, 8:25] = 0  # a band-limited image (no Nyquist terms): the padded spectrum must reproduce it
+    z[:, :, :, 8:] = 0
+    x = param_image("fourier", z)
+    big = param_image("fourier", upsample("fourier", z, 64))
+    assert big.shape == (4, 3, 64, 64)
+    assert torch.allclose(big[:, :, ::2, ::2], x, atol=1e-5)
+    with pytest.raises(EgcError, match="cannot upsample"):
+        upsample("fourier", z, 16)
+    with pytest.raises(EgcError, match="parameterisation 'wavelet' unknown"):
+        CaGConfig(param="wavelet").validate()
+
+
+def test_fourier_generation_raises_target_logit_and_reproduces(tiny):
+    grey = torch.full((2, 3, 16, 16), 0.5)
+    with torch.no_grad():
+        k = int(tiny(grey)[0].argmin())
+    a = generate(tiny, k, 2, small_cfg(param="fourier"), progress=False)
+    assert a.shape == (2, 3, 16, 16) and 0 <= float(a.min()) and float(a.max()) <= 1
+    assert _target_logit(tiny, a, k) > _target_logit(tiny, grey, k)
+    assert torch.equal(a, generate(tiny, k, 2, small_cfg(param="fourier"), progress=False))
 
 
 def test_config_validation_and_bad_inputs(tiny):

@@ -2,11 +2,12 @@
 
 One loop, every part switchable by :class:`CaGConfig`::
 
-    z  (unconstrained, [b, C, s, s] at the stage size s)      x = sigmoid(z) in (0, 1)
+    z  (unconstrained, at stage size s)        x = image(z) in (0, 1): sigmoid of pixel logits, or of a
+                                               1/f-weighted spectrum (param = fourier; param.py)
     x_S  = resize(x, S)                        progressive resolution (schedule.py)
     x_j  = roll(x_S, random shift <= jitter)   translation jitter (DeepDream-style), random mirror (flip)
     x_v  = resize(x_j, V)                      the classifier's view size V (default V = S)
-    x_m  = apply_mask(x_j, random_mask(...))   mask-based stochastic reconstruction g (masks.py)
+    x_m  = apply_mask(x_v, random_mask(...))   mask-based stochastic reconstruction g (masks.py)
     L    = L_cls(f(x_m), c) + w_div L_div(h(x_m)) + w_dist L_dist(h(x_m); mu_c, sigma_c)
            + w_bn L_bn + w_tv TV(x)            (losses.py)
     z   <- Adam step on dL/dz                  (the gradient through egc.diffusion.energy.input_grad)
@@ -37,7 +38,8 @@ from ..errors import ConfigError, EgcError
 from .adapters import logits_and_features
 from .losses import CLASS_LOSSES, BNStatsRecorder, batchnorm_layers, class_loss, distribution_loss, diversity_loss, total_variation
 from .masks import MASK_FAMILIES, MASK_FILLS, apply_mask, random_mask
-from .schedule import apply_affine, random_affine, resize, resolution_schedule, to_image, upsample_param
+from .param import PARAMS, init_param, param_image, upsample
+from .schedule import apply_affine, random_affine, resize, resolution_schedule
 
 #: The parts that can be switched off one at a time (the ablation in bench/cag.py).
 PARTS: tuple[str, ...] = ("mask", "progressive", "div", "dist", "jitter", "tv")
@@ -58,6 +60,8 @@ class CaGConfig:
     batch left-right at random each step; ``scale`` (relative zoom, e.g. 0.1 = 0.9x..1.1x) and
     ``rotate`` (degrees) draw a random zoom and rotation per image and step. All four are the
     "jitter" part: transformations the object must survive, which an adversarial pattern does not.
+    ``param`` is what the optimiser moves: per-pixel logits, or a 1/f**``fourier_decay``-weighted
+    spectrum (param.py), which favours smooth layouts over pixel-level patterns.
     ``view_size`` is the size the classifier sees the (jittered) image at, None = ``size``: a 128 x 128
     image shown to an ImageNet network at its native 224 keeps objects at the scale its filters and
     batch-norm statistics know, and the upsampling leaves no room for pixel-level adversarial patterns.
@@ -85,6 +89,8 @@ class CaGConfig:
     scale: float = 0.0
     rotate: float = 0.0
     init_std: float = 0.1
+    param: str = "pixel"
+    fourier_decay: float = 1.0
     view_size: int | None = None
     seed: int = 0
     batch: int = 8
@@ -110,6 +116,8 @@ class CaGConfig:
         need(0 <= self.scale < 1, f"cag scale must be in [0, 1), got {self.scale}")
         need(0 <= self.rotate <= 180, f"cag rotate must be in [0, 180] degrees, got {self.rotate}")
         need(self.batch >= 1, f"cag batch must be >= 1, got {self.batch}")
+        need(self.param in PARAMS, f"cag parameterisation '{self.param}' unknown (choose from {', '.join(PARAMS)})")
+        need(self.fourier_decay >= 0, f"cag fourier_decay must be >= 0, got {self.fourier_decay}")
         need(self.view_size is None or self.view_size >= 8, f"cag view size must be >= 8, got {self.view_size}")
         self.plan()  # stage / step errors
         return self
@@ -185,10 +193,10 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
     kind = "logit" if len(classifier.class_names) == 1 else cfg.cls_loss  # CE is flat for K = 1
     # Start near mid-grey with a little seeded noise: the samples of a batch must differ, or the
     # diversity loss has no direction to push them in.
-    z = (torch.randn(b, c, plan[0][0], plan[0][0], generator=gen) * cfg.init_std).to(device)
+    z = init_param(cfg.param, b, c, plan[0][0], cfg.init_std, gen).to(device)
     for stage, (s, steps) in enumerate(plan):
         if stage > 0:
-            z = upsample_param(z, s, cfg.upsample)
+            z = upsample(cfg.param, z, s, cfg.upsample, cfg.fourier_decay)
         z = z.detach().requires_grad_(True)
         opt = torch.optim.Adam([z], lr=cfg.lr) if cfg.optimizer == "adam" else torch.optim.SGD([z], lr=cfg.lr)
         for _ in range(steps):
@@ -201,7 +209,7 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
             mask = random_mask((b, c, view, view), cfg.mask_family, cfg.mask_ratio, gen, cfg.mask_patch) if cfg.mask else None
 
             def objective(zz: torch.Tensor) -> torch.Tensor:
-                x = to_image(zz)  # [b, C, s, s]
+                x = param_image(cfg.param, zz, cfg.fourier_decay)  # [b, C, s, s]
                 xs = resize(x, size_final)  # [b, C, S, S]: jitter acts on the final image
                 if shift != (0, 0):
                     xs = torch.roll(xs, shifts=shift, dims=(2, 3))
@@ -239,7 +247,7 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
             bar.update(1)
             if bar.n % 10 == 0:
                 bar.set_postfix({k: round(float(v.detach()), 3) for k, v in terms.items()}, refresh=False)
-    return to_image(z.detach())
+    return param_image(cfg.param, z.detach(), cfg.fourier_decay)
 
 
 def generate(classifier: Any, target: int, n: int, cfg: CaGConfig | None = None,
