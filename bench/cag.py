@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from egc.cag import PARTS, CaGConfig, generate, load_classifier, logits_and_features, plain_config, resize, resolve_class, without
+from egc.cag import PARTS, CaGConfig, default_view, generate, load_classifier, logits_and_features, plain_config, resize, resolve_class, without
 from egc.errors import EgcError
 
 #: Ten distinct ImageNet classes with strong colour / shape cues (index in ImageNet-1k).
@@ -101,7 +101,8 @@ def run_variant(variant: str, clf: Any, targets: list[int], judge_fn: Any, base:
             seconds += time.perf_counter() - t0
             images.append(x)
             with torch.no_grad():
-                self_top1.append(float((clf(x).argmax(dim=1) == k).float().mean()))
+                # The generator's own verdict at the size it saw during generation (cfg.view).
+                self_top1.append(float((clf(resize(x, cfg.view)).argmax(dim=1) == k).float().mean()))
                 logits, feats = judge_fn(x)
             top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
             judged_top1.append(float((top5[:, 0] == k).float().mean()))
@@ -126,7 +127,7 @@ def run_variant(variant: str, clf: Any, targets: list[int], judge_fn: Any, base:
             "parts": {"mask": cfg.mask and f"{cfg.mask_family}:{cfg.mask_ratio}:{cfg.mask_fill}", "progressive": cfg.progressive,
                       "div": cfg.div_weight, "dist": cfg.dist_weight if real_stats else 0.0, "bn": cfg.bn_weight if bn_active else 0.0,
                       "jitter": cfg.shift, "flip": cfg.flip, "scale": cfg.scale, "rotate": cfg.rotate, "mask_ratio": cfg.mask_ratio,
-                      "tv": cfg.tv_weight, "lr": cfg.lr},
+                      "tv": cfg.tv_weight, "lr": cfg.lr, "view": cfg.view, "param": cfg.param},
         }), flush=True)
 
 
@@ -139,7 +140,9 @@ def imagenet(a: argparse.Namespace, base: CaGConfig, configs: list[str]) -> None
     def judge_fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return logits_and_features(judge, resize(x, a.judge_size, mode="bicubic").clamp(0, 1))
 
-    run_variant("imagenet", clf, targets, judge_fn, replace(base, size=a.size), configs, a.n_per_class, a.grids, None, a.progress,
+    # Unless --set view_size=... says otherwise, the generator sees the image at its native size (224 for Lite0).
+    view = base.view_size if base.view_size is not None else default_view(clf, a.size)
+    run_variant("imagenet", clf, targets, judge_fn, replace(base, size=a.size, view_size=view), configs, a.n_per_class, a.grids, None, a.progress,
                 {"generator": clf.name, "judge": f"{judge.name}@{a.judge_size}", "classes": [clf.class_names[k] for k in targets]})
 
 
@@ -212,7 +215,7 @@ def fashion(a: argparse.Namespace, base: CaGConfig, configs: list[str]) -> None:
                 print(json.dumps({"bench": "cag", "variant": "fashion", "generator": spec, "note": f"no real statistics: {e}"}), flush=True)
         size = clf.input_size or 28
         fb = replace(base, size=size, stages=(size // 2, size) if size % 2 == 0 else None, jitter=None if base.jitter is None else min(base.jitter, size // 8),
-                     mask_patch=None)
+                     mask_patch=None, view_size=None)
         run_variant("fashion", clf, targets, judge_fn, fb, configs, a.n_per_class, a.grids, stats, a.progress,
                     {"generator": clf.name, "judge": judge.name, "real_stats_per_class": a.real_stats or 0})
     if tmp is not None:

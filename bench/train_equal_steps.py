@@ -7,12 +7,7 @@ the run's own log), and the mean and standard error of every logged loss term ov
 standard errors of the difference (the SE uses the spread of the logged values, which are single
 batches, so it is a loose, honest yardstick rather than a test).
 
-Modes use the same overrides as bench/train_step.py:
-  reference     fp32, contiguous, no energy prior (the paper's loss), the config's layout
-  released      the reference on the released layout (GroupNorm everywhere, no patch stem)
-  default       the config as it is
-  default-bf16  the config with bf16 autocast
-  compiled      the config with train.compile
+Modes are bench/train_step.py's MODES (reference, released, released-bf16, default, default-bf16, ...).
 
     python bench/train_equal_steps.py --config configs/fashion-mnist.yaml --steps 300 --modes reference,default
 """
@@ -29,13 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-MODES = {
-    "reference": ["model.energy_prior=none", "train.precision=fp32", "train.channels_last=false"],
-    "released": ["model.energy_prior=none", "train.precision=fp32", "train.channels_last=false", "model.norm=group", "model.patch=1"],
-    "default": [],
-    "default-bf16": ["train.precision=bf16"],
-    "compiled": ["train.compile=true"],
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_step import MODES  # noqa: E402  (one table of modes for both benchmarks)
+
 TERMS = ("total", "mse", "noisy_ce", "clean_ce", "noisy_acc", "clean_acc")
 
 

@@ -27,6 +27,25 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 
+_PAPER = ["model.energy_prior=none"]  # the loss exactly as in the paper (no Gaussian prior term)
+_RELEASED = ["model.norm=group", "model.patch=1"]  # the released UNet's layout: GroupNorm everywhere, no patch stem
+# Config overrides per mode, shared with bench/train_equal_steps.py so both benchmarks mean the same thing.
+MODES: dict[str, list[str]] = {
+    "reference": [*_PAPER, "train.precision=fp32", "train.channels_last=false"],
+    "released": [*_PAPER, "train.precision=fp32", "train.channels_last=false", *_RELEASED],
+    # The released layout on the fast path: same network and loss as "released", only bf16 autocast
+    # (and channels_last in the -cl variant), so equal-step losses can be compared with "released".
+    "released-bf16": [*_PAPER, "train.precision=bf16", "train.channels_last=false", *_RELEASED],
+    "released-bf16-cl": [*_PAPER, "train.precision=bf16", "train.channels_last=true", *_RELEASED],
+    # The project's layout without the patch stem (full-resolution first level, no normalisation).
+    "fullres-bf16": [*_PAPER, "train.precision=bf16", "train.channels_last=false", "model.patch=1"],
+    "default": [],
+    "default-fp32": ["train.precision=fp32"],
+    "default-bf16": ["train.precision=bf16"],
+    "compiled": ["train.compile=true"],
+}
+
+
 def _setup(mode: str, size: str, batch: int, image: int, channels: int, classes: int, extra: list[str]):
     from egc.config import load_config
     from egc.diffusion.schedule import Schedule
@@ -34,14 +53,7 @@ def _setup(mode: str, size: str, batch: int, image: int, channels: int, classes:
 
     over = [f"model.size={size}", f"model.image_size={image}", f"model.in_channels={channels}", f"model.num_classes={classes}",
             f"train.batch_size={batch}"]
-    if mode in ("reference", "released"):
-        over += ["model.energy_prior=none", "train.precision=fp32", "train.channels_last=false"]
-    if mode == "released":
-        over += ["model.norm=group", "model.patch=1"]
-    elif mode == "default-fp32":
-        over += ["train.precision=fp32"]
-    elif mode == "compiled":
-        over += ["train.compile=true"]
+    over += MODES[mode]
     over += list(extra)
     cfg = load_config(None, over)
     torch.manual_seed(0)
@@ -157,12 +169,15 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--set", action="append", help="extra config override applied to every mode (key=value)")
-    p.add_argument("--modes", default="reference,default", help="comma list of released, reference, default, default-fp32, compiled")
-    p.add_argument("--mode", choices=["released", "reference", "default", "default-fp32", "compiled"], help="internal: run one mode in this process")
+    p.add_argument("--modes", default="reference,default", help=f"comma list of {', '.join(MODES)}")
+    p.add_argument("--mode", choices=list(MODES), help="internal: run one mode in this process")
     a = p.parse_args()
     if a.mode:
         print(json.dumps(run_mode(a)))
         return
+    bad = [m for m in a.modes.split(",") if m not in MODES]
+    if bad:
+        p.error(f"--modes: unknown {', '.join(bad)} (choose from {', '.join(MODES)})")
     results = {}
     base = [sys.executable, __file__] + [f"--{k}={v}" for k, v in vars(a).items() if k not in ("mode", "set", "modes")]
     base += [f"--set={s}" for s in a.set or []]

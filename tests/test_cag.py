@@ -461,3 +461,13 @@ def test_efficientnet_adapter():
     assert clf.input_size is None and clf.preferred_size == 224
     with pytest.raises(EgcError, match="did you mean 'goldfish'"):
         resolve_class(clf, "goldfsh")
+
+
+def test_default_view_is_the_preferred_size_of_any_size_classifiers(tiny):
+    from egc.cag import default_view
+
+    tiny.preferred_size = 224
+    assert default_view(tiny, 128) == 224  # an ImageNet-style network: shown its native size
+    assert default_view(tiny, 256) is None  # never shrunk below the image size
+    tiny.input_size = 28
+    assert default_view(tiny, 28) is None  # a fixed-size classifier: the image size must fit it

@@ -25,7 +25,7 @@ from .adapters import (
     resolve_class,
     wrap_module,
 )
-from .generate import PARTS, CaGConfig, generate, plain_config, plain_gradient_ascent, without
+from .generate import PARTS, CaGConfig, default_view, generate, plain_config, plain_gradient_ascent, without
 from .losses import (
     BNStatsRecorder,
     bn_stats_loss,
@@ -42,7 +42,7 @@ from .text import TextClassifier, load_text_classifier, prompt_classes, text_cla
 
 __all__ = [
     "BNStatsRecorder", "CaGConfig", "Classifier", "EGCClassifier", "MASK_FAMILIES", "MASK_FILLS", "ModuleClassifier", "PARAMS", "PARTS",
-    "TextClassifier", "apply_mask", "bn_stats_loss", "class_loss", "default_stages", "distribution_loss", "diversity_loss",
+    "TextClassifier", "apply_mask", "bn_stats_loss", "class_loss", "default_stages", "default_view", "distribution_loss", "diversity_loss",
     "feature_stats", "fourier_weights", "generate", "imagenet_class_names", "load_classifier", "init_param", "load_text_classifier", "logits_and_features", "param_image",
     "plain_config", "plain_gradient_ascent", "prompt_classes", "random_mask", "resize", "resolution_schedule", "resolve_class",
     "text_classifier_from_encoders", "to_image", "to_param", "total_variation", "upsample", "upsample_param", "wrap_module", "without",

@@ -121,11 +121,14 @@ def _config(a: argparse.Namespace, size: int) -> Any:
 def cmd_cag(a: argparse.Namespace) -> int:
     """Run ``egc cag``: write the grid (and npz), print one JSON line; 0 on success."""
     import numpy as np
+    from dataclasses import replace
+
     import torch
 
     from ..imageio import atomic_write_bytes, check_output_file, save_grid
     from .adapters import load_classifier, resolve_class
-    from .generate import generate
+    from .generate import default_view, generate
+    from .schedule import resize
     from .text import prompt_classes
 
     if a.threads:
@@ -142,11 +145,13 @@ def cmd_cag(a: argparse.Namespace) -> int:
     target = 0 if is_text else resolve_class(clf, a.target)
     size = a.size or clf.input_size or min(128, clf.preferred_size)
     cfg = _config(a, size)
+    if a.view_size is None:  # an ImageNet network sees a 128 x 128 image at its own 224 (measured: BENCHMARKS.md 6)
+        cfg = replace(cfg, view_size=default_view(clf, size))
     t0 = time.perf_counter()
     imgs = generate(clf, target, a.n, cfg, progress=not a.quiet)  # [n, C, S, S] in [0, 1]
     seconds = time.perf_counter() - t0
     with torch.no_grad():
-        probs = torch.softmax(clf(imgs).float(), dim=1)  # the generating classifier's own view, clean images
+        probs = torch.softmax(clf(resize(imgs, cfg.view)).float(), dim=1)  # the generating classifier's own view, clean images
     u8 = (imgs * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # [n, S, S, C]
     grid = save_grid(u8, a.out, scale=a.scale)
     if a.npz:
@@ -161,7 +166,7 @@ def cmd_cag(a: argparse.Namespace) -> int:
             raise
     print(json.dumps({
         "out": str(a.out), "npz": a.npz, "classifier": clf.name, "target": clf.class_names[target], "target_index": target,
-        "n": a.n, "size": size, "plan": cfg.plan(), "seconds": round(seconds, 2), "seconds_per_image": round(seconds / a.n, 3),
+        "n": a.n, "size": size, "view_size": cfg.view, "plan": cfg.plan(), "seconds": round(seconds, 2), "seconds_per_image": round(seconds / a.n, 3),
         "self_target_prob": round(float(probs[:, target].mean()), 4),
         "self_top1": round(float((probs.argmax(dim=1) == target).float().mean()), 4),
         "parts_off": [k for k, v in (("mask", not cfg.mask), ("progressive", not cfg.progressive), ("div", cfg.div_weight == 0),
