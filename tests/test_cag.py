@@ -243,8 +243,9 @@ def test_each_part_switches_off_and_runs(tiny):
     cfg = small_cfg(steps=2, tv_weight=0.1)
     plain = plain_config(cfg)
     assert not plain.mask and not plain.progressive and plain.div_weight == plain.bn_weight == plain.tv_weight == plain.jitter == 0 and not plain.flip
+    assert cfg.param == "fourier" and plain.param == "pixel"
     assert plain.plan() == [(16, 4)]
-    for part in ("mask", "progressive", "div", "dist", "jitter", "tv"):
+    for part in ("mask", "progressive", "div", "dist", "jitter", "tv", "fourier"):
         assert generate(tiny, 1, 2, without(cfg, part), progress=False).shape == (2, 3, 16, 16)
     stats = feature_stats(torch.randn(4, 8))
     assert generate(tiny, 1, 3, cfg, real_stats=stats, progress=False).shape == (3, 3, 16, 16)  # n not a multiple of batch

@@ -67,7 +67,7 @@ def add_cag_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--size", type=_pos_int, help="final image size (default: the classifier's fixed or preferred size, at most 128)")
     p.add_argument("--view-size", type=_pos_int, help="size the classifier sees the image at (default: --size; "
                    "e.g. 224 for an ImageNet network generating 128 x 128 images)")
-    p.add_argument("--param", choices=PARAMS, help="what is optimised: pixel logits (default) or a 1/f-weighted spectrum")
+    p.add_argument("--param", choices=PARAMS, help="what is optimised: a 1/f-weighted spectrum (fourier, default) or pixel logits")
     p.add_argument("--out", default="cag.png", help="grid PNG path")
     p.add_argument("--npz", help="also write images (uint8 [N,H,W,C]) and labels (int64 [N]) here")
     p.add_argument("--steps", type=_int_list, help="steps per stage: one number, or one per stage (default 100)")
@@ -89,6 +89,7 @@ def add_cag_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-div", action="store_true", help="switch off the diversity loss")
     p.add_argument("--no-dist", action="store_true", help="switch off the distribution prior (batch-norm statistics)")
     p.add_argument("--no-jitter", action="store_true", help="switch off the random shifts and mirror flips")
+    p.add_argument("--no-fourier", action="store_true", help="optimise pixel logits instead of the 1/f-weighted spectrum")
     p.add_argument("--plain", action="store_true", help="plain gradient ascent: every part off")
     p.add_argument("--scale", type=_pos_int, default=1, help="upscale the grid for viewing")
     p.add_argument("--threads", type=_pos_int)
@@ -111,7 +112,7 @@ def _config(a: argparse.Namespace, size: int) -> Any:
         if flag is not None:
             over[key] = flag
     cfg = CaGConfig(**{**cfg.to_dict(), **over})
-    flags = (("mask", a.no_mask), ("progressive", a.no_progressive), ("div", a.no_div), ("dist", a.no_dist), ("jitter", a.no_jitter))
+    flags = (("mask", a.no_mask), ("progressive", a.no_progressive), ("div", a.no_div), ("dist", a.no_dist), ("jitter", a.no_jitter), ("fourier", a.no_fourier))
     off = [part for part, flag in flags if flag]
     if a.plain:
         off = list(PARTS)

@@ -42,7 +42,7 @@ from .param import PARAMS, init_param, param_image, upsample
 from .schedule import apply_affine, random_affine, resize, resolution_schedule
 
 #: The parts that can be switched off one at a time (the ablation in bench/cag.py).
-PARTS: tuple[str, ...] = ("mask", "progressive", "div", "dist", "jitter", "tv")
+PARTS: tuple[str, ...] = ("mask", "progressive", "div", "dist", "jitter", "tv", "fourier")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 
 
@@ -89,7 +89,7 @@ class CaGConfig:
     scale: float = 0.0
     rotate: float = 0.0
     init_std: float = 0.1
-    param: str = "pixel"
+    param: str = "fourier"
     fourier_decay: float = 1.0
     view_size: int | None = None
     seed: int = 0
@@ -164,6 +164,8 @@ def without(cfg: CaGConfig, *parts: str) -> CaGConfig:
             off["rotate"] = 0.0
         elif p == "tv":
             off["tv_weight"] = 0.0
+        elif p == "fourier":  # back to per-pixel logits
+            off["param"] = "pixel"
     return replace(cfg, **off)
 
 
