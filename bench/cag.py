@@ -1,7 +1,8 @@
 """CaG benchmark: full CaG vs. plain gradient ascent vs. each part switched off, judged by a classifier
 that played no part in generation. Prints one JSON line per (variant, configuration).
 
-ImageNet variant: images from EfficientNet-Lite0 at 128 x 128 for ten distinct, easy ImageNet classes
+ImageNet variant: images from EfficientNet-Lite0 at 128 x 128 (shown to Lite0 at its native 224
+unless --set view_size=N says otherwise) for ten distinct, easy ImageNet classes
 (IMAGENET_CLASSES below), 8 per class, judged by EfficientNet-Lite2 (upsampled to its native 260):
 top-1 / top-5 share in the target class; the generator's own top-1 on the clean images (the gap to
 the judge is the adversarial part); seconds per image; diversity = mean pairwise cosine distance
