@@ -45,6 +45,7 @@ from egc.cag import (
     wrap_module,
 )
 from egc.cag.cli import add_cag_parser
+from egc.cag.generate import PARTS, parts_off
 from egc.errors import EgcError
 
 from .conftest import make_npz
@@ -245,7 +246,9 @@ def test_each_part_switches_off_and_runs(tiny):
     assert not plain.mask and not plain.progressive and plain.div_weight == plain.bn_weight == plain.tv_weight == plain.jitter == 0 and not plain.flip
     assert cfg.param == "fourier" and plain.param == "pixel"
     assert plain.plan() == [(16, 4)]
+    assert parts_off(plain) == list(PARTS) and parts_off(cfg) == []
     for part in ("mask", "progressive", "div", "dist", "jitter", "tv", "fourier"):
+        assert parts_off(without(cfg, part)) == [part]
         assert generate(tiny, 1, 2, without(cfg, part), progress=False).shape == (2, 3, 16, 16)
     stats = feature_stats(torch.randn(4, 8))
     assert generate(tiny, 1, 3, cfg, real_stats=stats, progress=False).shape == (3, 3, 16, 16)  # n not a multiple of batch

@@ -128,7 +128,7 @@ def cmd_cag(a: argparse.Namespace) -> int:
 
     from ..imageio import atomic_write_bytes, check_output_file, save_grid
     from .adapters import load_classifier, resolve_class
-    from .generate import default_view, generate
+    from .generate import default_view, generate, parts_off
     from .schedule import resize
     from .text import prompt_classes
 
@@ -170,7 +170,6 @@ def cmd_cag(a: argparse.Namespace) -> int:
         "n": a.n, "size": size, "view_size": cfg.view, "plan": cfg.plan(), "seconds": round(seconds, 2), "seconds_per_image": round(seconds / a.n, 3),
         "self_target_prob": round(float(probs[:, target].mean()), 4),
         "self_top1": round(float((probs.argmax(dim=1) == target).float().mean()), 4),
-        "parts_off": [k for k, v in (("mask", not cfg.mask), ("progressive", not cfg.progressive), ("div", cfg.div_weight == 0),
-                                     ("dist", cfg.dist_weight == 0 and cfg.bn_weight == 0)) if v],
+        "parts_off": parts_off(cfg),
     }))
     return 0

@@ -172,6 +172,20 @@ def without(cfg: CaGConfig, *parts: str) -> CaGConfig:
     return replace(cfg, **off)
 
 
+def parts_off(cfg: CaGConfig) -> list[str]:
+    """The PARTS that ``cfg`` has switched off (the inverse of :func:`without`, kept beside it)."""
+    off = {
+        "mask": not cfg.mask,
+        "progressive": not cfg.progressive,
+        "div": cfg.div_weight == 0,
+        "dist": cfg.dist_weight == 0 and cfg.bn_weight == 0,
+        "jitter": cfg.shift == 0 and not cfg.flip and cfg.scale == 0 and cfg.rotate == 0,
+        "tv": cfg.tv_weight == 0,
+        "fourier": cfg.param != "fourier",
+    }
+    return [p for p in PARTS if off[p]]
+
+
 def plain_config(cfg: CaGConfig | None = None) -> CaGConfig:
     """``cfg`` with every part off: plain gradient ascent on the class loss, same budget."""
     return without(cfg or CaGConfig(), *PARTS)
