@@ -17,6 +17,8 @@ copied as they are, which is close but not exact; they hold little of a 1/f-weig
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..errors import ConfigError
@@ -25,8 +27,11 @@ from .schedule import to_image, upsample_param
 PARAMS: tuple[str, ...] = ("pixel", "fourier")
 
 
+@functools.lru_cache(maxsize=16)
 def fourier_weights(s: int, decay: float = 1.0) -> torch.Tensor:
-    """Per-frequency scale [s, s // 2 + 1] of the ``fourier`` parameterisation at size s."""
+    """Per-frequency scale [s, s // 2 + 1] of the ``fourier`` parameterisation at size s.
+
+    Cached: :func:`param_image` needs it at every optimisation step. Callers must not modify it."""
     fy = torch.fft.fftfreq(s).abs() * s  # cycles per image, rows
     fx = torch.fft.rfftfreq(s) * s  # columns of the half plane
     f = (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt()
