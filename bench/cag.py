@@ -142,7 +142,7 @@ def imagenet(a: argparse.Namespace, base: CaGConfig, configs: list[str]) -> None
         return logits_and_features(judge, resize(x, a.judge_size, mode="bicubic").clamp(0, 1))
 
     # Unless --set view_size=... says otherwise, the generator sees the image at its native size (224 for Lite0).
-    view = base.view_size if base.view_size is not None else default_view(clf, a.size)
+    view = default_view(clf, a.size, base.view_size)
     run_variant("imagenet", clf, targets, judge_fn, replace(base, size=a.size, view_size=view), configs, a.n_per_class, a.grids, None, a.progress,
                 {"generator": clf.name, "judge": f"{judge.name}@{a.judge_size}", "classes": [clf.class_names[k] for k in targets]})
 

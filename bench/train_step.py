@@ -8,7 +8,9 @@
     not in s_per_step). Each mode runs in its own subprocess so its peak memory (max RSS) is its own.
     Also counts the FLOPs of one step of the default (and compiled) mode with torch.utils.flop_counter's
     per-operator formulas and compares the achieved rate with a large matmul's rate in the same dtype
-    on this CPU. Prints one JSON line.
+    on this CPU, the convolutions' share of the step time and their rate, and (with both reference and
+    default) the ceiling: the reference step time over the default's FLOPs at the matmul peak. Prints
+    one JSON line.
 
     python bench/train_step.py [--size small] [--batch 64] [--steps 10] [--threads 2]
 """
@@ -108,6 +110,26 @@ class _Flops(TorchDispatchMode):
         return out
 
 
+_CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward",
+             "aten::thnn_conv2d", "aten::_convolution")
+
+
+def _conv_profile(cfg, net, opt, sched, x, y, gen, by_op: dict, peak: float) -> dict:
+    """Where one step's time goes: the convolutions' share of the profiled CPU time and the rate they
+    run at, against the matmul peak. Convolutions near the peak mean that, at this architecture and
+    FLOP count, no kernel-level change can buy much more (the question issue 5 asks)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        _step(cfg, net, opt, sched, x, y, gen)
+    events = prof.key_averages()
+    total_us = sum(e.self_cpu_time_total for e in events)
+    conv_us = sum(e.self_cpu_time_total for e in events if e.key in _CONV_OPS)
+    conv_flops = by_op.get("convolution", 0) + by_op.get("convolution_backward", 0)
+    rate = conv_flops / (conv_us * 1e-6) / 1e9 if conv_us else 0.0
+    return {"conv_time_share": conv_us / total_us if total_us else 0.0, "conv_gflops": rate, "conv_share_of_peak": rate / peak}
+
+
 def run_mode(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)  # as egc train does (train.flush_denormal)
@@ -155,6 +177,7 @@ def run_mode(a: argparse.Namespace) -> dict:
         out["matmul_peak_gflops"] = peak
         out["peak_dtype"] = str(dtype).replace("torch.", "")
         out["share_of_peak"] = out["achieved_gflops"] / peak
+        out.update(_conv_profile(cfg, net, opt, sched, x, y, gen, counter.by_op, peak))
     return out
 
 
@@ -185,9 +208,15 @@ def main() -> None:
         proc = subprocess.run(base + [f"--mode={mode}"], capture_output=True, text=True, check=True)
         results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
     first = results[a.modes.split(",")[0]]
+    bound = {}
+    if "reference" in results and "default" in results:
+        # The most a kernel-level fast path could give at this architecture: the reference's step
+        # time against the default's counted FLOPs run at the measured matmul peak (no overhead at all).
+        d = results["default"]
+        bound = {"ceiling_vs_reference": results["reference"]["s_per_step"] / (d["flops_per_step"] / (d["matmul_peak_gflops"] * 1e9))}
     print(json.dumps({"benchmark": "train_step", "size": a.size, "batch": a.batch, "image": a.image, "threads": a.threads,
                       "overrides": a.set or [], **results,
-                      "speedup_vs_first": {m: r["images_per_s"] / first["images_per_s"] for m, r in results.items()},
+                      "speedup_vs_first": {m: r["images_per_s"] / first["images_per_s"] for m, r in results.items()}, **bound,
                       "torch": torch.__version__}))
 
 

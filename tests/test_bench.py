@@ -54,6 +54,8 @@ def test_train_step_bench():
     # step of this net is far from zero work and the share of a measured peak is a fraction.
     assert d["flops_by_op"]["convolution"] > 0 and d["flops_by_op"]["convolution_backward"] > d["flops_by_op"]["convolution"]
     assert d["flops_per_step"] == sum(d["flops_by_op"].values()) and 0 < d["share_of_peak"] < 1
+    assert 0 < d["conv_time_share"] < 1 and d["conv_gflops"] > 0
+    assert out["ceiling_vs_reference"] > 0
 
 
 def test_sample_and_quick_eval_benches(run28):

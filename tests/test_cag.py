@@ -473,5 +473,6 @@ def test_default_view_is_the_preferred_size_of_any_size_classifiers(tiny):
     tiny.preferred_size = 224
     assert default_view(tiny, 128) == 224  # an ImageNet-style network: shown its native size
     assert default_view(tiny, 256) is None  # never shrunk below the image size
+    assert default_view(tiny, 128, 160) == 160  # the user's explicit choice wins
     tiny.input_size = 28
     assert default_view(tiny, 28) is None  # a fixed-size classifier: the image size must fit it

@@ -146,8 +146,8 @@ def cmd_cag(a: argparse.Namespace) -> int:
     target = 0 if is_text else resolve_class(clf, a.target)
     size = a.size or clf.input_size or min(128, clf.preferred_size)
     cfg = _config(a, size)
-    if a.view_size is None:  # an ImageNet network sees a 128 x 128 image at its own 224 (measured: BENCHMARKS.md 6)
-        cfg = replace(cfg, view_size=default_view(clf, size))
+    # Unless --view-size says otherwise, an ImageNet network sees a 128 x 128 image at its own 224.
+    cfg = replace(cfg, view_size=default_view(clf, size, a.view_size))
     t0 = time.perf_counter()
     imgs = generate(clf, target, a.n, cfg, progress=not a.quiet)  # [n, C, S, S] in [0, 1]
     seconds = time.perf_counter() - t0

@@ -191,11 +191,13 @@ def plain_config(cfg: CaGConfig | None = None) -> CaGConfig:
     return without(cfg or CaGConfig(), *PARTS)
 
 
-def default_view(classifier: Any, size: int) -> int | None:
-    """The view size the CLI and the benchmark use when none is given: the classifier's preferred
-    (training) size when it takes any size and prefers a larger one than ``size``, else None (= size).
-    Measured on EfficientNet-Lite0 at 128 px (BENCHMARKS.md section 6): viewing at its native 224
-    raised the share a different network recognises several-fold."""
+def default_view(classifier: Any, size: int, view_size: int | None = None) -> int | None:
+    """The view size the CLI and the benchmark use: ``view_size`` when the user gave one, else the
+    classifier's preferred (training) size when it takes any size and prefers a larger one than
+    ``size``, else None (= size). Measured on EfficientNet-Lite0 at 128 px (BENCHMARKS.md section 6):
+    viewing at its native 224 raised the share a different network recognises several-fold."""
+    if view_size is not None:
+        return view_size
     if getattr(classifier, "input_size", None) is not None:
         return None
     preferred = getattr(classifier, "preferred_size", None)
