@@ -314,6 +314,28 @@ def test_fourier_generation_raises_target_logit_and_reproduces(tiny):
     assert torch.equal(a, generate(tiny, k, 2, small_cfg(param="fourier"), progress=False))
 
 
+def test_bf16_runs_the_classifier_under_autocast_only(tiny):
+    """precision bf16: the classifier computes in bf16 (a hook sees bf16 conv outputs), the images stay
+    fp32 in [0, 1], the target logit still rises, and the result is near the fp32 one."""
+    grey = torch.full((2, 3, 16, 16), 0.5)
+    with torch.no_grad():
+        k = int(tiny(grey)[0].argmin())
+    dtypes: list[torch.dtype] = []
+    hook = tiny.net.body[0].register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
+    try:
+        half = generate(tiny, k, 2, small_cfg(precision="bf16"), progress=False)
+    finally:
+        hook.remove()
+    assert set(dtypes) == {torch.bfloat16}
+    assert half.dtype == torch.float32 and half.shape == (2, 3, 16, 16) and 0 <= float(half.min()) and float(half.max()) <= 1
+    assert _target_logit(tiny, half, k) > _target_logit(tiny, grey, k)
+    full = generate(tiny, k, 2, small_cfg(), progress=False)
+    # bf16 rounding moves the path a little (0.009 here), far less than another seed does (0.1)
+    assert float((half - full).abs().mean()) < 0.03
+    with pytest.raises(EgcError, match="cag precision 'fp16' unknown"):
+        CaGConfig(precision="fp16").validate()
+
+
 def test_config_validation_and_bad_inputs(tiny):
     with pytest.raises(EgcError, match="lr"):
         CaGConfig(lr=0).validate()

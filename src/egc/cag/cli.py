@@ -68,6 +68,7 @@ def add_cag_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--view-size", type=_pos_int, help="size the classifier sees the image at (default: --size; "
                    "e.g. 224 for an ImageNet network generating 128 x 128 images)")
     p.add_argument("--param", choices=PARAMS, help="what is optimised: a 1/f-weighted spectrum (fourier, default) or pixel logits")
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="the classifier under bf16 autocast (bf16) or not (fp32, default)")
     p.add_argument("--out", default="cag.png", help="grid PNG path")
     p.add_argument("--npz", help="also write images (uint8 [N,H,W,C]) and labels (int64 [N]) here")
     p.add_argument("--steps", type=_int_list, help="steps per stage: one number, or one per stage (default 100)")
@@ -108,7 +109,8 @@ def _config(a: argparse.Namespace, size: int) -> Any:
     for flag, key in ((a.stages, "stages"), (a.lr, "lr"), (a.batch_size, "batch"), (a.mask_family, "mask_family"),
                       (a.mask_ratio, "mask_ratio"), (a.mask_fill, "mask_fill"), (a.div_weight, "div_weight"),
                       (a.bn_weight, "bn_weight"), (a.tv_weight, "tv_weight"), (a.jitter, "jitter"),
-                      (a.zoom, "scale"), (a.rotate, "rotate"), (a.view_size, "view_size"), (a.param, "param")):
+                      (a.zoom, "scale"), (a.rotate, "rotate"), (a.view_size, "view_size"), (a.param, "param"),
+                      (a.precision, "precision")):
         if flag is not None:
             over[key] = flag
     cfg = CaGConfig(**{**cfg.to_dict(), **over})

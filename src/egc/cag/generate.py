@@ -47,6 +47,7 @@ from .schedule import apply_affine, random_affine, resize, resolution_schedule
 #: The parts that can be switched off one at a time (the ablation in bench/cag.py).
 PARTS: tuple[str, ...] = ("mask", "progressive", "div", "dist", "jitter", "tv", "fourier")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 @dataclass
@@ -95,6 +96,7 @@ class CaGConfig:
     param: str = "fourier"
     fourier_decay: float = 1.0
     view_size: int | None = None
+    precision: str = "fp32"  # "bf16": the classifier's forward and backward under bf16 autocast
     seed: int = 0
     batch: int = 8
 
@@ -122,6 +124,7 @@ class CaGConfig:
         need(self.param in PARAMS, f"cag parameterisation '{self.param}' unknown (choose from {', '.join(PARAMS)})")
         need(self.fourier_decay >= 0, f"cag fourier_decay must be >= 0, got {self.fourier_decay}")
         need(self.view_size is None or self.view_size >= 8, f"cag view size must be >= 8, got {self.view_size}")
+        need(self.precision in PRECISIONS, f"cag precision '{self.precision}' unknown (choose from {', '.join(PRECISIONS)})")
         self.plan()  # stage / step errors
         return self
 
@@ -254,7 +257,10 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
                     xs = apply_mask(xs, mask, cfg.mask_fill, gen)
                 if recorder is not None:
                     recorder.reset()
-                logits, feats = logits_and_features(classifier, xs)
+                # Only the classifier runs under autocast; the image, the losses and Adam stay fp32.
+                with torch.autocast(xs.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                    logits, feats = logits_and_features(classifier, xs)
+                logits, feats = logits.float(), feats.float()
                 loss = class_loss(logits, target, kind)
                 terms["cls"] = loss.detach()
                 terms["p"] = torch.softmax(logits.detach().float(), dim=1)[:, target].mean()
