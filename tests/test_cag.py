@@ -80,7 +80,8 @@ def tiny() -> nn.Module:
 
 
 def small_cfg(**kw: object) -> CaGConfig:
-    base = dict(size=16, steps=4, stages=(8, 16), batch=2, lr=0.1, jitter=2, mask_ratio=0.25)
+    # param fourier explicitly: at 16 px "auto" would pick pixels, and these tests cover the spectrum path.
+    base = dict(size=16, steps=4, stages=(8, 16), batch=2, lr=0.1, jitter=2, mask_ratio=0.25, param="fourier")
     base.update(kw)
     return CaGConfig(**base)  # type: ignore[arg-type]
 
@@ -254,6 +255,17 @@ def test_each_part_switches_off_and_runs(tiny):
     assert generate(tiny, 1, 3, cfg, real_stats=stats, progress=False).shape == (3, 3, 16, 16)  # n not a multiple of batch
     with pytest.raises(EgcError, match="unknown CaG part"):
         without(cfg, "wings")
+
+
+def test_auto_parameterisation_follows_the_final_size(tiny):
+    assert CaGConfig().param == "auto"
+    assert CaGConfig(size=128).parameterisation == "fourier" and CaGConfig(size=64).parameterisation == "fourier"
+    assert CaGConfig(size=28).parameterisation == "pixel"
+    assert CaGConfig(size=28, param="fourier").parameterisation == "fourier" and CaGConfig(size=128, param="pixel").parameterisation == "pixel"
+    assert "fourier" in parts_off(CaGConfig(size=28)) and "fourier" not in parts_off(CaGConfig(size=128))
+    auto = generate(tiny, 1, 2, small_cfg(param="auto"), progress=False)  # 16 px: the pixel path, exactly
+    assert torch.equal(auto, generate(tiny, 1, 2, small_cfg(param="pixel"), progress=False))
+    assert not torch.equal(auto, generate(tiny, 1, 2, small_cfg(), progress=False))
 
 
 def test_seeds_reproduce_exactly(tiny):
