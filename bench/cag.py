@@ -128,7 +128,7 @@ def run_variant(variant: str, clf: Any, targets: list[int], judge_fn: Any, base:
             "parts": {"mask": cfg.mask and f"{cfg.mask_family}:{cfg.mask_ratio}:{cfg.mask_fill}", "progressive": cfg.progressive,
                       "div": cfg.div_weight, "dist": cfg.dist_weight if real_stats else 0.0, "bn": cfg.bn_weight if bn_active else 0.0,
                       "jitter": cfg.shift, "flip": cfg.flip, "scale": cfg.scale, "rotate": cfg.rotate, "mask_ratio": cfg.mask_ratio,
-                      "tv": cfg.tv_weight, "lr": cfg.lr, "view": cfg.view, "param": cfg.parameterisation},
+                      "tv": cfg.tv_weight, "lr": cfg.lr, "view": cfg.view, "param": cfg.parameterisation, "precision": cfg.precision},
         }), flush=True)
 
 
