@@ -69,7 +69,7 @@ def add_cag_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "e.g. 224 for an ImageNet network generating 128 x 128 images)")
     p.add_argument("--param", choices=("auto", *PARAMS), help="what is optimised: a 1/f-weighted spectrum (fourier) or pixel logits; "
                    "auto (default): fourier from 64 px up, pixel below (measured: BENCHMARKS.md 6)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), help="the classifier under bf16 autocast (bf16) or not (fp32, default)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="the classifier under bf16 autocast (bf16) or not (fp32, default: bf16 measured 0.94x on Lite0 here, BENCHMARKS.md 6)")
     p.add_argument("--out", default="cag.png", help="grid PNG path")
     p.add_argument("--npz", help="also write images (uint8 [N,H,W,C]) and labels (int64 [N]) here")
     p.add_argument("--steps", type=_int_list, help="steps per stage: one number, or one per stage (default 100)")
