@@ -54,7 +54,7 @@ def _int_list(s: str) -> tuple[int, ...]:
 def add_cag_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``cag`` subcommand to an argparse subparsers object; returns its parser."""
     from .masks import MASK_FAMILIES, MASK_FILLS
-    from .param import PARAMS
+    from .generate import PARAM_CHOICES, PRECISIONS
 
     p = subparsers.add_parser("cag", help="generate images of a class from a fixed classifier (classifier as generator)",
                               description="Optimise images so that a fixed classifier sees the target class (CaG). "
@@ -67,9 +67,9 @@ def add_cag_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--size", type=_pos_int, help="final image size (default: the classifier's fixed or preferred size, at most 128)")
     p.add_argument("--view-size", type=_pos_int, help="size the classifier sees the image at (default: --size; "
                    "e.g. 224 for an ImageNet network generating 128 x 128 images)")
-    p.add_argument("--param", choices=("auto", *PARAMS), help="what is optimised: a 1/f-weighted spectrum (fourier) or pixel logits; "
+    p.add_argument("--param", choices=PARAM_CHOICES, help="what is optimised: a 1/f-weighted spectrum (fourier) or pixel logits; "
                    "auto (default): fourier from 64 px up, pixel below (measured: BENCHMARKS.md 6)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), help="the classifier under bf16 autocast (bf16) or not (fp32, default: bf16 measured 0.94x on Lite0 here, BENCHMARKS.md 6)")
+    p.add_argument("--precision", choices=PRECISIONS, help="the classifier under bf16 autocast (bf16) or not (fp32, default: bf16 measured 0.94x on Lite0 here, BENCHMARKS.md 6)")
     p.add_argument("--out", default="cag.png", help="grid PNG path")
     p.add_argument("--npz", help="also write images (uint8 [N,H,W,C]) and labels (int64 [N]) here")
     p.add_argument("--steps", type=_int_list, help="steps per stage: one number, or one per stage (default 100)")

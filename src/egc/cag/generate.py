@@ -53,6 +53,8 @@ OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 #: param "auto" optimises the 1/f spectrum for final sizes from here up, pixel logits below.
 FOURIER_MIN_SIZE = 64
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+#: What ``CaGConfig.param`` accepts: a parameterisation, or "auto" (see CaGConfig.parameterisation).
+PARAM_CHOICES: tuple[str, ...] = ("auto", *PARAMS)
 
 
 @dataclass
@@ -127,7 +129,7 @@ class CaGConfig:
         need(0 <= self.scale < 1, f"cag scale must be in [0, 1), got {self.scale}")
         need(0 <= self.rotate <= 180, f"cag rotate must be in [0, 180] degrees, got {self.rotate}")
         need(self.batch >= 1, f"cag batch must be >= 1, got {self.batch}")
-        need(self.param in ("auto", *PARAMS), f"cag parameterisation '{self.param}' unknown (choose from auto, {', '.join(PARAMS)})")
+        need(self.param in PARAM_CHOICES, f"cag parameterisation '{self.param}' unknown (choose from {', '.join(PARAM_CHOICES)})")
         need(self.fourier_decay >= 0, f"cag fourier_decay must be >= 0, got {self.fourier_decay}")
         need(self.view_size is None or self.view_size >= 8, f"cag view size must be >= 8, got {self.view_size}")
         need(self.precision in PRECISIONS, f"cag precision '{self.precision}' unknown (choose from {', '.join(PRECISIONS)})")
@@ -280,7 +282,7 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
                 logits, feats = logits.float(), feats.float()
                 loss = class_loss(logits, target, kind)
                 terms["cls"] = loss.detach()
-                terms["p"] = torch.softmax(logits.detach().float(), dim=1)[:, target].mean()
+                terms["p"] = torch.softmax(logits.detach(), dim=1)[:, target].mean()
                 if cfg.div_weight > 0 and b > 1:
                     terms["div"] = diversity_loss(feats)
                     loss = loss + cfg.div_weight * terms["div"]
