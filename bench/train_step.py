@@ -130,6 +130,22 @@ def _conv_profile(cfg, net, opt, sched, x, y, gen, by_op: dict, peak: float) -> 
     return {"conv_time_share": conv_us / total_us if total_us else 0.0, "conv_gflops": rate, "conv_share_of_peak": rate / peak}
 
 
+def _matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    """GFLOP/s of an n x n matmul in dtype on this CPU: the practical peak the step is measured against."""
+    m1, m2 = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        m1 @ m2
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        m1 @ m2
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def _cpu() -> dict:
+    """The CPU features that decide what bf16 can gain (AMX tiles multiply bf16 far faster than AVX-512)."""
+    return {"avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()), "amx_tile": bool(torch.cpu._is_amx_tile_supported())}
+
+
 def run_mode(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)  # as egc train does (train.flush_denormal)
@@ -154,7 +170,7 @@ def run_mode(a: argparse.Namespace) -> dict:
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     out.update({"s_per_step": med, "images_per_s": a.batch / med, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
-    if a.mode in ("default", "compiled"):
+    if a.mode in ("default", "compiled", "reference"):
         # Counted on the eager path (a compiled graph's kernels are not dispatched one by one): the
         # same arithmetic, so achieved = counted FLOPs / this mode's measured step time.
         counter = _Flops()
@@ -165,19 +181,16 @@ def run_mode(a: argparse.Namespace) -> dict:
         out["flops_per_step"] = flops
         out["achieved_gflops"] = flops / med / 1e9
         dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-        n = 2048
-        m1, m2 = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        for _ in range(3):
-            m1 @ m2
-        t0 = time.perf_counter()
-        reps = 10
-        for _ in range(reps):
-            m1 @ m2
-        peak = 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+        peak = _matmul_peak(dtype)
         out["matmul_peak_gflops"] = peak
         out["peak_dtype"] = str(dtype).replace("torch.", "")
         out["share_of_peak"] = out["achieved_gflops"] / peak
-        out.update(_conv_profile(cfg, net, opt, sched, x, y, gen, counter.by_op, peak))
+        if dtype != torch.float32:
+            # What the dtype alone can buy at equal FLOPs: its matmul peak over fp32's, same process.
+            out["matmul_peak_fp32_gflops"] = _matmul_peak(torch.float32)
+            out["dtype_peak_ratio"] = peak / out["matmul_peak_fp32_gflops"]
+        if a.mode != "reference":
+            out.update(_conv_profile(cfg, net, opt, sched, x, y, gen, counter.by_op, peak))
     return out
 
 
@@ -215,7 +228,7 @@ def main() -> None:
         d = results["default"]
         bound = {"ceiling_vs_reference": results["reference"]["s_per_step"] / (d["flops_per_step"] / (d["matmul_peak_gflops"] * 1e9))}
     print(json.dumps({"benchmark": "train_step", "size": a.size, "batch": a.batch, "image": a.image, "threads": a.threads,
-                      "overrides": a.set or [], **results,
+                      "overrides": a.set or [], "cpu": _cpu(), **results,
                       "speedup_vs_first": {m: r["images_per_s"] / first["images_per_s"] for m, r in results.items()}, **bound,
                       "torch": torch.__version__}))
 

@@ -56,6 +56,12 @@ def test_train_step_bench():
     assert d["flops_per_step"] == sum(d["flops_by_op"].values()) and 0 < d["share_of_peak"] < 1
     assert 0 < d["conv_time_share"] < 1 and d["conv_gflops"] > 0
     assert out["ceiling_vs_reference"] > 0
+    # The reference is counted against the fp32 peak, the bf16 default also against fp32's (the bound
+    # a dtype change sets at equal FLOPs), and the CPU features that decide it are recorded.
+    r = out["reference"]
+    assert r["peak_dtype"] == "float32" and r["flops_per_step"] > 0 and 0 < r["share_of_peak"] < 1 and "dtype_peak_ratio" not in r
+    assert d["peak_dtype"] == "bfloat16" and d["matmul_peak_fp32_gflops"] > 0 and d["dtype_peak_ratio"] > 0
+    assert set(out["cpu"]) == {"avx512_bf16", "amx_tile"} and all(isinstance(v, bool) for v in out["cpu"].values())
 
 
 def test_sample_and_quick_eval_benches(run28):

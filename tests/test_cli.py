@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from egc.cli import main
@@ -112,3 +113,21 @@ def test_export_weights_only_file_gives_same_outputs(tmp_path, trained, capsys):
     x = torch.rand(3, 1, 8, 8) * 2 - 1
     assert torch.equal(a.logits(x), b.logits(x)) and b.class_names == ["c0", "c1", "c2"]
     assert out.stat().st_size < next((trained / "checkpoints").glob("*.safetensors")).stat().st_size
+
+
+def test_auto_precision_follows_native_bf16(monkeypatch, trained):
+    """"auto" is bf16 exactly when the CPU multiplies bf16 natively (else oneDNN emulates it, slower
+    than fp32), whatever the model was trained in; explicit choices are kept; anything else is refused."""
+    import egc.model as model
+    from egc import EGC
+    from egc.errors import EgcError
+
+    # The probe itself agrees with torch's CPU feature checks on this machine.
+    assert model.native_bf16() == (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(model, "native_bf16", lambda native=native: native)
+        assert model.resolve_precision("auto") == want
+        assert EGC.load(trained).precision == want
+        assert EGC.load(trained, "fp32").precision == "fp32" and EGC.load(trained, "bf16").precision == "bf16"
+    with pytest.raises(EgcError, match="precision must be auto, bf16 or fp32, got 'fp16'"):
+        model.resolve_precision("fp16")

@@ -18,6 +18,7 @@ def test_demo_writes_pngs_and_summary(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--checkpoint", str(run), "--quick"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["classified"]["images"] == 20 and summary["samples"]["n"] == 20
+    assert summary["precision"] in ("bf16", "fp32")  # "auto" resolved, never left as "auto"
     assert (out / "classified.png").stat().st_size > 0 and (out / "samples.png").stat().st_size > 0
 
 

@@ -18,6 +18,9 @@ import yaml
 
 from .errors import ConfigError
 
+# Inference precisions (egc sample/classify/eval, EGC.load); "auto" is resolved by model.resolve_precision.
+PRECISIONS = ("auto", "bf16", "fp32")
+
 # Model sizes by name. "tiny" is for tests; "small" is the CPU default; "base"/"large" are GPU
 # recipes (never trained here). in_channels/num_classes/image_size come from the data set.
 MODEL_SIZES: dict[str, dict[str, Any]] = {

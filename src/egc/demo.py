@@ -70,6 +70,7 @@ def run_demo(out: str | Path, checkpoint: str = "zoo:fashion-mnist", quick: bool
     self_acc = float((model.logits(imgs).argmax(1) == ys).float().mean())
     summary = {
         "checkpoint": checkpoint,
+        "precision": model.precision,  # "auto" resolved: bf16 on CPUs with native bf16
         "classified": {"images": len(labels), "correct": correct, "file": str(out / "classified.png")},
         "samples": {"n": int(len(ys)), "sampler": "ddim", "steps": steps, "guidance": model.config.train.guidance, "file": str(out / "samples.png"),
                     "rows": "one row per class: " + ", ".join(model.class_names), "self_classified_as_requested": round(self_acc, 3)},
