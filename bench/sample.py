@@ -5,8 +5,8 @@
 
 A configuration is SAMPLER:STEPS[:ETA[:GUIDANCE]]: ETA is DDIM's noise (0 deterministic, 1 = DDPM's
 variance), GUIDANCE overrides --guidance for that row (few-step samplers may want another scale).
-Every configuration runs once per entry of --precisions (auto = the precision the model was trained
-in; bf16 = autocast of the network, the samplers' arithmetic stays float64/float32), same seed.
+Every configuration runs once per entry of --precisions (auto = bf16 on CPUs with native bf16, else
+fp32; bf16 = autocast of the network, the samplers' arithmetic stays float64/float32), same seed.
 
 Prints one JSON line per sampler configuration, then a summary line. Frechet distances are in the
 features of the judge named in the key (for example fd_fashioncnn), not Inception features.

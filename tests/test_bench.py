@@ -193,3 +193,21 @@ def test_train_equal_steps_bench(tmp_path):
     assert d["speedup"] > 0 and "mse" in d and "clean_ce" in d
     # one checkpoint per run (at the end), not one per step
     assert len(list((tmp_path / "runs" / "reference" / "checkpoints").glob("step-*.safetensors"))) == 1
+
+
+def test_train_equal_steps_compares_existing_logs_over_a_step_range(tmp_path):
+    """--runs: no training; only the rows inside --step-range are averaged, lr comes along (a run
+    annealed by the clock may have a lower lr at equal steps), and a bad range or run is one line."""
+    head = "step,total,mse,noisy_ce,clean_ce,noisy_acc,clean_acc,lr,grad_norm,img_per_s,elapsed_s\n"
+    for name, mse in (("a", 0.1), ("b", 0.3)):
+        (tmp_path / name).mkdir()
+        rows = [f"{s},1.0,{mse + (s % 40) / 1000},0.5,0.4,0.5,0.6,{1e-3 if s < 100 else 1e-4},1.0,100,{s / 10}" for s in range(20, 201, 20)]
+        (tmp_path / name / "log.csv").write_text(head + "\n".join(rows) + "\n")
+    out = _bench("train_equal_steps.py", "--runs", f"a={tmp_path / 'a'},b={tmp_path / 'b'}", "--step-range", "40:80")[-1]
+    assert out["a"]["rows_averaged"] == out["b"]["rows_averaged"] == 3  # steps 40, 60, 80
+    assert abs(out["a"]["mse"]["mean"] - (0.1 + (0 + 20 + 0) / 3000)) < 1e-9 and out["a"]["lr"]["mean"] == 1e-3
+    assert abs(out["differences"]["b_vs_a"]["mse"]["delta"] - 0.2) < 1e-9 and out["differences"]["b_vs_a"]["speedup"] == 1.0
+    for bad, msg in ((["--step-range", "40"], "--step-range: '40' is not LO:HI"), ([], "is not NAME=RUN_DIR with a log.csv")):
+        runs = f"a={tmp_path / 'a'}" if bad else f"a={tmp_path / 'nowhere'}"
+        r = subprocess.run([sys.executable, str(ROOT / "bench" / "train_equal_steps.py"), "--runs", runs, *bad], capture_output=True, text=True, env=ENV, cwd=ROOT)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
