@@ -41,6 +41,9 @@ MODES: dict[str, list[str]] = {
     "released-bf16-cl": [*_PAPER, "train.precision=bf16", "train.channels_last=true", *_RELEASED],
     # The project's layout without the patch stem (full-resolution first level, no normalisation).
     "fullres-bf16": [*_PAPER, "train.precision=bf16", "train.channels_last=false", "model.patch=1"],
+    # The project's layout (2 x 2 patch stem) with the released GroupNorm put back: which of the two
+    # layout changes costs the per-step eps-MSE.
+    "group-bf16": [*_PAPER, "train.precision=bf16", "train.channels_last=false", "model.norm=group"],
     "default": [],
     "default-fp32": ["train.precision=fp32"],
     "default-bf16": ["train.precision=bf16"],
