@@ -21,6 +21,7 @@ import time
 import torch
 
 from egc import EGC
+from egc.config import PRECISIONS
 from egc.data import load_dataset, to_model_range
 from egc.eval.judge import judge_samples, load_judge
 
@@ -38,7 +39,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     precisions = a.precisions.split(",")
-    bad = [x for x in precisions if x not in ("auto", "fp32", "bf16")]
+    bad = [x for x in precisions if x not in PRECISIONS]
     if bad:
         raise SystemExit(f"--precisions: '{bad[0]}' is not auto, fp32 or bf16")
     models = {prec: EGC.load(a.checkpoint, precision=prec) for prec in precisions}

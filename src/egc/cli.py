@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import PRECISIONS
+from .config import PRECISION_HELP, PRECISIONS
 from .errors import EgcError
 
 
@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="samples.png", help="grid PNG path")
     s.add_argument("--scale", type=_positive_int, default=2, help="upscale the grid for viewing")
     s.add_argument("--npz", help="also write images (uint8 [N,H,W,C]) and labels (int64 [N]) here")
-    s.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 on CPUs with native bf16 (AVX-512 BF16 or AMX), else fp32")
+    s.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     s.add_argument("--threads", type=_positive_int)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_sample)
@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("images", nargs="+", help="image files or folders")
     c.add_argument("--top-k", type=_positive_int, default=3)
     c.add_argument("--json", action="store_true")
-    c.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 on CPUs with native bf16 (AVX-512 BF16 or AMX), else fp32")
+    c.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     c.add_argument("--threads", type=_positive_int)
     c.set_defaults(fn=cmd_classify)
 

@@ -20,6 +20,7 @@ from .errors import ConfigError
 
 # Inference precisions (egc sample/classify/eval, EGC.load); "auto" is resolved by model.resolve_precision.
 PRECISIONS = ("auto", "bf16", "fp32")
+PRECISION_HELP = "auto: bf16 on CPUs with native bf16 (AVX-512 BF16 or AMX), else fp32"
 
 # Model sizes by name. "tiny" is for tests; "small" is the CPU default; "base"/"large" are GPU
 # recipes (never trained here). in_channels/num_classes/image_size come from the data set.

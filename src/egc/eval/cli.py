@@ -11,7 +11,7 @@ import math
 import sys
 from pathlib import Path
 
-from egc.config import PRECISIONS
+from egc.config import PRECISION_HELP, PRECISIONS
 from egc.errors import EgcError
 
 
@@ -128,8 +128,7 @@ def add_eval_parsers(sub) -> None:
     e.add_argument("--out-dir", help="folder for eval.json, reliability.png and samples.png (default RUN/eval for a run folder)")
     e.add_argument("--batch-size", type=int, default=250)
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="auto: bf16 on CPUs with native bf16 (AVX-512 BF16 or AMX), else fp32")
+    e.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     e.add_argument("--threads", type=int)
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(fn=cmd_eval)
