@@ -54,7 +54,7 @@ def _int_list(s: str) -> tuple[int, ...]:
 def add_cag_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``cag`` subcommand to an argparse subparsers object; returns its parser."""
     from .masks import MASK_FAMILIES, MASK_FILLS
-    from .generate import PARAM_CHOICES, PRECISIONS
+    from .generate import CAG_PRECISIONS, PARAM_CHOICES
 
     p = subparsers.add_parser("cag", help="generate images of a class from a fixed classifier (classifier as generator)",
                               description="Optimise images so that a fixed classifier sees the target class (CaG). "
@@ -69,7 +69,7 @@ def add_cag_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "e.g. 224 for an ImageNet network generating 128 x 128 images)")
     p.add_argument("--param", choices=PARAM_CHOICES, help="what is optimised: a 1/f-weighted spectrum (fourier) or pixel logits; "
                    "auto (default): fourier from 64 px up, pixel below (measured: BENCHMARKS.md 6)")
-    p.add_argument("--precision", choices=PRECISIONS, help="the classifier under bf16 autocast (bf16) or not (fp32, default: bf16 measured 0.94x on Lite0 here, BENCHMARKS.md 6)")
+    p.add_argument("--precision", choices=CAG_PRECISIONS, help="the classifier under bf16 autocast (bf16) or not (fp32, default: bf16 measured 0.94x on Lite0 here, BENCHMARKS.md 6)")
     p.add_argument("--out", default="cag.png", help="grid PNG path")
     p.add_argument("--npz", help="also write images (uint8 [N,H,W,C]) and labels (int64 [N]) here")
     p.add_argument("--steps", type=_int_list, help="steps per stage: one number, or one per stage (default 100)")
