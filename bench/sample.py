@@ -3,8 +3,10 @@
 
     python bench/sample.py zoo:fashion-mnist [--n 500] [--guidance 3] [--configs ddpm:1000,ddpm:250,ddim:100,ddim:50,ddim:20,dpm++2m:20,dpm++2m:10] [--precisions fp32,bf16]
 
-A configuration is SAMPLER:STEPS[:ETA[:GUIDANCE]]: ETA is DDIM's noise (0 deterministic, 1 = DDPM's
-variance), GUIDANCE overrides --guidance for that row (few-step samplers may want another scale).
+A configuration is SAMPLER:STEPS[:ETA[:GUIDANCE[:CFG]]]: ETA is DDIM's noise (0 deterministic, 1 = DDPM's
+variance), GUIDANCE overrides --guidance (classifier guidance) and CFG --cfg (classifier-free guidance of
+a conditional model) for that row, so one run sweeps the guidance scales. A model that cannot sample
+classes (an unconditional ddpm) samples unconditionally and reports no conditional accuracy.
 Every configuration runs once per entry of --precisions (auto = bf16 on CPUs with native bf16, else
 fp32; bf16 = autocast of the network, the samplers' arithmetic stays float64/float32), same seed.
 
@@ -26,11 +28,27 @@ from egc.data import load_dataset, to_model_range
 from egc.eval.judge import judge_samples, load_judge
 
 
+def _cpu() -> str:
+    """The CPU model and its bf16 support, recorded beside every figure."""
+    from egc.model import native_bf16
+
+    name = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} (native bf16: {'yes' if native_bf16() else 'no'})"
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("checkpoint")
     p.add_argument("--n", type=int, default=500)
-    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--guidance", type=float, default=None, help="default: the model's own (sample.guidance)")
+    p.add_argument("--cfg", type=float, default=None, help="default: the model's own (sample.cfg)")
     p.add_argument("--configs", default="ddpm:1000,ddpm:250,ddim:100,ddim:50,ddim:20,dpm++2m:20,dpm++2m:10")
     p.add_argument("--judge", default="zoo:fashioncnn")
     p.add_argument("--seed", type=int, default=0)
@@ -50,17 +68,22 @@ def main() -> None:
     for item, prec in [(c, q) for c in a.configs.split(",") for q in precisions]:
         m = models[prec]
         parts = item.split(":")
-        if not 2 <= len(parts) <= 4:
-            raise SystemExit(f"--configs: '{item}' is not SAMPLER:STEPS[:ETA[:GUIDANCE]]")
+        if not 2 <= len(parts) <= 5:
+            raise SystemExit(f"--configs: '{item}' is not SAMPLER:STEPS[:ETA[:GUIDANCE[:CFG]]]")
         sampler, steps = parts[0], int(parts[1])
-        eta = float(parts[2]) if len(parts) > 2 else 0.0
-        guidance = float(parts[3]) if len(parts) > 3 else a.guidance
+        eta = float(parts[2]) if len(parts) > 2 else None  # None: the sampler's own
+        guidance = float(parts[3]) if len(parts) > 3 else a.guidance if a.guidance is not None else m.config.sample.guidance
+        cfg = float(parts[4]) if len(parts) > 4 else a.cfg if a.cfg is not None else m.config.sample.cfg
         t0 = time.time()
-        imgs, labels = m.sample(a.n, class_balanced=True, sampler=sampler, steps=steps, guidance=guidance, eta=eta, seed=a.seed)
+        imgs, labels = m.sample(a.n, class_balanced=m.conditional, sampler=sampler, steps=steps, guidance=guidance, cfg=cfg, eta=eta, seed=a.seed)
         dt = time.time() - t0
-        row = {"benchmark": "sample", "sampler": sampler, "steps": steps, "eta": eta, "nfe": steps, "guidance": guidance, "n": a.n,
-               "precision": m.precision,
-               "s_per_image": dt / a.n, **judge_samples(judge, imgs, labels, test, kid_subsets=50, kid_subset_size=min(a.n, 500))}
+        judged = judge_samples(judge, imgs, labels if m.conditional else torch.zeros_like(labels), test, kid_subsets=50, kid_subset_size=min(a.n, 500))
+        if not m.conditional:
+            judged = {k: v for k, v in judged.items() if not k.startswith("cond_acc_")}
+        used_eta = eta if eta is not None else {"ddpm": 1.0}.get(sampler, 0.0)  # dpm++2m is deterministic: eta 0 in effect
+        row = {"benchmark": "sample", "sampler": sampler, "steps": steps, "eta": used_eta, "nfe": steps, "guidance": guidance, "cfg": cfg, "n": a.n,
+               "precision": m.precision, "conditioning": m.config.model.conditioning, "kind": m.kind, "cpu": _cpu(),
+               "s_per_image": dt / a.n, **judged}
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(json.dumps({"benchmark": "sample_summary", "checkpoint": a.checkpoint, "rows": len(rows)}))

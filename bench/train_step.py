@@ -28,6 +28,8 @@ import time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from egc.model import resolve_channels_last, resolve_precision
+
 
 _PAPER = ["model.energy_prior=none"]  # the loss exactly as in the paper (no Gaussian prior term)
 _RELEASED = ["model.norm=group", "model.patch=1"]  # the released UNet's layout: GroupNorm everywhere, no patch stem
@@ -64,11 +66,11 @@ def _setup(mode: str, size: str, batch: int, image: int, channels: int, classes:
     torch.manual_seed(0)
     net = build_net(cfg.model)
     torch.nn.init.normal_(net.out.weight, std=0.02)  # a trained-like, non-flat energy
-    if cfg.train.channels_last:
+    if resolve_channels_last(cfg.train.channels_last):
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     x = torch.rand(batch, channels, image, image) * 2 - 1
-    if cfg.train.channels_last:
+    if resolve_channels_last(cfg.train.channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (batch,))
     return cfg, net, opt, Schedule.make(cfg.diffusion.schedule), x, y
@@ -79,7 +81,7 @@ def _step(cfg, net, opt, sched, x, y, gen, eps_fn=None):
 
     from egc.diffusion.losses import egc_loss
 
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.train.precision == "bf16" else contextlib.nullcontext()
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if resolve_precision(cfg.train.precision) == "bf16" else contextlib.nullcontext()
     with ctx:
         parts = egc_loss(net, cfg.model, cfg.loss, sched, x, y, gen, eps_fn=eps_fn)
     opt.zero_grad(set_to_none=True)
@@ -183,14 +185,14 @@ def run_mode(a: argparse.Namespace) -> dict:
         out["flops_by_op"] = counter.by_op
         out["flops_per_step"] = flops
         out["achieved_gflops"] = flops / med / 1e9
-        dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-        peak = _matmul_peak(dtype)
+        dtype = torch.bfloat16 if resolve_precision(cfg.train.precision) == "bf16" else torch.float32
+        peak = _matmul_peak(dtype, a.peak_n)
         out["matmul_peak_gflops"] = peak
         out["peak_dtype"] = str(dtype).replace("torch.", "")
         out["share_of_peak"] = out["achieved_gflops"] / peak
         if dtype != torch.float32:
             # What the dtype alone can buy at equal FLOPs: its matmul peak over fp32's, same process.
-            out["matmul_peak_fp32_gflops"] = _matmul_peak(torch.float32)
+            out["matmul_peak_fp32_gflops"] = _matmul_peak(torch.float32, a.peak_n)
             out["dtype_peak_ratio"] = peak / out["matmul_peak_fp32_gflops"]
         if a.mode != "reference":
             out.update(_conv_profile(cfg, net, opt, sched, x, y, gen, counter.by_op, peak))
@@ -207,6 +209,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--peak-n", type=int, default=2048, help="matrix size of the matmul peak measurement (small for smoke tests: "
+                   "on a CPU without native bf16 a 2048^2 bf16 matmul is emulated and takes minutes)")
     p.add_argument("--set", action="append", help="extra config override applied to every mode (key=value)")
     p.add_argument("--modes", default="reference,default", help=f"comma list of {', '.join(MODES)}")
     p.add_argument("--mode", choices=list(MODES), help="internal: run one mode in this process")
@@ -218,7 +222,7 @@ def main() -> None:
     if bad:
         p.error(f"--modes: unknown {', '.join(bad)} (choose from {', '.join(MODES)})")
     results = {}
-    base = [sys.executable, __file__] + [f"--{k}={v}" for k, v in vars(a).items() if k not in ("mode", "set", "modes")]
+    base = [sys.executable, __file__] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items() if k not in ("mode", "set", "modes")]
     base += [f"--set={s}" for s in a.set or []]
     for mode in a.modes.split(","):
         proc = subprocess.run(base + [f"--mode={mode}"], capture_output=True, text=True, check=True)

@@ -44,10 +44,16 @@ def run28(tmp_path_factory) -> Path:
 
 def test_train_step_bench():
     out = _bench("train_step.py", "--size", "tiny", "--batch", "4", "--image", "8", "--steps", "1", "--warmup", "0", "--threads", "1",
-                 "--modes", "released,reference,default-fp32,default")[-1]
+                 "--peak-n", "256", "--modes", "released,reference,default-fp32,default")[-1]
     assert out["benchmark"] == "train_step"
+    first = out["released"]
     for mode in ("released", "reference", "default-fp32", "default"):
-        assert out[mode]["s_per_step"] > 0 and out[mode]["peak_rss_mb"] > 0
+        r = out[mode]
+        # throughput and speed-up are the measured step time seen from the other side; max RSS is in
+        # MB (ru_maxrss is KB on Linux): a process that imported torch holds 50 MB to a few GB
+        assert r["images_per_s"] == pytest.approx(4 / r["s_per_step"], rel=1e-9)
+        assert out["speedup_vs_first"][mode] == pytest.approx(first["s_per_step"] / r["s_per_step"], rel=1e-9)
+        assert 50 < r["peak_rss_mb"] < 20000, r["peak_rss_mb"]
     assert out["speedup_vs_first"]["released"] == 1.0
     d = out["default"]
     # Forward convolutions, the input gradient's and the weight gradients' all counted; a 2-image
@@ -55,12 +61,24 @@ def test_train_step_bench():
     assert d["flops_by_op"]["convolution"] > 0 and d["flops_by_op"]["convolution_backward"] > d["flops_by_op"]["convolution"]
     assert d["flops_per_step"] == sum(d["flops_by_op"].values()) and 0 < d["share_of_peak"] < 1
     assert 0 < d["conv_time_share"] < 1 and d["conv_gflops"] > 0
-    assert out["ceiling_vs_reference"] > 0
+    # achieved = counted FLOPs / measured step time, share = achieved / peak, and the ceiling is the
+    # reference's step time over the default's FLOPs at that peak: each recomputed from its parts
+    for r in (d, out["reference"]):
+        assert r["achieved_gflops"] == pytest.approx(r["flops_per_step"] / r["s_per_step"] / 1e9, rel=1e-9)
+        assert r["share_of_peak"] == pytest.approx(r["achieved_gflops"] / r["matmul_peak_gflops"], rel=1e-9)
+    ceiling = out["reference"]["s_per_step"] / (d["flops_per_step"] / (d["matmul_peak_gflops"] * 1e9))
+    assert out["ceiling_vs_reference"] == pytest.approx(ceiling, rel=1e-9)
     # The reference is counted against the fp32 peak, the bf16 default also against fp32's (the bound
     # a dtype change sets at equal FLOPs), and the CPU features that decide it are recorded.
     r = out["reference"]
     assert r["peak_dtype"] == "float32" and r["flops_per_step"] > 0 and 0 < r["share_of_peak"] < 1 and "dtype_peak_ratio" not in r
-    assert d["peak_dtype"] == "bfloat16" and d["matmul_peak_fp32_gflops"] > 0 and d["dtype_peak_ratio"] > 0
+    # "default" runs train.precision auto: bf16 exactly where this CPU multiplies bf16 natively.
+    from egc.model import native_bf16
+
+    if native_bf16():
+        assert d["peak_dtype"] == "bfloat16" and d["matmul_peak_fp32_gflops"] > 0 and d["dtype_peak_ratio"] > 0
+    else:
+        assert d["peak_dtype"] == "float32" and "dtype_peak_ratio" not in d
     assert set(out["cpu"]) == {"avx512_bf16", "amx_tile"} and all(isinstance(v, bool) for v in out["cpu"].values())
 
 
@@ -73,14 +91,48 @@ def test_sample_and_quick_eval_benches(run28):
     assert per[4]["guidance"] == 7.0 and per[0]["guidance"] != 7.0
     assert all(k.endswith("_fashioncnn") for r in per for k in r if k.startswith(("fd_", "cond_acc_")))
     q = _bench("quick_eval.py", str(run28), "--n", "4", "--steps", "2", "--test-n", "20")[-1]
-    assert 0 <= q["test_acc"] <= 1 and "fd_fashioncnn" in q
+    assert "fd_fashioncnn" in q and q["n"] == 4 and (q["steps"], q["sampler"]) == (2, "ddim")
+    # test_acc: the model's clean accuracy on the first 20 test images, recomputed here
+    from egc import EGC
+    from egc.data import load_dataset, to_model_range
+
+    m = EGC.load(str(run28))
+    test = load_dataset(m.config.data.name, "test", m.config.data.root)
+    with torch.no_grad():
+        pred = m.logits(to_model_range(test.images[:20])).argmax(1)
+    assert q["test_acc"] == pytest.approx(float((pred == test.labels[:20]).float().mean()), abs=1e-6)
 
 
 def test_eps_by_t_and_denormal_benches(run28):
     rows = _bench("eps_by_t.py", str(run28), "--n", "4", "--ts", "1,500")
-    assert len(rows) >= 1
+    doc = rows[-1]
+    assert doc["benchmark"] == "eps_by_t" and doc["n"] == 4 and list(doc["by_t"]) == ["1", "500"]  # the asked t, in order
+    # Every number recomputed from its definition: x_t = sqrt(abar) x0 + sqrt(1 - abar) eps with eps
+    # drawn per t (in order) from a generator seeded with --seed 0; eps-MSE of the model and of the
+    # Gaussian-data optimum sqrt(1 - abar) x_t / (abar var(x0) + 1 - abar); accuracy of m.logits(x_t, t).
+    from egc import EGC
+    from egc.data import load_dataset, to_model_range
+
+    m = EGC.load(str(run28))
+    test = load_dataset(m.config.data.name, "test", m.config.data.root)
+    x0, y = to_model_range(test.images[:4]), test.labels[:4]
+    g = torch.Generator().manual_seed(0)
+    for t in (1, 500):
+        eps = torch.randn(x0.shape, generator=g)
+        ab = m.schedule.abar(torch.tensor([t]))[0]
+        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        base = (1 - ab).sqrt() * xt / (ab * x0.var() + 1 - ab)
+        row = doc["by_t"][str(t)]
+        assert row["mse"] == pytest.approx(float((m.eps(xt, t) - eps).pow(2).mean()), abs=2e-4), (t, row)
+        assert row["mse_gaussian_baseline"] == pytest.approx(float((base - eps).pow(2).mean()), abs=2e-4), (t, row)
+        assert row["acc"] == pytest.approx(float((m.logits(xt, t).argmax(1) == y).float().mean()), abs=2e-4), (t, row)
+    # near t = 1 the optimum predicts ~0 noise from an almost clean image: its MSE is E[eps^2] ~ 1
+    assert abs(doc["by_t"]["1"]["mse_gaussian_baseline"] - 1) < 0.1
     d = _bench("denormal.py", str(run28), "--batch", "2", "--reps", "1")[-1]
-    assert d["trained_noflush_s"] > 0 and d["trained_flush_s"] > 0 and d["trained_speedup_from_flush"] > 0
+    assert d["step"] == 2 and d["batch"] == 2
+    assert all(d[f"{w}_{f}_s"] > 0 for w in ("trained", "fresh") for f in ("flush", "noflush"))
+    # the speed-up is the quotient of the two reported (rounded) times
+    assert d["trained_speedup_from_flush"] == round(d["trained_noflush_s"] / d["trained_flush_s"], 3)
 
 
 def test_cag_bench_smoke(run28):
@@ -92,7 +144,12 @@ def test_cag_bench_smoke(run28):
 def test_ddp_throughput_bench():
     out = _bench("ddp_throughput.py", "--size", "tiny", "--batch", "8", "--steps", "4", "--warmup", "2", "--image", "8", "--n", "64",
                  "--precision", "fp32", timeout=300)[-1]
-    assert out["speedup_2x1_over_1x2"] > 0
+    one, two = out["one_process_two_threads"], out["two_processes_one_thread"]
+    assert (one["processes"], one["threads_per_process"], two["processes"], two["threads_per_process"]) == (1, 2, 2, 1)
+    # 4 steps logged every 2: the first window is warm-up, the second (2 steps) is timed
+    assert one["timed_steps"] == two["timed_steps"] == 2 and out["global_batch"] == 8
+    assert one["img_per_s"] > 0 and two["img_per_s"] > 0
+    assert out["speedup_2x1_over_1x2"] == round(two["img_per_s"] / one["img_per_s"], 3)
 
 
 def test_train_feature_classifier_bench(tmp_path):
@@ -102,9 +159,9 @@ def test_train_feature_classifier_bench(tmp_path):
 
 
 def test_fast_path_matches_reference_loss_and_gradients():
-    """The default training path (bf16 autocast, channels_last) against the reference (fp32,
-    contiguous) on one tiny model and batch: loss within 2 % and gradient cosine > 0.99 for bf16;
-    channels_last alone agrees to float rounding."""
+    """The fast training path (bf16 autocast, channels_last) against the reference (fp32,
+    contiguous) on one tiny model and batch: loss within 2 % and a bf16 gradient closer to the fp32
+    one than another noise draw's fp32 gradient is; channels_last alone agrees to float rounding."""
     from egc.config import load_config
     from egc.diffusion.energy import _eps_and_logits_func
     from egc.diffusion.losses import egc_loss
@@ -119,18 +176,21 @@ def test_fast_path_matches_reference_loss_and_gradients():
     y = torch.arange(8) % 3
     sched = Schedule.make(cfg.diffusion.schedule)
 
-    def run(precision: str, channels_last: bool, eps_fn=None):
+    def run(precision: str, channels_last: bool, eps_fn=None, seed: int = 2):
         net.zero_grad(set_to_none=True)
         m = net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         xx = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
         with ctx:
-            parts = egc_loss(m, cfg.model, cfg.loss, sched, xx, y, torch.Generator().manual_seed(2), eps_fn=eps_fn)
+            parts = egc_loss(m, cfg.model, cfg.loss, sched, xx, y, torch.Generator().manual_seed(seed), eps_fn=eps_fn)
         parts.total.backward()
         g = torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
         return float(parts.total.detach()), g
 
     ref_loss, ref_g = run("fp32", False)
+
+    def run_seed(seed: int) -> torch.Tensor:
+        return run("fp32", False, seed=seed)[1]
     # torch.func.grad form (what train.compile traces): the same numbers to float rounding.
     fn_loss, fn_g = run("fp32", False, eps_fn=_eps_and_logits_func)
     assert abs(fn_loss - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss))
@@ -140,8 +200,17 @@ def test_fast_path_matches_reference_loss_and_gradients():
     assert abs(cl_loss - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss))
     torch.testing.assert_close(cl_g, ref_g, rtol=1e-4, atol=1e-5)
     assert abs(bf_loss - ref_loss) <= 0.02 * abs(ref_loss), (bf_loss, ref_loss)
-    cos = torch.nn.functional.cosine_similarity(bf_g, ref_g, dim=0)
-    assert cos > 0.99, float(cos)
+    # bf16 rounding differs between CPU kinds (emulated on AVX2: relative error ~0.004; AVX-512 BF16;
+    # AMX: ~0.14, cosine 0.9898 on a Sapphire Rapids host), so no single host's number is the bound.
+    # The scale that matters for training is the gradient's own noise: the same batch with another
+    # draw of (t, eps) moves the fp32 gradient by a relative 0.12-0.37 here. bf16 must move it less
+    # than the median such draw; a wrong or missing term moves it by ~1.
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).norm() / b.norm())
+
+    draws = sorted(rel(run_seed(s), ref_g) for s in (3, 4, 5))
+    err = rel(bf_g, ref_g)
+    assert err < draws[1], (err, draws)
 
 
 def test_compiled_eps_falls_back_to_eager_with_one_message(capsys):
@@ -190,9 +259,23 @@ def test_train_equal_steps_bench(tmp_path):
     assert out["reference"]["final_step"] == out["default"]["final_step"] == 3
     assert out["reference"]["overrides"] and out["default"]["overrides"] == []
     d = out["differences"]["default_vs_reference"]
-    assert d["speedup"] > 0 and "mse" in d and "clean_ce" in d
+    assert "mse" in d and "clean_ce" in d
+    ref, dflt = out["reference"], out["default"]
+    # each difference is recomputed from the two runs' own summaries
+    assert ref["s_per_step"] > 0 and dflt["s_per_step"] > 0
+    assert d["speedup"] == pytest.approx(ref["s_per_step"] / dflt["s_per_step"], rel=1e-12)
+    for k in ("mse", "clean_ce"):
+        assert ref[k]["mean"] == pytest.approx(sum(float(r[k]) for r in _log_rows(tmp_path / "runs" / "reference")[-2:]) / 2, rel=1e-9)
+        assert d[k]["delta"] == pytest.approx(dflt[k]["mean"] - ref[k]["mean"], rel=1e-12, abs=1e-15)
     # one checkpoint per run (at the end), not one per step
     assert len(list((tmp_path / "runs" / "reference" / "checkpoints").glob("step-*.safetensors"))) == 1
+
+
+def _log_rows(run: Path) -> list[dict]:
+    import csv
+
+    with (run / "log.csv").open() as f:
+        return list(csv.DictReader(f))
 
 
 def test_train_equal_steps_compares_existing_logs_over_a_step_range(tmp_path):

@@ -131,3 +131,28 @@ def test_auto_precision_follows_native_bf16(monkeypatch, trained):
         assert EGC.load(trained, "fp32").precision == "fp32" and EGC.load(trained, "bf16").precision == "bf16"
     with pytest.raises(EgcError, match="precision must be auto, bf16 or fp32, got 'fp16'"):
         model.resolve_precision("fp16")
+
+
+def test_training_precision_and_memory_format_follow_the_cpu(monkeypatch, tmp_path, tiny_npz):
+    """train.precision auto and train.channels_last auto are decided per host: bf16 only with native
+    bf16 (emulated bf16 made a step 13x slower on an AVX2 host), channels_last only with AMX tiles;
+    the run's summary records what was chosen."""
+    import egc.model as model
+
+    for amx, want in ((True, True), (False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        assert model.resolve_channels_last("auto") is want
+    assert model.resolve_channels_last("true") and not model.resolve_channels_last("false")
+    assert model.resolve_channels_last("auto", "cuda") is False
+    monkeypatch.setattr(model, "native_bf16", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    import json
+
+    from egc.cli import main as cli_main
+
+    from .conftest import tiny_train_argv
+
+    run = tmp_path / "run"
+    assert cli_main(tiny_train_argv(run, tiny_npz, 1)) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["precision"] == "fp32" and summary["channels_last"] is False

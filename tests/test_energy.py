@@ -47,8 +47,10 @@ def test_zero_init_gives_flat_network_energy_and_prior_only_eps():
     abar = sched.abar(t)
     eps, logits, _ = en.eps_and_logits(net, cfg.model, x, t, abar)
     assert torch.allclose(logits, torch.zeros_like(logits))
-    # At init only the Gaussian prior acts: eps = c_t x.
-    c = en.prior_coef(abar, cfg.model.sigma_data).view(-1, 1, 1, 1)
+    # At init only the Gaussian prior acts: eps = c_t x, c_t = sqrt(1 - abar) / (abar sigma_data^2 + 1 - abar)
+    # written out here (not en.prior_coef, which the code under test uses itself).
+    a = abar.view(-1, 1, 1, 1)
+    c = (1 - a).sqrt() / (a * cfg.model.sigma_data**2 + 1 - a)
     assert torch.allclose(eps, c * x, atol=1e-6)
 
 
@@ -61,9 +63,43 @@ def test_guided_eps_adds_classifier_gradient():
     y = torch.tensor([0, 2])
     base = en.guided_eps(net, cfg.model, x, t, abar, None, 0.0)
     guided = en.guided_eps(net, cfg.model, x, t, abar, y, 2.0)
-    _, g = en.input_grad(lambda z: torch.log_softmax(en.energy_and_logits(net, cfg.model, z, t, abar)[1], 1).gather(1, y[:, None])[:, 0], x)
-    expect = base - 2.0 * (1 - abar).sqrt().view(-1, 1, 1, 1) * g
-    assert torch.allclose(guided, expect, atol=1e-10)
+    # The expected values from the network's raw output map F = net(x, t) [B, K, H, W], every formula
+    # written out here (no egc.diffusion.energy code):
+    #   E   = -sum_hw logsumexp_k F + 0.5 c_t |x|^2,  c_t = sqrt(1 - a) / (a sd^2 + 1 - a)
+    #   l   = attention pool of F: token 0 of one softmax self-attention over [mean token, pixel tokens]
+    #   eps = grad_x E;  guided = grad_x [E - s sqrt(1 - a) log_softmax(l)[y]]
+    assert cfg.model.pool == "attention" and cfg.model.energy_prior == "gaussian" and cfg.model.conditioning == "none"
+    a = abar.view(-1, 1, 1, 1)
+    sd = cfg.model.sigma_data
+
+    def by_hand(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = net(z, t)
+        energy = -torch.logsumexp(f, dim=1).sum(dim=(1, 2)) + 0.5 * ((1 - a).sqrt() / (a * sd**2 + 1 - a) * z**2).sum(dim=(1, 2, 3))
+        tok = f.flatten(2).transpose(1, 2)  # [B, HW, K]
+        seq = torch.cat([tok.mean(1, keepdim=True), tok], 1)  # [B, 1 + HW, K]
+        w = torch.softmax(seq[:, :1] @ seq.transpose(1, 2) / 3**0.5, dim=-1)  # K = 3
+        logits = (w @ seq)[:, 0]
+        return energy, torch.log_softmax(logits, 1)[torch.arange(2), y]
+
+    xg = x.clone().requires_grad_(True)
+    e, logp = by_hand(xg)
+    (want_base,) = torch.autograd.grad(e.sum(), xg, retain_graph=True)
+    (want_guided,) = torch.autograd.grad((e - 2.0 * (1 - abar).sqrt() * logp).sum(), xg)
+    torch.testing.assert_close(base, want_base, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(guided, want_guided, rtol=1e-9, atol=1e-10)
+    # and the guidance term is really there (it is not lost in the tolerance)
+    assert float((guided - base).abs().max()) > 1e-3
+    # One coordinate by central differences of the hand-written guided energy: the autograd above is
+    # the gradient of what it claims to be.
+    h, idx = 1e-6, (1, 0, 4, 6)
+    xp, xm = x.clone(), x.clone()
+    xp[idx] += h
+    xm[idx] -= h
+    with torch.no_grad():
+        ep, lp = by_hand(xp)
+        em, lm = by_hand(xm)
+    fd = ((ep - 2.0 * (1 - abar).sqrt() * lp)[1] - (em - 2.0 * (1 - abar).sqrt() * lm)[1]) / (2 * h)
+    assert abs(float(guided[idx]) - float(fd)) <= 1e-6 * max(1.0, abs(float(fd)))
 
 
 def test_pool_attention_of_constant_map_is_that_constant():
@@ -111,7 +147,8 @@ def test_denoiser_prior_at_zero_output_equals_gaussian_prior():
     x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
     abar = sched.abar(torch.tensor([0, 300, 999])).double()
     _, g = en.input_grad(lambda z: en.denoiser_term(z, torch.zeros_like(z), abar, 0.5), x)
-    c = en.prior_coef(abar, 0.5).view(-1, 1, 1, 1)
+    a = abar.view(-1, 1, 1, 1)
+    c = (1 - a).sqrt() / (a * 0.25 + 1 - a)  # the Gaussian prior's c_t, written out (sigma_data 0.5)
     assert torch.allclose(g, c * x, rtol=1e-9, atol=1e-12)
 
 

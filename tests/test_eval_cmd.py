@@ -177,6 +177,47 @@ FAST = ["--n-test", "24", "--n-robust", "12", "--pgd-steps", "2", "--restarts", 
         "--noise-t", "0,500", "--ood-sets", "uniform,gaussian", "--n-samples", "6", "--steps", "2", "--quiet", "--threads", "1"]
 
 
+def _check_accuracy_and_ece_by_hand(tmp_path: Path, run: Path, monkeypatch, capsys) -> None:
+    """egc eval's accuracy and ECE equal the ones computed here from the model's own logits.
+
+    Three training steps leave the classifier predicting one class for every image (accuracy 1/3
+    whatever the image-label pairing), so the check runs on a copy of the checkpoint whose output
+    layer is replaced by seeded random weights: predictions then differ between images. The whole
+    test split is evaluated (--n-test 48 of 48), so which subset the command draws does not matter."""
+    from egc.checkpoint import load_checkpoint, save_checkpoint
+    from egc.data import load_dataset, to_model_range
+    from egc.model import EGC
+
+    ck = load_checkpoint(run)
+    w = torch.randn(ck.tensors["model.out.weight"].shape, generator=torch.Generator().manual_seed(0)) * 0.3
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, v in ck.tensors.items():
+        prefix, name = key.split(".", 1)
+        groups.setdefault(prefix, {})[name] = w.clone() if name == "out.weight" and prefix in ("model", "ema") else v
+    varied = save_checkpoint(tmp_path / "varied.safetensors", ck.config, ck.step, groups, ck.kind, ck.meta)
+    js = tmp_path / "varied.json"
+    capsys.readouterr()
+    assert _main(monkeypatch, ["eval", str(varied), "--metrics", "acc,ece", "--n-test", "48", "--json", str(js), "--quiet", "--threads", "1"]) == 0
+    doc = json.loads(js.read_text())
+    assert doc["n_test"] == doc["n_test_full"] == 48
+    m = doc["metrics"]
+
+    model = EGC.load(str(varied))
+    ds = load_dataset(model.config.data.name, "test")
+    with torch.no_grad():
+        logits = model.logits(to_model_range(ds.images)).double()
+    y, pred = ds.labels, logits.argmax(1)
+    assert pred.unique().numel() > 1  # not a constant predictor: the pairing of images and labels matters
+    assert m["accuracy"] == pytest.approx(float((pred == y).double().mean()), abs=1e-6)
+    conf = torch.softmax(logits, 1).max(1).values
+    bin_of = (conf * 15).ceil().long().clamp(1, 15)  # bin b holds confidences in ((b - 1) / 15, b / 15]
+    hits = (pred == y).double()
+    ece = sum(abs(float(hits[bin_of == b].mean()) - float(conf[bin_of == b].mean())) * int((bin_of == b).sum()) / len(y)
+              for b in range(1, 16) if (bin_of == b).any())
+    assert m["ece"] == pytest.approx(ece, abs=1e-5)
+    assert m["reliability"]["count"] == [int((bin_of == b).sum()) for b in range(1, 16)]
+
+
 def test_eval_then_report(tmp_path, trained, monkeypatch, capsys):
     from egc.eval.features import FeatureCNN, save_feature_net
 
@@ -190,7 +231,7 @@ def test_eval_then_report(tmp_path, trained, monkeypatch, capsys):
     assert doc == json.loads(capsys.readouterr().out)
     assert doc["schema"] == "egc-eval/1" and doc["kind"] == "egc" and doc["n_test"] == 24
     m = doc["metrics"]
-    assert 0 <= m["accuracy"] <= 1 and 0 <= m["ece"] <= 1
+    _check_accuracy_and_ece_by_hand(tmp_path, trained, monkeypatch, capsys)
     assert set(m["noisy_accuracy"]) == {"0", "500"}
     assert set(m["robust"]["linf"]) == {"0.05", "0.1", "0.2"} and set(m["robust"]["l2"]) == {"0.5", "1.5", "3"}
     assert m["robust"]["sanity"]["attack_path_max_abs_diff"] < 1e-4 and "gradient_masking" in m["robust"]["sanity"]

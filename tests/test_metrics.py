@@ -66,15 +66,21 @@ def test_fd_full_covariance_matches_commuting_case() -> None:
     assert frechet_distance(mu, s1, mu, s2) == pytest.approx(expected, rel=1e-9)
 
 
-def test_fd_symmetric_and_nonnegative() -> None:
+def test_fd_symmetric_and_matches_eigenvalues_of_the_product() -> None:
+    # Non-commuting full covariances: tr(sqrt(s1 s2)) is the sum of the square roots of the
+    # eigenvalues of s1 s2 (real and positive: s1 s2 is similar to an SPD matrix), computed here
+    # with a general (non-symmetric) eigen-solver, not the library's eigh route.
     d = 12
     rng = np.random.default_rng(4)
     for seed in range(5):
         mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
         s1, s2 = _random_spd(d, 10 + seed), _random_spd(d, 20 + seed)
+        lam = np.linalg.eigvals(s1 @ s2)
+        assert np.abs(lam.imag).max() < 1e-9 and lam.real.min() > 0
+        expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2.0 * np.sqrt(lam.real).sum()
         a = frechet_distance(mu1, s1, mu2, s2)
         b = frechet_distance(mu2, s2, mu1, s1)
-        assert a >= 0.0 and b >= 0.0
+        assert a == pytest.approx(expected, rel=1e-9)
         assert a == pytest.approx(b, rel=1e-9)
 
 
@@ -104,7 +110,34 @@ def test_kid_same_distribution_near_zero_and_shift_positive() -> None:
     shifted, std = kid(a, _gauss(300, 8, seed=8, shift=1.0), subsets=20, subset_size=100, seed=0)
     assert abs(same) < 0.02
     assert shifted > 0.1 and shifted > 10 * abs(same)
-    assert std >= 0.0
+    # std is the spread of the per-subset values: 200 one-subset runs (each seed draws its own
+    # subsets) are an independent sample of those values, so a 200-subset run's mean and std must
+    # agree with theirs (std ~0.04 here: a variance, or a standard error, would be 20x off).
+    many, spread = kid(a, b, subsets=200, subset_size=100, seed=0)
+    singles = np.array([kid(a, b, subsets=1, subset_size=100, seed=s) for s in range(100, 300)])
+    assert np.all(singles[:, 1] == 0.0)  # one subset: no spread
+    assert abs(many - singles[:, 0].mean()) < 4 * np.hypot(spread, singles[:, 0].std()) / np.sqrt(200)
+    assert 0.5 * singles[:, 0].std() < spread < 2.0 * singles[:, 0].std()
+
+
+def test_kid_full_sets_equal_unbiased_mmd_by_hand() -> None:
+    # subset_size >= N: every subset is the whole set (reordered), so every subset gives the same
+    # value (std ~ 0) and the mean is the unbiased MMD^2 of the two sets, written out here as sums
+    # over pairs with k(x, y) = (x.y / D + 1)^3.
+    a, b = _gauss(7, 3, seed=20), _gauss(6, 3, seed=21, shift=0.7)
+    m = 6  # rows per set and per subset
+    mean, std = kid(a[:6], b, subsets=4, subset_size=50, seed=1)
+
+    def k(x, y):
+        return (float(x @ y) / 3 + 1.0) ** 3
+
+    aa = sum(k(a[i], a[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    bb = sum(k(b[i], b[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    ab = sum(k(a[i], b[j]) for i in range(m) for j in range(m)) / (m * m)
+    assert mean == pytest.approx(aa + bb - 2 * ab, rel=1e-10)
+    assert std == pytest.approx(0.0, abs=1e-12)
+    # With a 7-row set only 6 rows fit in a subset: the subsets differ and so do their values.
+    assert kid(a, b, subsets=8, subset_size=50, seed=1)[1] > 1e-6
 
 
 def test_kid_is_deterministic_given_seed() -> None:
@@ -225,7 +258,22 @@ def test_judge_samples_keys_carry_name(tmp_path) -> None:
         assert f"{kind}_tinycnn" in out
     assert out["n"] == 12
     assert not any(k.lower().startswith("fid") for k in out)
-    assert 0.0 <= out["cond_acc_tinycnn"] <= 1.0 and out["fd_tinycnn"] >= 0.0
+    # cond_acc against the judge's own forward pass: labels equal to its prediction for the first 5
+    # samples and wrong for the other 7, so the share is exactly 5 / 12.
+    net = judge.net.eval()
+    with torch.no_grad():
+        pred = net(samples).argmax(1)
+    asked = torch.where(torch.arange(12) < 5, pred, (pred + 1) % 4)
+    out = judge_samples(judge, samples, asked, test_images, kid_subsets=3, kid_subset_size=8)
+    assert out["cond_acc_tinycnn"] == pytest.approx(5 / 12, abs=1e-12)
+    # FD against the features' Gaussians computed here (12 samples < 16 dims: a singular covariance).
+    with torch.no_grad():
+        fr, ff = net.features(test_images).double().numpy(), net.features(samples).double().numpy()
+    mu_r, mu_f = fr.mean(0), ff.mean(0)
+    s_r, s_f = np.cov(fr, rowvar=False), np.cov(ff, rowvar=False)
+    lam = np.linalg.eigvals(s_r @ s_f)
+    expected_fd = np.sum((mu_r - mu_f) ** 2) + np.trace(s_r) + np.trace(s_f) - 2 * np.sqrt(np.clip(lam.real, 0, None)).sum()
+    assert out["fd_tinycnn"] == pytest.approx(expected_fd, rel=1e-5) and expected_fd > 1e-3
     # Judging the reference set against itself: FD ~ 0, full precision and recall.
     same = judge_samples(judge, test_images, labels.repeat(2)[:20], test_images, kid_subsets=2)
     assert same["fd_tinycnn"] == pytest.approx(0.0, abs=1e-6)

@@ -22,8 +22,8 @@ def exact_eps(ac: torch.Tensor):
     return fn
 
 
-@pytest.mark.parametrize("name,steps,eta,tol", [("ddpm", 1000, 0.0, 0.01), ("ddim", 200, 0.0, 0.01), ("ddim", 200, 0.5, 0.015),
-                                                ("dpm++2m", 10, 0.0, 0.01), ("dpm++2m", 50, 0.0, 0.002)])
+@pytest.mark.parametrize("name,steps,eta,tol", [("ddpm", 1000, None, 0.01), ("ddim", 200, 0.0, 0.01), ("ddim", 200, 0.5, 0.015),
+                                                ("dpm++2m", 10, None, 0.01), ("dpm++2m", 50, None, 0.002)])
 def test_sampler_recovers_gaussian(name, steps, eta, tol):
     sched = Schedule.make("ldm-linear")
     gen = torch.Generator().manual_seed(0)
@@ -34,6 +34,28 @@ def test_sampler_recovers_gaussian(name, steps, eta, tol):
     out = run_sampler(name, exact_eps(sched.alphas_cumprod), x, sched.alphas_cumprod, steps, eta=eta, clip=False, gen=gen)
     assert abs(float(out.mean()) - MU) < tol
     assert abs(float(out.std()) - SD) < tol
+
+
+def test_registry_has_one_signature_and_refuses_an_eta_a_sampler_lacks():
+    from egc.diffusion.samplers import REGISTRY, SAMPLERS
+
+    sched = Schedule.make("ldm-linear")
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    calls = []
+
+    def eps(z, t):
+        calls.append(int(t[0]))
+        return torch.zeros_like(z)
+
+    for name in SAMPLERS:
+        calls.clear()
+        out = run_sampler(name, eps, x, sched.alphas_cumprod, 5, gen=torch.Generator().manual_seed(1))
+        assert out.shape == x.shape and calls[0] == 999 and calls[-1] == 0, (name, calls)
+        if not REGISTRY[name].has_eta:
+            with pytest.raises(ValueError, match="has no eta"):
+                run_sampler(name, eps, x, sched.alphas_cumprod, 5, eta=0.5)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        run_sampler("euler", eps, x, sched.alphas_cumprod, 5)
 
 
 def test_timesteps_span_the_schedule():

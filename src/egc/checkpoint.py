@@ -206,13 +206,16 @@ def load_checkpoint(spec: str | Path) -> Checkpoint:
 
 
 def export_weights(spec: str | Path, out: str | Path, dtype: torch.dtype = torch.float32, extra_meta: dict[str, Any] | None = None,
-                   guidance: float | None = None) -> Path:
+                   guidance: float | None = None, cfg: float | None = None) -> Path:
     """Write the inference weights (EMA when present) of a checkpoint as a small weights-only file.
 
-    ``guidance`` records a measured classifier-guidance scale as the model's sampling default."""
+    ``guidance`` / ``cfg`` record measured classifier / classifier-free guidance scales as the
+    model's sampling defaults (config sample.guidance / sample.cfg)."""
     ck = load_checkpoint(spec)
     if guidance is not None:
-        ck.config.train.guidance = float(guidance)
+        ck.config.sample.guidance = float(guidance)
+    if cfg is not None:
+        ck.config.sample.cfg = float(cfg)
     weights = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in ck.inference_weights().items()}
     keep = {k: ck.meta[k] for k in ("class_names", "data", "elapsed_s") if k in ck.meta}
     groups = {"ema": weights}

@@ -15,6 +15,8 @@ from pathlib import Path
 from .config import PRECISION_HELP, PRECISIONS
 from .errors import EgcError
 
+DEVICE_HELP = "auto (cuda when available, the default) | cpu | cuda[:N]: where the network runs"
+
 
 def _positive_int(s: str) -> int:
     try:
@@ -82,10 +84,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
-def _load(spec: str, precision: str):
+def _load(spec: str, precision: str, device: str = "cpu"):
     from .model import EGC
 
-    return EGC.load(spec, precision=precision)
+    return EGC.load(spec, precision=precision, device=device)
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
@@ -100,19 +102,21 @@ def cmd_sample(a: argparse.Namespace) -> int:
     if a.npz is not None:
         check_output_file(a.npz, "--npz")
     _set_threads(a.threads)
-    m = _load(a.checkpoint, a.precision)
+    m = _load(a.checkpoint, a.precision, a.device)
     labels = None
     if a.label is not None:
         labels = [_class_id(m, s) for s in a.label.split(",")]
         if len(labels) == 1:
             labels = labels * a.n
     imgs, y = m.sample(a.n, labels=labels, class_balanced=a.class_balanced, sampler=a.sampler, steps=a.steps, guidance=a.guidance,
-                       eta=a.eta, seed=a.seed, batch_size=a.batch_size, progress=not a.quiet)
+                       eta=a.eta, seed=a.seed, batch_size=a.batch_size, progress=not a.quiet, cfg=a.cfg)
     u8 = to_uint8(imgs)
     k = m.config.model.num_classes
     nrow = a.n // k if a.class_balanced and a.n % k == 0 and a.n // k > 1 else None
     out = save_grid(u8, a.out, nrow=nrow, scale=a.scale)
-    result = {"grid": str(out), "n": a.n, "sampler": a.sampler, "steps": a.steps, "guidance": m.config.train.guidance if a.guidance is None else a.guidance}
+    result = {"grid": str(out), "n": a.n, "sampler": a.sampler, "steps": a.steps,
+              "guidance": m.config.sample.guidance if a.guidance is None else a.guidance, "cfg": m.config.sample.cfg if a.cfg is None else a.cfg,
+              "device": str(m.device), "precision": m.precision}
     if a.npz:
         import io
 
@@ -149,7 +153,7 @@ def cmd_classify(a: argparse.Namespace) -> int:
     from .imageio import collect_images, read_image
 
     _set_threads(a.threads)
-    m = _load(a.checkpoint, a.precision)
+    m = _load(a.checkpoint, a.precision, a.device)
     c, h, _ = m.image_shape
     files = collect_images(a.images)
     x = to_model_range(torch.stack([read_image(f, h, c) for f in files]))
@@ -177,7 +181,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from .imageio import check_output_file
 
     check_output_file(a.out)
-    out = export_weights(a.checkpoint, a.out, dtype=torch.float16 if a.half else torch.float32, guidance=a.guidance)
+    out = export_weights(a.checkpoint, a.out, dtype=torch.float16 if a.half else torch.float32, guidance=a.guidance, cfg=a.cfg)
     print(json.dumps({"weights": str(out), "bytes": out.stat().st_size}))
     return 0
 
@@ -188,7 +192,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
     check_output_dir(a.out)
     _set_threads(a.threads)
-    summary = run_demo(a.out, a.checkpoint, quick=a.quick)
+    summary = run_demo(a.out, a.checkpoint, quick=a.quick, device=a.device)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -224,8 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--class-balanced", action="store_true", help="n/K samples of each class")
     s.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++2m"])
     s.add_argument("--steps", type=_positive_int, default=100)
-    s.add_argument("--guidance", type=_nonneg_float, default=None, help="classifier-term scale s (0 = unconditional; default: the model's recommended scale)")
-    s.add_argument("--eta", type=_nonneg_float, default=0.0, help="DDIM noise (0 deterministic, 1 = DDPM variance)")
+    s.add_argument("--guidance", type=_nonneg_float, default=None, help="classifier guidance s from the model's (null-label) classifier head "
+                   "(default: the model's recommended scale)")
+    s.add_argument("--cfg", type=_nonneg_float, default=None, help="classifier-free guidance w: (1 + w) E(x|y) - w E(x|null), for models with "
+                   "model.conditioning embedding or joint (default: the model's recommended scale)")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
+    s.add_argument("--eta", type=_nonneg_float, default=None, help="DDIM noise (default 0: deterministic; 1 = DDPM variance); ddim only")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=_positive_int, default=250)
     s.add_argument("--out", default="samples.png", help="grid PNG path")
@@ -240,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("checkpoint")
     c.add_argument("images", nargs="+", help="image files or folders")
     c.add_argument("--top-k", type=_positive_int, default=3)
+    c.add_argument("--device", default="auto", help=DEVICE_HELP)
     c.add_argument("--json", action="store_true")
     c.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     c.add_argument("--threads", type=_positive_int)
@@ -249,13 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("--out", required=True)
     e.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
-    e.add_argument("--guidance", type=_nonneg_float, help="record this measured guidance scale as the model's default for sampling")
+    e.add_argument("--guidance", type=_nonneg_float, help="record this measured classifier-guidance scale as the model's default for sampling")
+    e.add_argument("--cfg", type=_nonneg_float, help="record this measured classifier-free guidance scale as the model's default for sampling")
     e.set_defaults(fn=cmd_export)
 
     d = sub.add_parser("demo", help="classify real test images and draw a class-balanced grid with the shipped model")
     d.add_argument("--out", default="egc-demo", help="output folder")
     d.add_argument("--checkpoint", default="zoo:fashion-mnist")
     d.add_argument("--quick", action="store_true", help="fewer samples and steps (for tests)")
+    d.add_argument("--device", default="auto", help=DEVICE_HELP)
     d.add_argument("--threads", type=_positive_int)
     d.set_defaults(fn=cmd_demo)
     from .cag.cli import add_cag_parser  # CaG needs none of the EGC training code

@@ -43,6 +43,14 @@ MODEL_KINDS = ("egc", "classifier", "ddpm")
 AUTOENCODER = "autoencoder"
 ALL_KINDS = MODEL_KINDS + (AUTOENCODER,)
 AE_RECON = ("l1", "mse")
+# How the class label enters the energy (model.conditioning), see diffusion/energy.py:
+#   "none"      unconditional energy E(x_t); class information only through classifier guidance;
+#   "embedding" the released form: a label embedding (K + 1 entries, the last the null label) added
+#               to the time embedding, so E(x_t | y) is another forward pass per label;
+#   "joint"     the paper's joint energy without any label input: E(x_t | y) = -sum_hw F_y (class y's
+#               channel of the logit map), E(x_t | null) = -sum_hw logsumexp_k F_k, one forward for all.
+CONDITIONINGS = ("none", "embedding", "joint")
+TRAIN_PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -89,6 +97,11 @@ class ModelConfig:
     # (energy_prior and sigma_data matter for kind "egc" only.)
     energy_prior: str = "gaussian"
     sigma_data: float = 0.5
+    conditioning: str = "none"  # CONDITIONINGS; kind ddpm: "none" or "embedding"; kind classifier: "none"
+    # False: trained without labels (unsupervised EGC, the diffusion loss only): the K channels are
+    # clusters the model found. K = model.clusters (0: the data's class count if it has labels, else 10).
+    supervised: bool = True
+    clusters: int = 0
     # Latent runs (kinds egc/classifier/ddpm): a trained autoencoder (checkpoint file or run folder of
     # ``egc train --model autoencoder``). Images are encoded (posterior mean) and multiplied by
     # latent_scale (0 = measure 1/std of the latents when a new run starts; then recorded here).
@@ -127,6 +140,13 @@ class ModelConfig:
         _check(self.kind == AUTOENCODER or self.image_size % self.patch == 0, f"model.image_size {self.image_size} not divisible by model.patch {self.patch}")
         _check(self.norm in ("group", "none"), f"model.norm must be 'group' or 'none', got '{self.norm}'")
         _check(self.pool in ("attention", "mean"), f"model.pool must be 'attention' or 'mean', got '{self.pool}'")
+        _check(self.conditioning in CONDITIONINGS, f"model.conditioning must be one of {', '.join(CONDITIONINGS)}, got '{self.conditioning}'")
+        _check(self.kind != "classifier" or self.conditioning == "none", "model.conditioning applies to kinds egc and ddpm, not classifier")
+        _check(self.kind != "ddpm" or self.conditioning in ("none", "embedding"),
+               "model.conditioning joint needs class logits: a ddpm takes the label as an embedding (model.conditioning=embedding)")
+        _check(self.clusters >= 0 and self.clusters != 1, f"model.clusters must be 0 (automatic) or >= 2, got {self.clusters}")
+        _check(self.supervised or (self.kind == "egc" and self.conditioning == "none"),
+               "model.supervised=false (unsupervised EGC) needs model.kind egc with model.conditioning none")
         _check(self.energy_prior in ENERGY_PRIORS, f"model.energy_prior must be one of {', '.join(ENERGY_PRIORS)}, got '{self.energy_prior}'")
         _check(0 <= self.dropout < 1 and self.sigma_data > 0, "model.dropout in [0, 1) and model.sigma_data > 0 required")
         _check(self.latent_scale >= 0, f"model.latent_scale must be >= 0 (0 = measure it), got {self.latent_scale}")
@@ -154,6 +174,9 @@ class LossConfig:
     clean_ce_weight: float = 1.0
     clean_fraction: float = 0.25  # share of the batch also used for the clean CE term
     label_smoothing: float = 0.2  # of the noisy CE (egc) and of the classifier baseline's CE
+    # Conditional models (model.conditioning != none): share of the diffusion loss's labels replaced
+    # by the null label, so one network learns E(x | y) and E(x | null) (0.1 as released).
+    null_prob: float = 0.1
     # kind "autoencoder": recon ("l1" | "mse", per-element mean) + kl_weight * KL (per latent element mean)
     recon: str = "l1"
     kl_weight: float = 1e-4
@@ -164,6 +187,7 @@ class LossConfig:
         _check(self.noisy_ce_weight >= 0 and self.clean_ce_weight >= 0, "loss weights must be >= 0")
         _check(0 <= self.clean_fraction <= 1, f"loss.clean_fraction must be in [0, 1], got {self.clean_fraction}")
         _check(0 <= self.label_smoothing < 1, f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check(0 <= self.null_prob <= 1, f"loss.null_prob must be in [0, 1], got {self.null_prob}")
 
 
 @dataclass
@@ -179,9 +203,14 @@ class TrainConfig:
     steps: int = 0  # 0 = no step budget
     minutes: float = 0.0  # 0 = no time budget
     seed: int = 0
-    precision: str = "bf16"  # "bf16" | "fp32"
+    # "auto": bf16 autocast where bf16 is native (CPUs with AVX-512 BF16 or AMX, CUDA GPUs that support
+    # it), fp32 elsewhere: on an AVX2-only CPU emulated bf16 made a training step 13x slower (BENCHMARKS.md 1).
+    precision: str = "auto"  # "auto" | "bf16" | "fp32"
     device: str = "auto"  # "auto" (cuda when available, else cpu) | "cpu" | "cuda"; the run's processes all use it
-    channels_last: bool = False  # measured slower for this UNet on this CPU (BENCHMARKS.md)
+    # Memory format of the training step: "auto" = channels_last exactly on CPUs with AMX tiles (a
+    # Sapphire Rapids host: 1.74x over fp32 with it, 1.21x without; AVX-512 BF16 hosts: 1.0x, so
+    # contiguous there, and on GPUs, where it was not measured), "true" | "false" to force it.
+    channels_last: str = "auto"
     threads: int = 0  # 0 = torch default
     # EGC kind only: run the forward + input gradient through torch.compile (torch.func.grad form,
     # since AOTAutograd refuses autograd.grad's double backward); compiling costs minutes at the
@@ -196,7 +225,6 @@ class TrainConfig:
     keep_ckpts: int = 2
     sample_n: int = 50  # grid at each checkpoint (class-balanced)
     sample_steps: int = 50
-    guidance: float = 3.0
     # A non-finite loss or gradient: "skip" the step, or "rollback" to the last checkpoint this run
     # wrote or resumed from, with the learning rate multiplied by rollback_lr_factor (cumulative,
     # saved in checkpoints). After max_nonfinite skips or rollbacks in a row (without getting past
@@ -214,11 +242,27 @@ class TrainConfig:
         _check(self.lr_schedule in ("constant", "cosine"), f"train.lr_schedule must be constant or cosine, got '{self.lr_schedule}'")
         _check(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         _check(self.steps >= 0 and self.minutes >= 0, "train.steps and train.minutes must be >= 0")
-        _check(self.precision in ("bf16", "fp32"), f"train.precision must be bf16 or fp32, got '{self.precision}'")
+        flag = str(self.channels_last).strip().lower()
+        self.channels_last = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(flag, flag)
+        _check(self.channels_last in ("auto", "true", "false"), f"train.channels_last must be auto, true or false, got '{self.channels_last}'")
+        _check(self.precision in TRAIN_PRECISIONS, f"train.precision must be auto, bf16 or fp32, got '{self.precision}'")
         _check(self.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got '{self.device}'")
         _check(self.grad_clip >= 0 and self.threads >= 0, "train.grad_clip and train.threads must be >= 0")
         _check(self.ckpt_every >= 1 and self.keep_ckpts >= 1 and self.log_every >= 1, "train.ckpt_every, keep_ckpts, log_every must be >= 1")
         _check(self.sample_n >= 0 and self.sample_steps >= 1, "train.sample_n >= 0 and train.sample_steps >= 1 required")
+
+
+@dataclass
+class SampleConfig:
+    """A model's sampling defaults (the grids drawn during training, ``egc sample``, ``EGC.sample``);
+    ``egc export --guidance/--cfg`` records measured values here."""
+
+    guidance: float = 3.0  # classifier guidance s: the classifier term of the (null-label) head
+    cfg: float = 0.0  # classifier-free guidance w: (1 + w) E(x | y) - w E(x | null) (conditional models)
+
+    def validate(self) -> None:
+        _check(math.isfinite(self.guidance) and self.guidance >= 0, f"sample.guidance must be finite and >= 0, got {self.guidance}")
+        _check(math.isfinite(self.cfg) and self.cfg >= 0, f"sample.cfg must be finite and >= 0, got {self.cfg}")
 
 
 @dataclass
@@ -238,6 +282,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
 
     def validate(self) -> "RunConfig":
         for f in fields(self):
@@ -252,15 +297,35 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        """A saved config (checkpoints). Fields it lacks were added later: they take the value that
+        reproduces what the saving release did (LEGACY), not today's default."""
         cfg = cls()
+        for sec, key, value in LEGACY:
+            setattr(getattr(cfg, sec), key, value)
         _merge(cfg, _upgrade(d), "")
         return cfg
 
 
+# Fields added after checkpoints were first written, with the value their absence means.
+LEGACY: tuple[tuple[str, str, Any], ...] = (
+    ("model", "conditioning", "none"),
+    ("model", "supervised", True),
+    ("model", "clusters", 0),
+    ("sample", "cfg", 0.0),
+)
+
+
 def _upgrade(d: Any) -> Any:
-    """Read configs written before model.kind existed: their ``loss.kind`` could only be "egc" and
-    is dropped (model.kind then decides, "egc" unless given), so ``--config old.yaml --model ddpm``
-    works; any other ``loss.kind`` value points the user to model.kind."""
+    """Read configs of older releases. ``train.guidance`` (an inference default kept in the train
+    section before) moves to ``sample.guidance``. Configs written before model.kind existed: their
+    ``loss.kind`` could only be "egc" and is dropped (model.kind then decides, "egc" unless given), so
+    ``--config old.yaml --model ddpm`` works; any other ``loss.kind`` value points the user to model.kind."""
+    if isinstance(d, dict) and isinstance(d.get("train"), dict) and "guidance" in d["train"]:
+        train = dict(d["train"])
+        sample = dict(d.get("sample") or {})
+        sample.setdefault("guidance", train.pop("guidance"))
+        train.pop("guidance", None)
+        d = {**d, "train": train, "sample": sample}
     if not isinstance(d, dict) or not isinstance(d.get("loss"), dict) or "kind" not in d["loss"]:
         return d
     loss = dict(d["loss"])

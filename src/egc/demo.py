@@ -43,10 +43,10 @@ def _annotated(images: np.ndarray, truth: list[str], pred: list[str], probs: lis
     return canvas
 
 
-def run_demo(out: str | Path, checkpoint: str = "zoo:fashion-mnist", quick: bool = False) -> dict:
+def run_demo(out: str | Path, checkpoint: str = "zoo:fashion-mnist", quick: bool = False, device: str = "auto") -> dict:
     out = Path(out)
     t0 = time.time()
-    model = EGC.load(checkpoint)
+    model = EGC.load(checkpoint, device=device)
     if not EXAMPLES.is_file():
         raise EgcError(f"demo images missing from the package: {EXAMPLES}")
     with np.load(EXAMPLES) as z:
@@ -54,7 +54,7 @@ def run_demo(out: str | Path, checkpoint: str = "zoo:fashion-mnist", quick: bool
     if tuple(images.shape[1:]) != (model.image_shape[1], model.image_shape[2], model.image_shape[0]):
         raise EgcError(f"{checkpoint} expects {model.image_shape} images; the demo ships Fashion-MNIST 28x28 grey")
     x = to_model_range(torch.from_numpy(images))
-    probs = model.predict_proba(x)
+    probs = model.predict_proba(x).cpu()
     p, pred = probs.max(dim=1)
     correct = int((pred == torch.from_numpy(labels)).sum())
     out.mkdir(parents=True, exist_ok=True)
@@ -67,12 +67,13 @@ def run_demo(out: str | Path, checkpoint: str = "zoo:fashion-mnist", quick: bool
     imgs, ys = model.sample(per_class * k, class_balanced=True, sampler="ddim", steps=steps, guidance=None, seed=0, progress=not quick)
     save_grid(to_uint8(imgs), out / "samples.png", nrow=per_class, scale=3)
     # The model judges its own samples too (a consistency check, not an independent measure).
-    self_acc = float((model.logits(imgs).argmax(1) == ys).float().mean())
+    self_acc = float((model.logits(imgs).argmax(1).cpu() == ys).float().mean())
     summary = {
         "checkpoint": checkpoint,
         "precision": model.precision,  # "auto" resolved: bf16 on CPUs with native bf16
+        "device": str(model.device),
         "classified": {"images": len(labels), "correct": correct, "file": str(out / "classified.png")},
-        "samples": {"n": int(len(ys)), "sampler": "ddim", "steps": steps, "guidance": model.config.train.guidance, "file": str(out / "samples.png"),
+        "samples": {"n": int(len(ys)), "sampler": "ddim", "steps": steps, "guidance": model.config.sample.guidance, "cfg": model.config.sample.cfg, "file": str(out / "samples.png"),
                     "rows": "one row per class: " + ", ".join(model.class_names), "self_classified_as_requested": round(self_acc, 3)},
         "seconds": {"classify": round(t1 - t0, 1), "sample": round(time.time() - t1, 1)},
     }

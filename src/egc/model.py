@@ -34,6 +34,22 @@ from .errors import CheckpointError, EgcError
 from .nets import build_net
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" (cuda when available, else cpu) | "cpu" | "cuda[:N]" -> a torch.device; a cuda request
+    on a machine without CUDA is a one-line error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise EgcError(f"device must be auto, cpu or cuda, got '{device}'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EgcError("device cuda requested but this torch build sees no CUDA GPU (use --device cpu or auto)")
+    if dev.type not in ("cpu", "cuda", "meta"):
+        raise EgcError(f"device must be auto, cpu or cuda, got '{device}'")
+    return dev
+
+
 def native_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX tiles). Without it oneDNN
     emulates bf16 and autocast runs slower than fp32, so "auto" must not pick it there."""
@@ -43,13 +59,31 @@ def native_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str) -> str:
-    """"auto" | "bf16" | "fp32" -> the precision inference runs in. "auto" is bf16 on CPUs with native
-    bf16, else fp32: on such a CPU bf16 classified the shipped fp32-trained model at equal accuracy and
-    ECE 1.9x faster, and sampled at equal FD and conditional accuracy 1.7x faster (BENCHMARKS.md 3)."""
+def resolve_channels_last(setting: str, device: str | torch.device = "cpu") -> bool:
+    """train.channels_last ("auto" | "true" | "false") -> whether the training step runs channels_last.
+    "auto" is True on CPUs with AMX tiles only, where it measured 1.74x vs 1.21x over fp32 (issue 17);
+    on AVX-512 BF16 hosts it measured 1.0x, and on GPUs it was not measured."""
+    if setting != "auto":
+        return setting == "true"
+    if torch.device(device).type != "cpu":
+        return False
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
+    """"auto" | "bf16" | "fp32" -> the precision a network runs in on ``device`` (training and
+    inference alike). "auto" is bf16 where bf16 is native (CPUs with AVX-512 BF16 or AMX; CUDA devices
+    that support it), else fp32: on such a CPU bf16 classified the shipped fp32-trained model at equal
+    accuracy and ECE 1.9x faster, and sampled at equal FD and conditional accuracy 1.7x faster
+    (BENCHMARKS.md 3); on an AVX2-only CPU emulated bf16 made a training step 13x slower."""
     if precision not in PRECISIONS:
         raise EgcError(f"precision must be auto, bf16 or fp32, got '{precision}'")
     if precision == "auto":
+        if torch.device(device).type == "cuda":
+            return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
         return "bf16" if native_bf16() else "fp32"
     return precision
 
@@ -69,27 +103,65 @@ class EGC:
         self.schedule = Schedule.make(config.diffusion.schedule, config.diffusion.steps)
         k = config.model.num_classes
         self.class_names = class_names if class_names and len(class_names) == k else [str(i) for i in range(k)]
-        self.precision = resolve_precision(precision)
         self.kind = config.model.kind  # "egc" | "classifier" | "ddpm"
+        self.precision = resolve_precision(precision, self.device)
+        self.energy_model = en.EnergyModel(self.net, config.model, self.schedule)
         for p in self.net.parameters():
             p.requires_grad_(False)
 
+    # ---- what this model can do (ask these, not the kind string) ---------------------------
     @property
     def can_classify(self) -> bool:
+        """Class logits / probabilities: EGC (clusters, if unsupervised) and the classifier baseline."""
         return self.kind in ("egc", "classifier")
 
     @property
     def can_generate(self) -> bool:
         return self.kind in ("egc", "ddpm")
 
+    @property
+    def has_energy(self) -> bool:
+        """An energy E(x) (for the classifier baseline: -logsumexp of its logits, an OOD score only)."""
+        return self.kind in ("egc", "classifier")
+
+    @property
+    def supervised(self) -> bool:
+        """False for an unsupervised EGC: its K classes are clusters it found, not the data's labels."""
+        return self.config.model.supervised
+
+    @property
+    def conditional(self) -> bool:
+        """Whether samples of a requested class can be drawn (EGC of any conditioning through its
+        energy and classifier head; a ddpm only with a label input)."""
+        m = self.config.model
+        if self.kind == "egc":
+            return m.supervised
+        return self.kind == "ddpm" and m.conditioning == "embedding"
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights live (inputs are moved here)."""
+        p = next(self.net.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> "EGC":
+        """Move the network (and a latent model's autoencoder) to ``device``; returns self."""
+        dev = resolve_device(device)
+        self.net.to(dev)
+        if self.autoencoder is not None:
+            self.autoencoder.to(dev)
+        return self
+
     def _need(self, ok: bool, what: str) -> None:
         if not ok:
             if self.kind == "classifier":
                 raise EgcError(f"a classifier checkpoint cannot generate (no {what}): it was trained with --model classifier")
-            raise EgcError(f"a ddpm checkpoint cannot classify (no {what}): it was trained with --model ddpm, an unconditional diffusion model")
+            if self.kind == "ddpm" and what.startswith("class-conditional"):
+                raise EgcError("a ddpm checkpoint is unconditional: it cannot sample or score a given class (no labels)")
+            raise EgcError(f"a ddpm checkpoint cannot classify (no {what}): it was trained with --model ddpm, a diffusion model without a classifier")
 
     @classmethod
-    def from_checkpoint(cls, ckpt: Checkpoint, precision: str = "auto") -> "EGC":
+    def from_checkpoint(cls, ckpt: Checkpoint, precision: str = "auto", device: str | torch.device = "cpu") -> "EGC":
         if ckpt.config.model.kind == AUTOENCODER:
             raise CheckpointError(f"{ckpt.path} is an autoencoder checkpoint (model.kind autoencoder): it cannot classify or sample; "
                                   "train a latent run on it with --set model.autoencoder=PATH")
@@ -102,12 +174,17 @@ class EGC:
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__)[:160]
             raise CheckpointError(f"{ckpt.path}: weights do not fit the model its config describes ({detail})") from None
+        dev = resolve_device(device)
+        net.to(dev)
+        if ae is not None:
+            ae.to(dev)
         return cls(net, ckpt.config, ckpt.meta.get("class_names"), precision, autoencoder=ae)
 
     @classmethod
-    def load(cls, spec: str | Path, precision: str = "auto") -> "EGC":
-        """From ``zoo:NAME``, a run folder (newest checkpoint) or a checkpoint file."""
-        return cls.from_checkpoint(load_checkpoint(spec), precision)
+    def load(cls, spec: str | Path, precision: str = "auto", device: str | torch.device = "cpu") -> "EGC":
+        """From ``zoo:NAME``, a run folder (newest checkpoint) or a checkpoint file, onto ``device``
+        ("auto": cuda when available, else cpu)."""
+        return cls.from_checkpoint(load_checkpoint(spec), precision, device)
 
     # ---- shapes and precision -------------------------------------------------------------
     @property
@@ -124,20 +201,46 @@ class EGC:
     def _net_input(self, x: torch.Tensor) -> torch.Tensor:
         """Checked pixel images -> the network's input (the scaled latents of a latent model)."""
         self.check_input(x)
+        x = x.to(self.device)
         return self.autoencoder.encode(x) if self.autoencoder is not None else x
 
     def _autocast(self):
         if self.precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
             raise EgcError(f"input of shape {tuple(x.shape)} does not match the model's [B, {', '.join(map(str, self.image_shape))}]")
 
-    def _t(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+    def _t(self, x: torch.Tensor, t: int | torch.Tensor, noisy: bool = False) -> torch.Tensor:
+        """Timesteps [B] int64 on x's device, checked where they are given (a meta tensor has no values):
+        in [0, T-1], or CLEAN_T (the clean token) unless ``noisy``."""
         t = torch.as_tensor(t, dtype=torch.long)
+        if t.device.type != "meta":
+            lo = 0 if noisy else en.CLEAN_T
+            if bool(((t < lo) | (t >= self.schedule.num_steps)).any()):
+                if noisy and bool((t == en.CLEAN_T).any()):
+                    raise EgcError("eps/score need a noise level: t must be in [0, T-1], not the clean token")
+                raise EgcError(f"timestep out of range: t must be in [0, {self.schedule.num_steps - 1}] (or {en.CLEAN_T} = clean image)")
+        t = t.to(x.device)
         return t.expand(x.shape[0]).clone() if t.dim() == 0 else t
+
+    def _labels(self, y: torch.Tensor | list[int] | None, n: int) -> torch.Tensor | None:
+        """Checked class ids [n] int64 on the model's device (None stays None)."""
+        if y is None:
+            return None
+        y = torch.as_tensor(y, dtype=torch.long).flatten()
+        if y.numel() == 1 and n > 1:
+            y = y.expand(n).clone()
+        if y.numel() != n:
+            raise EgcError(f"got {y.numel()} labels for {n} samples")
+        k = self.config.model.num_classes
+        if y.device.type != "meta":  # checked where the values are (a meta tensor has none)
+            bad = y[(y < 0) | (y >= k)]
+            if bad.numel():
+                raise EgcError(f"class id {int(bad[0])} out of range: this model has classes 0..{k - 1}")
+        return y.to(self.device)
 
     # ---- forward direction: classification and energy -------------------------------------
     @torch.no_grad()
@@ -151,65 +254,83 @@ class EGC:
         if self.kind == "classifier":
             t = en.CLEAN_T
         with self._autocast():
-            return en.classify(self.net, self.config.model, x, self._t(x, t)).float()
+            return self.energy_model.logits(x, self._t(x, t)).float()
 
     def predict_proba(self, x: torch.Tensor, t: int | torch.Tensor = en.CLEAN_T) -> torch.Tensor:
         return torch.softmax(self.logits(x, t), dim=1)
 
     @torch.no_grad()
-    def energy(self, x: torch.Tensor, t: int | torch.Tensor = 0) -> torch.Tensor:
-        """E(x, t) [B]: lower means more likely under the model (log p(x) = -E + const).
+    def energy(self, x: torch.Tensor, t: int | torch.Tensor = 0, y: torch.Tensor | list[int] | None = None) -> torch.Tensor:
+        """E(x, t | y) [B]: lower means more likely under the model. At t >= 0,
+        log p(x_t) = -E / sqrt(1 - abar_t) + const (the convention of diffusion/energy.py); at
+        t = CLEAN_T (-1) it is the clean token's logit energy -sum_hw logsumexp F, an unnormalised
+        log-density without a noise level. y: class ids for the class-conditional energy (None: the
+        null label, i.e. the marginal).
 
-        For a classifier baseline: -logsumexp of its clean-image logits (t ignored), an OOD score only.
+        For a classifier baseline: -logsumexp of its clean-image logits (t, y ignored), an OOD score only.
         A latent model: the energy of the encoded (scaled) latents of x, read as x_t."""
-        self._need(self.can_classify, "energy")
+        self._need(self.has_energy, "energy")
         if self.kind == "classifier":
             return en.logit_energy(self.logits(x))
         x = self._net_input(x)
         tt = self._t(x, t)
         with self._autocast():
-            e, _ = en.energy_and_logits(self.net, self.config.model, x, tt, self.schedule.abar(tt))
+            e = self.energy_model.energy(x, tt, self._labels(y, x.shape[0]))
         return e.float()
 
     # ---- backward direction: score and sampling --------------------------------------------
-    def eps(self, x: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None = None, guidance: float = 0.0) -> torch.Tensor:
-        """Noise prediction [B, C, H, W] = grad_x E (plus the classifier term for labels y).
+    def eps(self, x: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None = None, guidance: float = 0.0, cfg: float = 0.0) -> torch.Tensor:
+        """Guided noise prediction [B, C, H, W] = grad_x E_g, with (diffusion/energy.py)
+        E_g = (1 + cfg) E(x_t | y) - cfg E(x_t | null) - guidance sqrt(1 - abar_t) log p(y | x_t).
+        y None: the null energy's gradient (unconditional).
 
         A latent model works in its latent space here: x and the result have shape ``latent_shape``.
-
-        A ddpm baseline predicts eps directly and is unconditional: labels y are an error."""
+        A ddpm baseline predicts eps directly: (1 + cfg) eps(x | y) - cfg eps(x | null) if it has a
+        label input; labels given to an unconditional ddpm are an error."""
         self._need(self.can_generate, "noise prediction")
-        tt = self._t(x, t)
+        x = x.to(self.device)
+        tt = self._t(x, t, noisy=True)
+        if y is not None:
+            self._need(self.conditional, "class-conditional noise prediction")
+            y = self._labels(y, x.shape[0])
         if self.kind == "ddpm":
-            if y is not None:
-                raise EgcError("a ddpm checkpoint is unconditional: it cannot sample or score a given class (no labels)")
             with torch.no_grad(), self._autocast():
-                return en.direct_eps(self.net, x, tt).float()
+                return en.guided_direct_eps(self.net, self.config.model, x, tt, y, cfg).float()
         with self._autocast():
-            return en.guided_eps(self.net, self.config.model, x, tt, self.schedule.abar(tt), y, guidance).float()
+            return self.energy_model.guided_eps(x, tt, y, guidance, cfg).float()
 
-    def score(self, x: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None = None, guidance: float = 1.0) -> torch.Tensor:
-        """grad_x log p_t(x) (or of log p_t(x | y) with labels y) = -eps / sqrt(1 - abar_t).
+    def score(self, x: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None = None, guidance: float = 1.0, cfg: float = 0.0) -> torch.Tensor:
+        """grad_x log p_t(x) (or of the guided log p_t(x | y) with labels y) = -eps / sqrt(1 - abar_t),
+        for t in [0, T-1] (the clean token has no noise level: an error).
 
         A latent model: the score of its scaled latents (x of shape ``latent_shape``)."""
-        tt = self._t(x, t)
-        return -self.eps(x, tt, y, guidance) / (1 - self.schedule.abar(tt)).sqrt().view(-1, 1, 1, 1)
+        x = x.to(self.device)
+        tt = self._t(x, t, noisy=True)
+        eps = self.eps(x, tt, y, guidance, cfg)
+        return -eps / (1 - self.schedule.abar(tt)).sqrt().view(-1, 1, 1, 1).to(eps)
 
     def sample(self, n: int, labels: torch.Tensor | list[int] | None = None, class_balanced: bool = False, sampler: str = "ddim",
-               steps: int = 100, guidance: float | None = None, eta: float = 0.0, seed: int = 0, batch_size: int = 250,
-               progress: bool = False, clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+               steps: int = 100, guidance: float | None = None, eta: float | None = None, seed: int = 0, batch_size: int = 250,
+               progress: bool = False, clip: bool = True, cfg: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw n images. Returns (images float [n, C, H, W] in [-1, 1], labels int64 [n], -1 = unconditional).
         A latent model samples latents and returns them decoded: pixel images of ``image_shape``.
 
-        ``guidance`` None takes the model's own recommended scale (config train.guidance, set by
-        ``egc export --guidance`` after measuring it). ``class_balanced`` asks for n/K of each class (n rounded down to a multiple of K is an error
-        avoided by cycling classes); ``labels`` gives them explicitly; neither means unconditional.
+        ``guidance`` (classifier guidance s) and ``cfg`` (classifier-free guidance w) None take the
+        model's own defaults (config sample.guidance / sample.cfg, set by ``egc export --guidance/--cfg``
+        after measuring them). ``class_balanced`` asks for n/K of each class (cycling classes when n is not a
+        multiple of K); ``labels`` gives them explicitly; neither means unconditional (the null label).
+        Images come back on the CPU; the noise is drawn on a CPU generator, so a seed gives the same
+        images on any device (up to the device's arithmetic).
         """
         self._need(self.can_generate, "sampler")
         if guidance is None:
-            guidance = self.config.train.guidance
-        if self.kind == "ddpm" and (labels is not None or class_balanced):
-            raise EgcError("a ddpm checkpoint is unconditional: sample without labels or --class-balanced")
+            guidance = self.config.sample.guidance
+        if cfg is None:
+            cfg = self.config.sample.cfg
+        if (labels is not None or class_balanced) and not self.conditional:
+            if self.kind == "ddpm":
+                raise EgcError("a ddpm checkpoint is unconditional: sample without labels or --class-balanced")
+            raise EgcError("an unsupervised EGC model has clusters, not classes: sample without labels or --class-balanced")
         k = self.config.model.num_classes
         if sampler not in SAMPLERS:
             raise EgcError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
@@ -217,15 +338,10 @@ class EGC:
             raise EgcError(f"number of samples must be >= 1, got {n}")
         if not 1 <= steps <= self.schedule.num_steps:
             raise EgcError(f"--steps must be in [1, {self.schedule.num_steps}], got {steps}")
+        if eta is not None and sampler != "ddim":
+            raise EgcError(f"--eta is DDIM's noise: sampler {sampler} has none (ddpm is eta 1, dpm++2m deterministic)")
         if labels is not None:
-            y = torch.as_tensor(labels, dtype=torch.long).flatten()
-            if y.numel() == 1 and n > 1:
-                y = y.expand(n).clone()
-            if y.numel() != n:
-                raise EgcError(f"got {y.numel()} labels for {n} samples")
-            bad = y[(y < 0) | (y >= k)]
-            if bad.numel():
-                raise EgcError(f"class id {int(bad[0])} out of range: this model has classes 0..{k - 1}")
+            y = self._labels(labels, n).cpu()
         elif class_balanced:
             y = torch.arange(n) % k
             y = y.sort(stable=True).values if n % k == 0 else y
@@ -235,11 +351,12 @@ class EGC:
         noise = torch.randn((n, *self.latent_shape), generator=gen)
         out = []
         for i in range(0, n, batch_size):
-            yb = None if y is None else y[i:i + batch_size]
-            fn = lambda x, t, yb=yb: self.eps(x, t, yb, guidance)  # noqa: E731
+            yb = None if y is None else y[i:i + batch_size].to(self.device)
+            fn = lambda x, t, yb=yb: self.eps(x, t, yb, guidance, cfg)  # noqa: E731
             # Latents are not confined to [-1, 1]: no clipping of the x0 estimate in latent space.
-            z = run_sampler(sampler, fn, noise[i:i + batch_size], self.schedule.alphas_cumprod, steps, eta=eta,
+            z = run_sampler(sampler, fn, noise[i:i + batch_size].to(self.device), self.schedule.alphas_cumprod, steps, eta=eta,
                             clip=clip and self.autoencoder is None, gen=gen, progress=progress)
-            out.append(self.autoencoder.decode(z) if self.autoencoder is not None else z)
+            with torch.no_grad():
+                out.append((self.autoencoder.decode(z) if self.autoencoder is not None else z).float().cpu())
         labels_out = y if y is not None else torch.full((n,), -1, dtype=torch.long)
         return torch.cat(out).clamp(-1, 1), labels_out

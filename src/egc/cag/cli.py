@@ -69,6 +69,7 @@ def add_cag_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "e.g. 224 for an ImageNet network generating 128 x 128 images)")
     p.add_argument("--param", choices=PARAM_CHOICES, help="what is optimised: a 1/f-weighted spectrum (fourier) or pixel logits; "
                    "auto (default): fourier from 64 px up, pixel below (measured: BENCHMARKS.md 6)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available, the default) | cpu | cuda[:N]: where the classifier runs")
     p.add_argument("--precision", choices=CAG_PRECISIONS, help="the classifier under bf16 autocast (bf16) or not (fp32, default: bf16 measured 0.94x on Lite0 here, BENCHMARKS.md 6)")
     p.add_argument("--out", default="cag.png", help="grid PNG path")
     p.add_argument("--npz", help="also write images (uint8 [N,H,W,C]) and labels (int64 [N]) here")
@@ -146,13 +147,16 @@ def cmd_cag(a: argparse.Namespace) -> int:
         check_output_file(a.npz, "--npz")
     is_text = a.classifier.strip().lower().startswith("clip:")
     clf = load_classifier(a.classifier, prompts=prompt_classes(a.target) if is_text else None)
+    from egc.model import resolve_device
+
+    clf = clf.to(resolve_device(a.device))  # generate() works where the classifier's weights are
     target = 0 if is_text else resolve_class(clf, a.target)
     size = a.size or clf.input_size or min(128, clf.preferred_size)
     cfg = _config(a, size)
     # Unless --view-size says otherwise, an ImageNet network sees a 128 x 128 image at its own 224.
     cfg = replace(cfg, view_size=default_view(clf, size, a.view_size))
     t0 = time.perf_counter()
-    imgs = generate(clf, target, a.n, cfg, progress=not a.quiet)  # [n, C, S, S] in [0, 1]
+    imgs = generate(clf, target, a.n, cfg, progress=not a.quiet).cpu()  # [n, C, S, S] in [0, 1]
     seconds = time.perf_counter() - t0
     with torch.no_grad():
         probs = torch.softmax(clf(resize(imgs, cfg.view)).float(), dim=1)  # the generating classifier's own view, clean images

@@ -29,13 +29,13 @@ def one_line(exc: BaseException) -> str:
 
 @dataclass
 class ImageDataset:
-    """A labelled image data set held in memory.
+    """An image data set held in memory, labelled or not.
 
     Attributes:
         images: uint8 ``[N, H, W, C]`` with ``C`` = 1 (grey) or 3 (RGB); channels-last because that
             is how every source format stores pixels, and it is 4x smaller than float.
-        labels: int64 ``[N]``, each in ``[0, num_classes)``.
-        class_names: one name per class id.
+        labels: int64 ``[N]``, each in ``[0, num_classes)``; all -1 for an unlabelled set.
+        class_names: one name per class id; empty for an unlabelled set (``labeled`` False).
         name: the name the set was loaded under (``"cifar10"``, ``"folder:/path"``, ...).
     """
 
@@ -63,8 +63,10 @@ class ImageDataset:
                 f"{self.name}: labels must be int64 [{imgs.shape[0]}] to match the images, "
                 f"got {labels.dtype} {list(labels.shape)}"
             )
-        if not self.class_names:
-            raise DataError(f"{self.name}: no class names")
+        if not self.class_names:  # unlabelled: every label is -1
+            if labels.numel() and bool((labels != -1).any()):
+                raise DataError(f"{self.name}: labels given but no class names")
+            return
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(self.class_names)):
             raise DataError(
                 f"{self.name}: labels span [{int(labels.min())}, {int(labels.max())}] "
@@ -73,6 +75,11 @@ class ImageDataset:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    @property
+    def labeled(self) -> bool:
+        """False for images without labels (a folder without class folders, an npz without 'labels')."""
+        return bool(self.class_names)
 
     @property
     def num_classes(self) -> int:

@@ -1,5 +1,6 @@
 """Image folders: ``PATH/<class>/*.png|jpg|jpeg``, or ``PATH/{train,test}/<class>/...`` for
-separate splits."""
+separate splits. Images directly in PATH (or in PATH/train and PATH/test), with no class folders,
+are an unlabelled set (for unsupervised EGC)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from egc.data.dataset import ImageDataset
 from egc.data.images import GREY_MODES, IMAGE_SUFFIXES, decode_stack, probe_image
 from egc.errors import DataError
 
-_LAYOUT = "expected PATH/<class>/*.png|jpg|jpeg or PATH/train/<class>/... and PATH/test/<class>/..."
+_LAYOUT = ("expected PATH/<class>/*.png|jpg|jpeg or PATH/train/<class>/... and PATH/test/<class>/... "
+           "(or, unlabelled, the images directly in PATH)")
 
 
 def _split_dirs(base: Path) -> dict[str, Path]:
@@ -33,6 +35,28 @@ def _list_images(folder: Path) -> dict[str, list[Path]]:
         if files:
             found[sub.name] = files
     return found
+
+
+def _common_mode(files: list[Path], name: str) -> str:
+    """"L" if every image is grey, else "RGB", after checking that all share one size."""
+    modes: set[str] = set()
+    first: tuple[Path, tuple[int, int]] | None = None
+    for f in files:
+        mode, size = probe_image(f, str(f))
+        modes.add(mode)
+        if first is None:
+            first = (f, size)
+        elif size != first[1]:
+            raise DataError(f"{name}: {f} is {size[0]}x{size[1]} but {first[0]} is {first[1][0]}x{first[1][1]}; all images must share one size")
+    return "L" if modes <= GREY_MODES else "RGB"
+
+
+def _load_unlabelled(loose: dict[str, list[Path]], split: str, name: str) -> ImageDataset:
+    """Images without class folders: labels -1, no class names."""
+    files = loose[split] or loose["train"]
+    mode = _common_mode(sorted({f for fs in loose.values() for f in fs}), name)
+    images = decode_stack([str(f) for f in files], lambda r: Path(r), mode, name)
+    return ImageDataset(torch.from_numpy(images), torch.full((len(files),), -1, dtype=torch.int64), [], name)
 
 
 def load_folder(path: str | os.PathLike[str], split: str) -> ImageDataset:
@@ -56,6 +80,9 @@ def load_folder(path: str | os.PathLike[str], split: str) -> ImageDataset:
         raise DataError(f"{name}: cannot list {base} ({exc.strerror}); {_LAYOUT}") from exc
     class_names = sorted({c for per_class in listing.values() for c in per_class})
     if not class_names:
+        loose = {s: sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES) for s, d in dirs.items()}
+        if loose["train"] or loose["test"]:
+            return _load_unlabelled(loose, split, name)
         raise DataError(f"{name}: no images in {base}; {_LAYOUT}")
     if not listing[split]:
         raise DataError(f"{name}: no images in {dirs[split]}; {_LAYOUT}")

@@ -1,6 +1,6 @@
 """Data sets stored as one ``.npz``: ``images`` uint8 ``[N, H, W, C]`` (or ``[N, H, W]``),
 ``labels`` ``[N]``, optional ``class_names``, and optional ``images_test``/``labels_test`` for the
-test split."""
+test split. Without any labels key the set is unlabelled (for unsupervised EGC)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,11 @@ def _read_split(
     """Validated images of ``split``, labels of every split (by key), the split's label key, and
     the raw ``class_names`` array if present."""
     keys = set(npz.files)
+    if "images" in keys and not ({"labels", "labels_test"} & keys):  # unlabelled: images only
+        image_key = "images_test" if split == "test" and "images_test" in keys else "images"
+        images = _read(npz, image_key, p)
+        images = _check_images(images, images.shape[0] if images.ndim else -1, image_key, p)
+        return images, {}, "", None
     missing = [k for k in ("images", "labels") if k not in keys]
     if missing:
         raise DataError(f"{p}: missing key {missing[0]!r} (has {sorted(keys)}); {_EXPECTED}")
@@ -109,6 +114,8 @@ def load_npz(path: str | os.PathLike[str], split: str) -> ImageDataset:
         with npz:
             images, labels, label_key, names_raw = _read_split(npz, split, p)
 
+    if not labels:  # no labels at all: an unlabelled set
+        return ImageDataset(torch.from_numpy(images), torch.full((images.shape[0],), -1, dtype=torch.int64), [], name)
     top = max((int(lab.max()) for lab in labels.values() if lab.size), default=0)
     if names_raw is None:
         class_names = [str(i) for i in range(top + 1)]

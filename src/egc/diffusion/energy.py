@@ -4,7 +4,10 @@ Given the per-pixel class-logit map F(x_t, t) [B, K, H, W] (EGC paper, Sec. 3):
     classifier logits   l(x_t, t) = pool_hw F                                  [B, K]
     energy              E(x_t, t) = -sum_hw logsumexp_k F + prior(x_t, t)       [B]
     noise prediction    eps_hat   = grad_x E                                    [B, C, H, W]
-so log p(x_t) = -E + const and eps_hat = -sqrt(1 - abar_t) * score up to the scale the network learns.
+Since eps_hat = -sqrt(1 - abar_t) * score, E = -sqrt(1 - abar_t) log p(x_t) + const: the energy is
+the log-density scaled by the noise level (the network learns that scale, as in the released code).
+A clean input (the clean token, t = CLEAN_T) has no noise level; its energy is the logit energy alone.
+Label-conditioned energies (model.conditioning) and guidance are in :class:`EnergyModel`.
 
 ``prior`` (model.energy_prior = "gaussian", the project's default; "none" is the released form) is
 0.5 * c_t * ||x_t||^2 with c_t = sqrt(1 - abar_t) / (abar_t * sigma_data^2 + 1 - abar_t): the exact
@@ -29,6 +32,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from .schedule import Schedule
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -70,61 +74,189 @@ def prior_coef(abar: torch.Tensor, sigma_data: float) -> torch.Tensor:
 
 
 def denoiser_term(x: torch.Tensor, r: torch.Tensor, abar: torch.Tensor, sigma_data: float) -> torch.Tensor:
-    """0.5 * k_t * ||x - sqrt(a) x0_hat||^2 [B] for x, r [B, C, H, W] (see the module docstring)."""
-    a = abar.view(-1, 1, 1, 1)
+    """0.5 * k_t * ||x - sqrt(a) x0_hat||^2 [B] for x, r [B, C, H, W] (see the module docstring).
+
+    A clean input (abar = 1, the clean token) has no noise to remove: the term is 0 there (its limit
+    would be inf * 0), so the clean energy is the logit energy alone."""
+    clean = abar >= 1
+    a = torch.where(clean, torch.full_like(abar, 0.5), abar).view(-1, 1, 1, 1)  # any a < 1: the rows are zeroed below
     d = 1 - a + a * sigma_data**2
     c_skip = a.sqrt() * sigma_data**2 / d
     c_out = sigma_data * (1 - a).sqrt() / d.sqrt()
     k = d / (1 - a) ** 1.5
     u = x - a.sqrt() * (c_skip * x + c_out * r)
-    return 0.5 * (k * u.pow(2)).sum(dim=(1, 2, 3))
+    term = 0.5 * (k * u.pow(2)).sum(dim=(1, 2, 3))
+    return torch.where(clean, torch.zeros_like(term), term)
 
 
-def energy_and_logits(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """E(x_t, t) [B] and classifier logits [B, K] for x [B, C, H, W], t [B], abar [B]."""
-    fmap = _wide(net(x, t))
-    k = cfg.num_classes
-    logit_map = fmap[:, :k]
-    energy = -torch.logsumexp(logit_map, dim=1).sum(dim=(1, 2))
-    if cfg.energy_prior == "gaussian":
-        energy = energy + 0.5 * prior_coef(abar, cfg.sigma_data) * _wide(x).pow(2).sum(dim=(1, 2, 3))
-    elif cfg.energy_prior == "denoiser":
-        energy = energy + denoiser_term(_wide(x), fmap[:, k:], abar.to(fmap.dtype), cfg.sigma_data)
-    return energy, pool_logits(logit_map, cfg.pool)
-
-
+NULL = -1  # the label value that means "no label" (the null label of a conditional model)
 CLEAN_T = -1  # the time input that marks a clean image (see nets/unet.py)
 
 
-def classify(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-    """Classifier logits [B, K] (no input gradient needed). t defaults to CLEAN_T (clean input)."""
-    if t is None:
-        t = torch.full((x.shape[0],), CLEAN_T, device=x.device)
-    return pool_logits(_wide(net(x, t))[:, : cfg.num_classes], cfg.pool)
+def net_labels(cfg: ModelConfig, y: torch.Tensor | None, b: int, device: torch.device) -> torch.Tensor | None:
+    """The label input of the network for labels y [B] (NULL = -1 allowed) or None (all null):
+    indices into the K + 1 entry embedding (K = null) for model.conditioning "embedding", else None
+    (the network takes no label)."""
+    if cfg.conditioning != "embedding":
+        return None
+    if y is None:
+        return torch.full((b,), cfg.num_classes, dtype=torch.long, device=device)
+    return torch.where(y < 0, torch.full_like(y, cfg.num_classes), y)
 
 
-def eps_and_logits(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor, create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(eps_hat [B, C, H, W], logits [B, K], energy [B]) from one forward and one input gradient."""
-    logits: list[torch.Tensor] = []
+class EnergyModel:
+    """A network with its model config and noise schedule, read as an energy (the one object every
+    loss, sampler adapter and inference path asks; the EDM preconditioner plays the same role there).
 
-    def fn(xg: torch.Tensor) -> torch.Tensor:
-        e, lg = energy_and_logits(net, cfg, xg, t, abar)
-        logits.append(lg)
+    Convention, stated once: with the network's logit map F [B, K, H, W] (+ C denoiser channels),
+        E(x_t, t | y)   = -sum_hw F_y + prior   ("joint") | -sum_hw logsumexp_k F(x_t, t, y) + prior ("embedding")
+        E(x_t, t | null)= -sum_hw logsumexp_k F + prior   (also the only energy of "none")
+        eps_hat         = grad_x E ,  so  E = -sqrt(1 - abar_t) log p(x_t) + const  and
+        score           = grad_x log p(x_t) = -eps_hat / sqrt(1 - abar_t)
+    i.e. E is the log-density scaled by sqrt(1 - abar_t) (the network learns that scale, as released).
+    The classifier logits l(x_t, t) = pool_hw F always come from the null-label forward, so
+    classification means the same for every conditioning.
+    """
+
+    def __init__(self, net: nn.Module, cfg: ModelConfig, sched: Schedule | None) -> None:
+        self.net = net
+        self.cfg = cfg
+        self.sched = sched
+
+    def abar(self, t: torch.Tensor) -> torch.Tensor:
+        """abar_t [B] float32 on t's device; clean inputs (t = CLEAN_T) get abar = 1."""
+        return self.sched.abar(t)
+
+    def fmap(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's output map in float32 for x [B, C, H, W], t [B], energy labels y [B] or None."""
+        lab = net_labels(self.cfg, y, x.shape[0], x.device)
+        return _wide(self.net(x, t) if lab is None else self.net(x, t, lab))
+
+    def _prior(self, x: torch.Tensor, fmap: torch.Tensor, abar: torch.Tensor) -> torch.Tensor | float:
+        c = self.cfg
+        if c.energy_prior == "gaussian":
+            return 0.5 * prior_coef(abar, c.sigma_data) * _wide(x).pow(2).sum(dim=(1, 2, 3))
+        if c.energy_prior == "denoiser":
+            return denoiser_term(_wide(x), fmap[:, c.num_classes:], abar.to(fmap.dtype), c.sigma_data)
+        return 0.0
+
+    def _energy_from_map(self, x: torch.Tensor, fmap: torch.Tensor, abar: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        k = self.cfg.num_classes
+        logit_map = fmap[:, :k]
+        e = -torch.logsumexp(logit_map, dim=1).sum(dim=(1, 2))
+        if self.cfg.conditioning == "joint" and y is not None:
+            own = -logit_map.gather(1, y.clamp(min=0).view(-1, 1, 1, 1).expand(-1, 1, *logit_map.shape[2:]))[:, 0].sum(dim=(1, 2))
+            e = torch.where(y >= 0, own, e)
+        return e + self._prior(x, fmap, abar)
+
+    def energy_and_logits(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """E(x_t, t | y) [B] and the pooled logits [B, K] of the same forward. y None (or NULL rows):
+        the null-label energy. For "embedding" with labels the logits are those of the label's forward,
+        not the classifier's (use :meth:`logits`)."""
+        fmap = self.fmap(x, t, y)
+        abar = self.abar(t)
+        return self._energy_from_map(x, fmap, abar, y), pool_logits(fmap[:, : self.cfg.num_classes], self.cfg.pool)
+
+    def energy(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.energy_and_logits(x, t, y)[0]
+
+    def logits(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """Classifier logits [B, K] (null label; no input gradient). t defaults to CLEAN_T (clean input)."""
+        if t is None:
+            t = torch.full((x.shape[0],), CLEAN_T, dtype=torch.long, device=x.device)
+        return pool_logits(self.fmap(x, t)[:, : self.cfg.num_classes], self.cfg.pool)
+
+    def eps_and_logits(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, create_graph: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(eps_hat [B, C, H, W], logits [B, K], energy [B]) from one forward and one input gradient."""
+        logits: list[torch.Tensor] = []
+
+        def fn(xg: torch.Tensor) -> torch.Tensor:
+            e, lg = self.energy_and_logits(xg, t, y)
+            logits.append(lg)
+            return e
+
+        energy, eps = input_grad(fn, x, create_graph=create_graph)
+        return eps, logits[0], energy
+
+    def guided_energy(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, guidance: float = 0.0, cfg_scale: float = 0.0) -> torch.Tensor:
+        """The energy whose input gradient is the guided noise prediction [B]:
+
+            E_g = (1 + w) E(x_t | y) - w E(x_t | null) - s sqrt(1 - abar_t) log softmax(l(x_t))[y]
+
+        w = cfg_scale (classifier-free guidance between the label and null energies), s = guidance
+        (classifier guidance from the null-label head, as released). A weighted sum of energies is an
+        energy, so the guided eps stays a gradient. y None: the null energy alone (unconditional).
+        For "none" conditioning E(x | y) = E(x | null), so w has no effect there.
+        """
+        if y is None:
+            return self.energy(x, t)
+        abar = self.abar(t)
+        c = self.cfg
+        if c.conditioning == "embedding":
+            e_y = self._energy_from_map(x, self.fmap(x, t, y), abar, y)
+            # The null-label forward is needed for classifier-free guidance and for the classifier head.
+            null_map = self.fmap(x, t) if cfg_scale != 0 or guidance != 0 else None
+            e = e_y
+            if cfg_scale != 0:
+                e = (1 + cfg_scale) * e_y - cfg_scale * self._energy_from_map(x, null_map, abar, None)
+            logits = pool_logits(null_map[:, : c.num_classes], c.pool) if guidance != 0 else None
+        else:  # "none" / "joint": one forward gives every energy and the classifier logits
+            fmap = self.fmap(x, t)
+            e = self._energy_from_map(x, fmap, abar, y if c.conditioning == "joint" else None)
+            if c.conditioning == "joint" and cfg_scale != 0:
+                e = (1 + cfg_scale) * e - cfg_scale * self._energy_from_map(x, fmap, abar, None)
+            logits = pool_logits(fmap[:, : c.num_classes], c.pool) if guidance != 0 else None
+        if logits is not None:
+            logp = torch.log_softmax(logits, dim=1).gather(1, y.clamp(min=0)[:, None])[:, 0]
+            e = e - guidance * (1 - abar).sqrt() * logp
         return e
 
-    energy, eps = input_grad(fn, x, create_graph=create_graph)
-    return eps, logits[0], energy
+    def guided_eps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, guidance: float = 0.0, cfg_scale: float = 0.0) -> torch.Tensor:
+        """grad_x of :meth:`guided_energy` [B, C, H, W], one backward for every term, detached."""
+        return input_grad(lambda xg: self.guided_energy(xg, t, y, guidance, cfg_scale), x)[1].detach()
 
 
-def _eps_and_logits_func(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+class _GivenAbar(EnergyModel):
+    """An EnergyModel whose abar_t is given with the batch (the functional wrappers below)."""
+
+    def __init__(self, net: nn.Module, cfg: ModelConfig, abar: torch.Tensor) -> None:
+        super().__init__(net, cfg, None)
+        self._given = abar
+
+    def abar(self, t: torch.Tensor) -> torch.Tensor:
+        return self._given
+
+
+def energy_and_logits(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor,
+                      y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """E(x_t, t | y) [B] and logits [B, K] for x [B, C, H, W], t [B], abar [B] (functional form of
+    :meth:`EnergyModel.energy_and_logits`)."""
+    return _GivenAbar(net, cfg, abar).energy_and_logits(x, t, y)
+
+
+def classify(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+    """Classifier logits [B, K] (null label, no input gradient needed). t defaults to CLEAN_T."""
+    return EnergyModel(net, cfg, None).logits(x, t)
+
+
+def eps_and_logits(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor, create_graph: bool = False,
+                   y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(eps_hat [B, C, H, W], logits [B, K], energy [B]) from one forward and one input gradient."""
+    return _GivenAbar(net, cfg, abar).eps_and_logits(x, t, y, create_graph=create_graph)
+
+
+def _eps_and_logits_func(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor,
+                         y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """eps_and_logits(create_graph=True) written with torch.func.grad. The results stay differentiable
     with respect to the weights (functorch levels compose with ordinary autograd), and torch.compile
     can trace it: AOTAutograd refuses the double backward of autograd.grad(create_graph=True)
     ("does not currently support double backward"), but a traced func.grad is a plain forward graph
     whose first-order backward it can build."""
+    em = _GivenAbar(net, cfg, abar)
 
     def fn(xg: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        e, lg = energy_and_logits(net, cfg, xg, t, abar)
+        e, lg = em.energy_and_logits(xg, t, y)
         return e.sum(), (lg, e)
 
     eps, (logits, energy) = torch.func.grad(fn, has_aux=True)(x)
@@ -134,7 +266,7 @@ def _eps_and_logits_func(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: t
 class CompiledEps:
     """The training path's eps_and_logits(create_graph=True) through torch.compile (train.compile).
 
-    Call it like ``eps_and_logits(net, cfg, x, t, abar)``. The first call compiles (minutes on 2 CPU
+    Call it like ``eps_and_logits(net, cfg, x, t, abar, y=None)``. The first call compiles (minutes on 2 CPU
     cores; a new input shape compiles again). If compiling fails (for example no C compiler for the
     CPU backend), it says so once on stderr and runs the same torch.func path eagerly from then on,
     so a run never dies of it; ``self.error`` keeps the reason.
@@ -144,43 +276,49 @@ class CompiledEps:
         self._fn: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = torch.compile(_eps_and_logits_func, dynamic=False)
         self.error: str | None = None
 
-    def __call__(self, net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor,
+                 y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.error is None:
             try:
-                return self._fn(net, cfg, x, t, abar)
+                return self._fn(net, cfg, x, t, abar, y)
             except Exception as e:  # noqa: BLE001 - any backend failure: fall back, never lose the run
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 self.error = f"{type(e).__name__}: {first}"[:300]
                 import sys
 
                 print(f"egc: torch.compile failed ({self.error}); training continues uncompiled", file=sys.stderr)
-        return _eps_and_logits_func(net, cfg, x, t, abar)
+        return _eps_and_logits_func(net, cfg, x, t, abar, y)
 
 
-def guided_eps(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor, y: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """Class-conditional noise prediction, as released (one backward for both terms):
+def guided_eps(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor, y: torch.Tensor | None, scale: float,
+               cfg_scale: float = 0.0) -> torch.Tensor:
+    """Class-conditional noise prediction (functional form of :meth:`EnergyModel.guided_eps`):
 
-        eps' = eps_hat - sqrt(1 - abar_t) * s * grad_x log softmax(l(x_t))[y]
-             = grad_x [ E(x_t) - s * sqrt(1 - abar_t) * log p(y | x_t) ]
+        eps' = grad_x [ (1 + w) E(x_t | y) - w E(x_t | null) - s * sqrt(1 - abar_t) * log p(y | x_t) ]
 
-    y [B] int64 (None, or s = 0: unconditional, the gradient of the energy alone).
+    y [B] int64 (None: unconditional, the gradient of the null energy alone); s = scale, w = cfg_scale.
     """
-    conditional = y is not None and scale != 0
-
-    def fn(xg: torch.Tensor) -> torch.Tensor:
-        e, lg = energy_and_logits(net, cfg, xg, t, abar)
-        if not conditional:
-            return e
-        logp = torch.log_softmax(lg, dim=1).gather(1, y[:, None])[:, 0]
-        return e - scale * (1 - abar).sqrt() * logp
-
-    return input_grad(fn, x)[1].detach()
+    return _GivenAbar(net, cfg, abar).guided_eps(x, t, y, scale, cfg_scale)
 
 
 # ---- the baselines (model.kind "classifier" / "ddpm"): plain forward passes, no input gradient ----
-def direct_eps(net: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """kind "ddpm": the network's output [B, C, H, W] is the noise prediction itself."""
-    return _wide(net(x, t))
+def direct_eps(net: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """kind "ddpm": the network's output [B, C, H, W] is the noise prediction itself. ``labels``: the
+    network's label input (:func:`net_labels`) of a conditional ddpm, None otherwise."""
+    return _wide(net(x, t) if labels is None else net(x, t, labels))
+
+
+def guided_direct_eps(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, cfg_scale: float = 0.0) -> torch.Tensor:
+    """kind "ddpm": (1 + w) eps(x | y) - w eps(x | null) for a conditional ddpm (y None: eps(x | null),
+    or eps(x) of an unconditional one)."""
+    b = x.shape[0]
+    if cfg.conditioning != "embedding":
+        return direct_eps(net, x, t)
+    null = direct_eps(net, x, t, net_labels(cfg, None, b, x.device)) if (y is None or cfg_scale != 0) else None
+    if y is None:
+        return null
+    cond = direct_eps(net, x, t, net_labels(cfg, y, b, x.device))
+    return cond if cfg_scale == 0 else (1 + cfg_scale) * cond - cfg_scale * null
 
 
 def logit_energy(logits: torch.Tensor) -> torch.Tensor:

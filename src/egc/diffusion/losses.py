@@ -28,7 +28,7 @@ import torch.nn.functional as tfn
 from torch import nn
 
 from ..config import LossConfig, ModelConfig
-from .energy import classify, direct_eps, eps_and_logits
+from .energy import NULL, classify, direct_eps, eps_and_logits, net_labels
 from .schedule import Schedule
 
 
@@ -62,6 +62,14 @@ def _draw(sched: Schedule, x0: torch.Tensor, gen: torch.Generator | None) -> tup
     return t.to(x0.device), eps.to(x0.device)
 
 
+def _null_labels(lcfg: LossConfig, y: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """Labels y [B] (the global batch) with a share loss.null_prob replaced by NULL, drawn from ``gen``
+    on its device (so every process of a data-parallel run drops the same rows)."""
+    dev = gen.device if gen is not None else y.device
+    drop = (torch.rand(y.shape, generator=gen, device=dev) < lcfg.null_prob).to(y.device)
+    return torch.where(drop, torch.full_like(y, NULL), y)
+
+
 def own_rows(shard: Shard) -> slice:
     """The rows of a global batch that process ``shard = (rank, world)`` keeps: rank::world."""
     rank, world = shard
@@ -79,28 +87,39 @@ def _rows(shard: Shard, *vs: torch.Tensor) -> list[torch.Tensor]:
     return [v[rows] for v in vs]
 
 
-EpsFn = Callable[[nn.Module, ModelConfig, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+# (net, model config, x_t, t, abar, energy labels or None) -> (eps_hat, logits, energy), differentiable in the weights
+TrainEpsFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def egc_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedule, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None,
-             shard: Shard = (0, 1), eps_fn: EpsFn | None = None) -> LossParts:
+             shard: Shard = (0, 1), eps_fn: TrainEpsFn | None = None) -> LossParts:
     """x0 [B, C, H, W] in [-1, 1], y [B] int64 -> LossParts. Randomness (t, eps) comes from ``gen``.
 
-    ``eps_fn(net, mcfg, x_t, t, abar) -> (eps_hat, logits, energy)``, differentiable in the weights,
+    A conditional model (model.conditioning != none) fits the diffusion loss to E(x_t | y), with a
+    share loss.null_prob of the labels replaced by the null label; classification always goes through
+    the null label. An unsupervised model (model.supervised false) has the diffusion loss only.
+
+    ``eps_fn(net, mcfg, x_t, t, abar, y) -> (eps_hat, logits, energy)``, differentiable in the weights,
     replaces the default double-backprop ``eps_and_logits(..., create_graph=True)`` (train.compile
     passes energy.CompiledEps here)."""
     t, eps = _draw(sched, x0, gen)
+    y_energy = _null_labels(lcfg, y, gen) if mcfg.conditioning != "none" else None  # drawn only then: unconditional runs keep their stream
     n_clean = int(round(lcfg.clean_fraction * x0.shape[0]))  # of the global batch: its first n_clean rows
     rank, world = shard
     x0, y, t, eps = _rows(shard, x0, y, t, eps)
-    b = x0.shape[0]
+    if y_energy is not None:
+        (y_energy,) = _rows(shard, y_energy)
     abar = sched.abar(t)
     xt = sched.add_noise(x0, t, eps)
     if eps_fn is None:
-        eps_hat, logits, _ = eps_and_logits(net, mcfg, xt, t, abar, create_graph=True)
+        eps_hat, logits, _ = eps_and_logits(net, mcfg, xt, t, abar, create_graph=True, y=y_energy)
     else:
-        eps_hat, logits, _ = eps_fn(net, mcfg, xt, t, abar)
+        eps_hat, logits, _ = eps_fn(net, mcfg, xt, t, abar, y_energy)
     mse = (eps_hat.float() - eps.float()).pow(2).mean()
+    if not mcfg.supervised:
+        return LossParts(mse, mse.detach())
+    if mcfg.conditioning == "embedding" and lcfg.noisy_ce_weight > 0:
+        logits = classify(net, mcfg, xt, t)  # the label forward's logits are not the classifier's: a null-label forward
     ce = tfn.cross_entropy(logits, y, label_smoothing=lcfg.label_smoothing, reduction="none")
     noisy_ce = (abar.sqrt() * ce).mean()
     total = mse + lcfg.noisy_ce_weight * noisy_ce
@@ -136,13 +155,18 @@ def classifier_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: 
 
 def ddpm_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedule, x0: torch.Tensor, y: torch.Tensor,
               gen: torch.Generator | None = None, shard: Shard = (0, 1)) -> LossParts:
-    """DDPM baseline: MSE of a direct eps prediction at a uniform t (the labels are unused).
+    """DDPM baseline: MSE of a direct eps prediction at a uniform t. Unconditional (labels unused), or
+    with model.conditioning embedding the label input, a share loss.null_prob of it null (for CFG).
 
     t and eps are drawn from ``gen`` exactly as in :func:`egc_loss`, so both see the same noise."""
     t, eps = _draw(sched, x0, gen)
+    labels = None
+    if mcfg.conditioning == "embedding":
+        (y_in,) = _rows(shard, _null_labels(lcfg, y, gen))
+        labels = net_labels(mcfg, y_in, y_in.shape[0], y_in.device)
     x0, t, eps = _rows(shard, x0, t, eps)
     xt = sched.add_noise(x0, t, eps)
-    mse = (direct_eps(net, xt, t).float() - eps.float()).pow(2).mean()
+    mse = (direct_eps(net, xt, t, labels).float() - eps.float()).pow(2).mean()
     return LossParts(mse, mse=mse.detach())
 
 

@@ -1,12 +1,15 @@
 """Samplers as pure functions over a noise predictor ``eps_fn(x [B, C, H, W], t [B] int64) -> eps``.
 
 Each takes the schedule's ``alphas_cumprod`` (float64 [T]) and a starting noise x_T, and returns x_0.
+Every tensor a sampler makes lives on x_T's device; fresh noise is drawn on ``gen`` (a CPU generator
+gives the same images on any device) and moved there.
 None of them knows about EGC: the same code samples a plain eps-prediction model, an analytic
 Gaussian (tests), or the guided EGC energy gradient.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -43,6 +46,17 @@ def _x0_eps(x: torch.Tensor, eps: torch.Tensor, a: float, clip: bool) -> tuple[t
     return x0, eps
 
 
+def _tvec(x: torch.Tensor, t: int) -> torch.Tensor:
+    """The timestep t as a [B] int64 tensor on x's device."""
+    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+
+
+def _noise(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like x, drawn on gen's device (CPU by default), then moved to x's."""
+    dev = gen.device if gen is not None else torch.device("cpu")
+    return torch.randn(x.shape, generator=gen, dtype=x.dtype, device=dev).to(x.device)
+
+
 def _bar(iterable, progress: bool, desc: str):
     return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True) if progress else iterable
 
@@ -55,11 +69,11 @@ def ddim(eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: in
         t = ts[i]
         a = float(alphas_cumprod[t])
         a_prev = float(alphas_cumprod[ts[i + 1]]) if i + 1 < len(ts) else 1.0
-        x0, eps = _x0_eps(x, eps_fn(x, torch.full((x.shape[0],), t, dtype=torch.long)), a, clip)
+        x0, eps = _x0_eps(x, eps_fn(x, _tvec(x, t)), a, clip)
         sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5
         x = a_prev**0.5 * x0 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
-            x = x + sigma * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+            x = x + sigma * _noise(x, gen)
     return x
 
 
@@ -84,7 +98,7 @@ def dpmpp_2m(eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps
     for i in _bar(range(len(ts)), progress, "dpm++2m"):
         t = ts[i]
         a = float(alphas_cumprod[t])
-        x0, _ = _x0_eps(x, eps_fn(x, torch.full((x.shape[0],), t, dtype=torch.long)), a, clip)
+        x0, _ = _x0_eps(x, eps_fn(x, _tvec(x, t)), a, clip)
         if i + 1 == len(ts):
             return x0
         a_next = float(alphas_cumprod[ts[i + 1]])
@@ -101,13 +115,44 @@ def dpmpp_2m(eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps
     return x
 
 
-def run_sampler(name: str, eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int, eta: float = 0.0,
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A registered sampler: its update function in the one shared signature
+    ``fn(eps_fn, x, alphas_cumprod, steps, eta, clip, gen, progress) -> x_0``, and whether it has an
+    ``eta`` (DDIM's noise) to set; ddpm is eta = 1 by definition and dpm++2m is an ODE solver."""
+
+    fn: Callable[..., torch.Tensor]
+    has_eta: bool
+    stochastic: bool
+
+
+def _ddim(eps_fn, x, ac, steps, eta, clip, gen, progress):
+    return ddim(eps_fn, x, ac, steps, eta=0.0 if eta is None else eta, clip=clip, gen=gen, progress=progress)
+
+
+def _ddpm(eps_fn, x, ac, steps, eta, clip, gen, progress):
+    return ddpm(eps_fn, x, ac, steps, clip=clip, gen=gen, progress=progress)
+
+
+def _dpmpp(eps_fn, x, ac, steps, eta, clip, gen, progress):
+    return dpmpp_2m(eps_fn, x, ac, steps, clip=clip, progress=progress)
+
+
+REGISTRY: dict[str, SamplerSpec] = {
+    "ddpm": SamplerSpec(_ddpm, has_eta=False, stochastic=True),
+    "ddim": SamplerSpec(_ddim, has_eta=True, stochastic=True),
+    "dpm++2m": SamplerSpec(_dpmpp, has_eta=False, stochastic=False),
+}
+assert tuple(REGISTRY) == SAMPLERS
+
+
+def run_sampler(name: str, eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int, eta: float | None = None,
                 clip: bool = True, gen: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-    """Dispatch by name ("ddpm", "ddim", "dpm++2m")."""
-    if name == "ddpm":
-        return ddpm(eps_fn, x, alphas_cumprod, steps, clip=clip, gen=gen, progress=progress)
-    if name == "ddim":
-        return ddim(eps_fn, x, alphas_cumprod, steps, eta=eta, clip=clip, gen=gen, progress=progress)
-    if name == "dpm++2m":
-        return dpmpp_2m(eps_fn, x, alphas_cumprod, steps, clip=clip, progress=progress)
-    raise ValueError(f"unknown sampler '{name}' (choose from {', '.join(SAMPLERS)})")
+    """Run the registered sampler ``name`` on x_T [B, C, H, W] -> x_0. ``eta`` is DDIM's noise (None:
+    the sampler's own, 0 for ddim); giving it to a sampler without one is an error, not ignored."""
+    spec = REGISTRY.get(name)
+    if spec is None:
+        raise ValueError(f"unknown sampler '{name}' (choose from {', '.join(SAMPLERS)})")
+    if eta is not None and not spec.has_eta:
+        raise ValueError(f"sampler {name} has no eta (only ddim does; ddpm is eta 1, dpm++2m deterministic)")
+    return spec.fn(eps_fn, x, alphas_cumprod, steps, eta, clip, gen, progress)

@@ -50,15 +50,16 @@ def settings_from_args(a: argparse.Namespace):
                     ("--restarts", a.restarts), ("--n-robust", a.n_robust), ("--square-queries", a.square_queries),
                     ("--sanity-n", a.sanity_n), ("--batch-size", a.batch_size), ("--threads", a.threads)):
         _positive(flag, v)
-    if a.guidance is not None and not (math.isfinite(a.guidance) and a.guidance >= 0):
-        raise EgcError(f"--guidance must be finite and >= 0, got {a.guidance}")
+    for flag, v in (("--guidance", a.guidance), ("--cfg", a.cfg), ("--eta", a.eta)):
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            raise EgcError(f"{flag} must be finite and >= 0, got {v}")
     ood = None if a.ood_sets in (None, "auto") else [p.strip().lower() for p in a.ood_sets.split(",") if p.strip()]
     return EvalSettings(
         metrics=parse_metrics(a.metrics), data=a.data, data_root=a.data_root, n_test=a.n_test, noise_t=_ints("--noise-t", a.noise_t),
         n_robust=a.n_robust, eps_linf=_floats("--eps-linf", a.eps_linf), eps_l2=_floats("--eps-l2", a.eps_l2), pgd_steps=a.pgd_steps,
         restarts=a.restarts, sanity=not a.no_sanity, sanity_n=a.sanity_n, square_queries=a.square_queries, ood_sets=ood,
-        n_samples=a.n_samples, sampler=a.sampler, steps=a.steps, guidance=a.guidance, judge=a.judge, inception=a.inception,
-        batch_size=a.batch_size, seed=a.seed, precision=a.precision, out_dir=a.out_dir, quiet=a.quiet)
+        n_samples=a.n_samples, sampler=a.sampler, steps=a.steps, guidance=a.guidance, cfg=a.cfg, eta=a.eta, judge=a.judge, inception=a.inception,
+        batch_size=a.batch_size, seed=a.seed, precision=a.precision, device=a.device, out_dir=a.out_dir, quiet=a.quiet)
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -120,7 +121,10 @@ def add_eval_parsers(sub) -> None:
     e.add_argument("--n-samples", type=int, default=1000, help="generated samples for the generation metrics (class-balanced)")
     e.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++2m"])
     e.add_argument("--steps", type=int, default=50, help="sampler steps")
-    e.add_argument("--guidance", type=float, default=None, help="classifier-term scale (default: the model's recommended scale)")
+    e.add_argument("--guidance", type=float, default=None, help="classifier guidance scale (default: the model's recommended scale)")
+    e.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale of a conditional model (default: the model's recommended scale)")
+    e.add_argument("--eta", type=float, default=None, help="DDIM noise (default 0: deterministic; 1 = DDPM variance); ddim only")
+    e.add_argument("--device", default="auto", help="auto (cuda when available, the default) | cpu | cuda[:N]")
     e.add_argument("--judge", help="feature network for generation metrics (zoo:NAME or file; default zoo:fashioncnn for fashion-mnist)")
     e.add_argument("--inception", metavar="WEIGHTS", help="pytorch-fid's Inception-v3 weights file pt_inception-2015-12-05-6726825d.pth "
                    "(downloaded by you; egc never downloads): adds the standard fid_inception and kid_inception to the generation metrics")

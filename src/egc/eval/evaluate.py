@@ -58,12 +58,15 @@ class EvalSettings:
     n_samples: int = 1000
     sampler: str = "ddim"
     steps: int = 50
-    guidance: float | None = None  # None: the model's recommended scale
+    eta: float | None = None  # DDIM's noise (None: 0)
+    guidance: float | None = None  # None: the model's recommended scale (sample.guidance)
+    cfg: float | None = None  # classifier-free guidance; None: the model's recommended scale (sample.cfg)
     judge: str | None = None  # None: the default judge of the data set, if any
     inception: str | None = None  # pytorch-fid's Inception-v3 weights file: fid_inception, kid_inception
     batch_size: int = 250
     seed: int = 0
     precision: str = "auto"
+    device: str = "auto"
     out_dir: str | None = None
     quiet: bool = False
 
@@ -204,6 +207,18 @@ def _norm_name(name: str) -> str:
     return name.lower().replace("_", "-").replace("fashionmnist", "fashion-mnist").replace("cifar-10", "cifar10")
 
 
+def cluster_purity(clusters: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of images whose cluster's most common true label is their own: sum over clusters of the
+    largest label count, over N (clusters, y int64 [N]). 1 = every cluster holds one class."""
+    if y.numel() == 0:
+        return float("nan")
+    k = int(clusters.max()) + 1
+    c = int(y.max()) + 1
+    counts = torch.zeros(k, c, dtype=torch.long)
+    counts.index_put_((clusters.long(), y.long()), torch.ones_like(y, dtype=torch.long), accumulate=True)
+    return float(counts.max(dim=1).values.sum()) / y.numel()
+
+
 def load_test_set(m: Any, name: str, root: str | None, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(x ``[n, C, H, W]`` in [-1, 1], y ``[n]``, size of the full test set): a seeded random subset of
     the test split, checked against the model's input shape and class count."""
@@ -215,7 +230,7 @@ def load_test_set(m: Any, name: str, root: str | None, n: int | None, seed: int)
     if got != shape:
         raise DataError(f"data set {name} has {got[0]}x{got[1]}x{got[2]} images but the model takes {shape[0]}x{shape[1]}x{shape[2]} (C x H x W)")
     k = model_config(m).model.num_classes
-    if ds.num_classes != k and model_kind(m) != "ddpm":
+    if ds.num_classes != k and model_kind(m) != "ddpm" and getattr(m, "supervised", True):
         raise DataError(f"data set {name} has {ds.num_classes} classes but the model has {k}")
     if len(ds) == 0:
         raise DataError(f"data set {name} has no test images")
@@ -307,10 +322,10 @@ def generation_metrics(m: Any, judge, test_x: torch.Tensor, s: EvalSettings, inc
     from .judge import judge_samples
 
     kind = model_kind(m)
-    conditional = kind != "ddpm"
-    kw = dict(sampler=s.sampler, steps=s.steps, seed=s.seed, batch_size=s.batch_size, progress=not s.quiet)
+    conditional = bool(getattr(m, "conditional", kind != "ddpm"))
+    kw = dict(sampler=s.sampler, steps=s.steps, eta=s.eta, seed=s.seed, batch_size=s.batch_size, progress=not s.quiet)
     if conditional:
-        imgs, labels = m.sample(s.n_samples, class_balanced=True, guidance=s.guidance, **kw)
+        imgs, labels = m.sample(s.n_samples, class_balanced=True, guidance=s.guidance, cfg=s.cfg, **kw)
     else:
         imgs, labels = m.sample(s.n_samples, **kw)
     kid_size = min(1000, s.n_samples, test_x.shape[0])
@@ -389,7 +404,7 @@ def run_eval(checkpoint: str, s: EvalSettings, model: Any = None) -> dict[str, A
     if model is None:
         from egc.model import EGC
 
-        model = EGC.load(checkpoint, precision=s.precision)
+        model = EGC.load(checkpoint, precision=s.precision, device=s.device)
     m = model
     kind = model_kind(m)
     cfg = model_config(m)
@@ -411,12 +426,18 @@ def run_eval(checkpoint: str, s: EvalSettings, model: Any = None) -> dict[str, A
     x, y, n_full = load_test_set(m, data_name, s.data_root, s.n_test, s.seed)
     wall["load"] = time.perf_counter() - tick
 
-    can_classify = kind in ("egc", "classifier")
-    can_generate = kind in ("egc", "ddpm")
+    can_classify = bool(getattr(m, "can_classify", kind in ("egc", "classifier")))
+    can_generate = bool(getattr(m, "can_generate", kind in ("egc", "ddpm")))
+    supervised = bool(getattr(m, "supervised", True))
+    labelled = bool(y.numel()) and bool((y >= 0).all())
     todo = list(s.metrics)
     for name in todo:
         if name in CLASSIFY_METRICS and not can_classify:
             skipped[name] = f"a {kind} model does not classify"
+        elif name in ("ece", "noisy_acc", "robust") and not supervised:
+            skipped[name] = "an unsupervised model's classes are clusters, not labels (see cluster_purity)"
+        elif name in ("acc", "ece", "noisy_acc", "robust") and not labelled:
+            skipped[name] = f"the test images of {data_name} have no labels"
         if name == "gen" and not can_generate:
             skipped[name] = f"a {kind} model does not generate"
 
@@ -425,7 +446,10 @@ def run_eval(checkpoint: str, s: EvalSettings, model: Any = None) -> dict[str, A
         tick = time.perf_counter()
         logits = batched_logits(m, x, None, s.batch_size, s.quiet)
         wall["classify"] = time.perf_counter() - tick
-    if "acc" in todo and "acc" not in skipped:
+    if "acc" in todo and "acc" not in skipped and not supervised:
+        metrics["cluster_purity"] = cluster_purity(logits.argmax(dim=1), y)
+        metrics["clusters_used"] = int(logits.argmax(dim=1).unique().numel())
+    elif "acc" in todo and "acc" not in skipped:
         metrics["accuracy"] = float((logits.argmax(dim=1) == y).double().mean())
     if "ece" in todo and "ece" not in skipped:
         bins = reliability_bins(torch.softmax(logits, dim=1), y)
@@ -490,7 +514,8 @@ def run_eval(checkpoint: str, s: EvalSettings, model: Any = None) -> dict[str, A
                 gen["judge_skipped"] = why
             if inception is None:
                 gen["inception"] = INCEPTION_NOT_GIVEN
-            gen["guidance"] = None if kind == "ddpm" else (cfg.train.guidance if s.guidance is None else s.guidance)
+            gen["guidance"] = None if kind == "ddpm" else (cfg.sample.guidance if s.guidance is None else s.guidance)
+            gen["cfg"] = cfg.sample.cfg if s.cfg is None else s.cfg
             metrics["generation"] = gen
             if out_dir is not None:
                 u8, nrow = sample_grid_u8(imgs, labels, k)

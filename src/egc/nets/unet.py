@@ -97,6 +97,11 @@ class EnergyUNet(nn.Module):
         ch, p = cfg.channels, cfg.patch
         temb = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, temb), nn.SiLU(), nn.Linear(temb, temb))
+        # model.conditioning "embedding": a label embedding (K entries + the null label, index K)
+        # added to the time embedding, so it scales and shifts every residual block (as the released
+        # code's label embedding does; its cross-attention to a single label token reduces to a
+        # per-label bias at the attention layer, which this FiLM path already contains).
+        self.label_emb = nn.Embedding(cfg.num_classes + 1, temb) if cfg.conditioning == "embedding" else None
         # t < 0 means "clean input": the clean-image classification loss gets its own learned time
         # input instead of t = 0, because training the t = 0 logit map for clean classification
         # pulls its energy gradient (the eps prediction at the last sampling steps) far off.
@@ -129,9 +134,15 @@ class EnergyUNet(nn.Module):
         self.out = nn.Conv2d(cur, cfg.out_channels * p * p, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        if not cfg.supervised:
+            # Unsupervised EGC: with a zero output every cluster channel gets the same gradient forever
+            # (logsumexp weighs equal channels equally); a small random start lets them differ.
+            with torch.no_grad():
+                self.out.weight[: cfg.num_classes * p * p].normal_(0.0, 1e-2)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x [B, C, H, W] in model range, t [B] timesteps (float or int; < 0 = clean) -> F [B, K(+C), H, W]."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, C, H, W] in model range, t [B] timesteps (float or int; < 0 = clean), labels [B] int64 in
+        0..K (K = null; only with model.conditioning "embedding", None = all null) -> F [B, K(+C), H, W]."""
         p = self.cfg.patch
         size = x.shape[-2:]
         if p > 1:
@@ -139,6 +150,12 @@ class EnergyUNet(nn.Module):
         temb = timestep_embedding(t.clamp(min=0), self.cfg.channels)
         temb = torch.where((t < 0)[:, None], self.clean_token[None].to(temb.dtype), temb)
         emb = self.time_mlp(temb.to(self.stem.weight.dtype))
+        if self.label_emb is not None:
+            if labels is None:
+                labels = torch.full((x.shape[0],), self.cfg.num_classes, dtype=torch.long, device=x.device)
+            emb = emb + self.label_emb(labels).to(emb.dtype)
+        elif labels is not None:
+            raise ValueError("this network takes no label input (model.conditioning is not 'embedding')")
         h = self.stem(x)
         hs = [h]
         for m in self.down:

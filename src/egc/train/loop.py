@@ -33,7 +33,7 @@ from ..diffusion.losses import loss_for, own_rows
 from ..diffusion.schedule import Schedule
 from ..errors import CheckpointError, EgcError
 from ..imageio import atomic_write_bytes, save_grid
-from ..model import EGC
+from ..model import EGC, resolve_channels_last, resolve_precision
 from ..nets import build_net
 from .dist import Dist, start as start_dist
 from .ema import EMA
@@ -175,9 +175,17 @@ def _fit_model_to_data(cfg: RunConfig, ds: Any) -> None:
         if pix != want:
             raise EgcError(f"data {cfg.data.name} has {'x'.join(map(str, pix))} images (CxHxW) but the autoencoder {m.autoencoder} "
                            f"takes {'x'.join(map(str, want))}")
+    if not ds.labeled:
+        if m.kind == "classifier" or m.conditioning != "none":
+            raise EgcError(f"data {cfg.data.name} has no labels: a {m.kind} model with model.conditioning {m.conditioning} needs them "
+                           "(unlabelled images train an unsupervised EGC: --model egc, or a ddpm)")
+        if m.kind == "egc" and m.supervised:
+            print(f"egc train: {cfg.data.name} has no labels: training an unsupervised EGC (model.supervised=false)", file=sys.stderr)
+            m.supervised = False
     # The network sees latents in a latent run and pixels otherwise (an autoencoder's net is the AE).
     channels, size = (m.ae.latent_channels, m.ae.latent_size) if m.latent else (ds.channels, ds.image_size)
-    m.in_channels, m.num_classes, m.image_size = channels, ds.num_classes, size
+    k = ds.num_classes if m.supervised else (m.clusters or ds.num_classes or 10)
+    m.in_channels, m.num_classes, m.image_size = channels, max(k, 2), size
     if m.kind != AUTOENCODER and m.image_size % m.patch:
         raise EgcError(f"image size {m.image_size} is not divisible by model.patch {m.patch}")
 
@@ -266,7 +274,8 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
         restore(ckpt)
         step, elapsed = ckpt.step, float(ckpt.meta["elapsed_s"])
         lr_scale, last_good = float(ckpt.meta.get("lr_scale", 1.0)), found
-    if cfg.train.channels_last:
+    channels_last = resolve_channels_last(cfg.train.channels_last, dist.device)
+    if channels_last:
         net = net.to(memory_format=torch.channels_last)
     model = dist.wrap(net)  # what the loss calls (DDP for several processes); net = the weights themselves
     if dist.is_main:
@@ -278,7 +287,8 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
     # The log describes the steps this run's checkpoints hold: rows after ``step`` (of a killed attempt) go.
     logger: Logger | _NoLog = Logger(run_dir, upto=step) if dist.is_main else _NoLog()
     sched = Schedule.make(cfg.diffusion.schedule, cfg.diffusion.steps)
-    autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if tc.precision == "bf16" else contextlib.nullcontext
+    precision = resolve_precision(tc.precision, dist.device)  # "auto": bf16 only where it is native
+    autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
     loss_fn = loss_for(cfg.model.kind)  # the one place the model kind picks the objective
     if tc.compile:
         if cfg.model.kind != "egc" or dist.world > 1:
@@ -300,7 +310,7 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
         loader_m = {k: v for k, v in loader_sd.items() if not torch.is_tensor(v)}
         opt_t, opt_groups = optimizer_tensors(opt)
         meta = {"opt_groups": opt_groups, "ema_updates": ema.updates, "loader": loader_m, "elapsed_s": elapsed,
-                "class_names": ds.class_names, "data": cfg.data.name, "world_size": dist.world, "lr_scale": lr_scale}
+                "class_names": ds.class_names if cfg.model.supervised else [f"cluster {i}" for i in range(cfg.model.num_classes)], "data": cfg.data.name, "world_size": dist.world, "lr_scale": lr_scale}
         groups = {"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt_t, "loader": loader_t,
                   "rng": {"torch": torch.get_rng_state(), "loss": gen.get_state()}}
         if ae is not None:  # the frozen autoencoder: the checkpoint does not depend on its file
@@ -323,9 +333,10 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
             with torch.random.fork_rng(devices=[]):
                 ema_net = build_net(cfg.model)
             ema_net.load_state_dict(ema.state_dict())
-            model = EGC(ema_net, cfg, ds.class_names, tc.precision, autoencoder=ae)
-            balanced = cfg.model.kind == "egc"  # ddpm: an unconditional grid
-            imgs, _ = model.sample(tc.sample_n, class_balanced=balanced, steps=tc.sample_steps, guidance=tc.guidance, seed=0)
+            # The grid is drawn on the CPU: the precision chosen for a GPU need not suit it.
+            model = EGC(ema_net, cfg, ds.class_names, precision if dist.device.type == "cpu" else "auto", autoencoder=ae)
+            balanced = model.conditional  # an unconditional ddpm or unsupervised EGC: an unconditional grid
+            imgs, _ = model.sample(tc.sample_n, class_balanced=balanced, steps=tc.sample_steps, seed=0)
             save_grid(to_uint8(imgs), run_dir / "samples" / f"step-{step:07d}.png",
                       nrow=max(1, tc.sample_n // cfg.model.num_classes) if balanced else None, scale=2)
         return path
@@ -347,7 +358,7 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
             x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
             if ae is not None:  # latent run: the frozen encoder's scaled posterior mean (augmentation happened in pixels)
                 x = _encode_own_rows(ae, x, dist.shard)
-            if cfg.train.channels_last:
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             for g in opt.param_groups:
                 g["lr"] = tc.lr * lr_scale * lr_factor(cfg, step, elapsed)
@@ -416,7 +427,7 @@ def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_
         bar.close()
         final = dist.from_main(step != last_ckpt_step or not list((run_dir / "checkpoints").glob("step-*.safetensors")))
         path = checkpoint() if final else latest_in(run_dir)
-        summary = {"run_dir": str(run_dir), "step": step, "elapsed_s": round(elapsed, 1), "checkpoint": str(path),
+        summary = {"run_dir": str(run_dir), "step": step, "elapsed_s": round(elapsed, 1), "checkpoint": str(path), "precision": precision, "channels_last": channels_last,
                    "interrupted": stop.requested or stopping, "skipped_steps": skipped, "rollbacks": rollbacks, "lr_scale": lr_scale,
                    **{k: round(v, 5) for k, v in stats.items()}}
         if dist.is_main:
