@@ -63,3 +63,25 @@ def test_timesteps_span_the_schedule():
 
     ts = timesteps(1000, 20)
     assert ts[0] == 999 and ts[-1] == 0 and len(ts) == 20 and ts == sorted(ts, reverse=True)
+
+
+def test_callback_sees_every_step_and_can_stop_the_sampler():
+    from egc.diffusion.samplers import SAMPLERS
+
+    sched = Schedule.make("ldm-linear")
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for name in SAMPLERS:
+        seen = []
+        run_sampler(name, lambda z, t: torch.zeros_like(z), x, sched.alphas_cumprod, 4, gen=torch.Generator().manual_seed(1),
+                    callback=lambda i, n, x0: seen.append((i, n, tuple(x0.shape))))
+        assert seen == [(i, 4, (2, 1, 4, 4)) for i in range(1, 5)], (name, seen)
+
+        class Stop(Exception):
+            pass
+
+        def stop(i, n, x0):
+            if i == 2:
+                raise Stop
+
+        with pytest.raises(Stop):
+            run_sampler(name, lambda z, t: torch.zeros_like(z), x, sched.alphas_cumprod, 4, callback=stop)

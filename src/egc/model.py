@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -311,7 +312,8 @@ class EGC:
 
     def sample(self, n: int, labels: torch.Tensor | list[int] | None = None, class_balanced: bool = False, sampler: str = "ddim",
                steps: int = 100, guidance: float | None = None, eta: float | None = None, seed: int = 0, batch_size: int = 250,
-               progress: bool = False, clip: bool = True, cfg: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               progress: bool = False, clip: bool = True, cfg: float | None = None,
+               callback: Callable[[int, int, torch.Tensor], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw n images. Returns (images float [n, C, H, W] in [-1, 1], labels int64 [n], -1 = unconditional).
         A latent model samples latents and returns them decoded: pixel images of ``image_shape``.
 
@@ -321,6 +323,10 @@ class EGC:
         multiple of K); ``labels`` gives them explicitly; neither means unconditional (the null label).
         Images come back on the CPU; the noise is drawn on a CPU generator, so a seed gives the same
         images on any device (up to the device's arithmetic).
+
+        ``callback(step, total, x0_hat)`` is called after every sampler step of every batch with the
+        current estimate of the batch's images (decoded pixels in [-1, 1] on the CPU, a latent model's
+        included); raising from it stops sampling (cancellation) and the exception propagates.
         """
         self._need(self.can_generate, "sampler")
         if guidance is None:
@@ -354,8 +360,14 @@ class EGC:
             yb = None if y is None else y[i:i + batch_size].to(self.device)
             fn = lambda x, t, yb=yb: self.eps(x, t, yb, guidance, cfg)  # noqa: E731
             # Latents are not confined to [-1, 1]: no clipping of the x0 estimate in latent space.
+            cb = None
+            if callback is not None:
+                def cb(step: int, total: int, x0: torch.Tensor) -> None:
+                    with torch.no_grad():
+                        img = self.autoencoder.decode(x0) if self.autoencoder is not None else x0
+                    callback(step, total, img.float().clamp(-1, 1).cpu())
             z = run_sampler(sampler, fn, noise[i:i + batch_size].to(self.device), self.schedule.alphas_cumprod, steps, eta=eta,
-                            clip=clip and self.autoencoder is None, gen=gen, progress=progress)
+                            clip=clip and self.autoencoder is None, gen=gen, progress=progress, callback=cb)
             with torch.no_grad():
                 out.append((self.autoencoder.decode(z) if self.autoencoder is not None else z).float().cpu())
         labels_out = y if y is not None else torch.full((n,), -1, dtype=torch.long)

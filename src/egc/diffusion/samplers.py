@@ -16,6 +16,9 @@ import torch
 from tqdm.auto import tqdm
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Called after every step as callback(step, total, x0_hat [B, C, H, W]) with the current estimate of
+# x_0 (live previews); raising from it stops the sampler (how a caller cancels a run).
+Callback = Callable[[int, int, torch.Tensor], None]
 SAMPLERS = ("ddpm", "ddim", "dpm++2m")
 
 
@@ -62,7 +65,7 @@ def _bar(iterable, progress: bool, desc: str):
 
 
 def ddim(eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int, eta: float = 0.0, clip: bool = True,
-         gen: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+         gen: torch.Generator | None = None, progress: bool = False, callback: Callback | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021, Eq. 12). eta = 0 is deterministic; eta = 1 is DDPM's posterior variance."""
     ts = timesteps(alphas_cumprod.shape[0], steps)
     for i in _bar(range(len(ts)), progress, "ddim" if eta == 0 else "ddpm"):
@@ -70,6 +73,8 @@ def ddim(eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: in
         a = float(alphas_cumprod[t])
         a_prev = float(alphas_cumprod[ts[i + 1]]) if i + 1 < len(ts) else 1.0
         x0, eps = _x0_eps(x, eps_fn(x, _tvec(x, t)), a, clip)
+        if callback is not None:
+            callback(i + 1, len(ts), x0)
         sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5
         x = a_prev**0.5 * x0 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
@@ -78,17 +83,17 @@ def ddim(eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: in
 
 
 def ddpm(eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int = 1000, clip: bool = True,
-         gen: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+         gen: torch.Generator | None = None, progress: bool = False, callback: Callback | None = None) -> torch.Tensor:
     """Ancestral DDPM sampling (Ho et al. 2020) on an evenly respaced grid of ``steps`` timesteps.
 
     On a respaced grid the ancestral step with the posterior variance beta_tilde is exactly DDIM with
     eta = 1, so both share one update.
     """
-    return ddim(eps_fn, x, alphas_cumprod, steps, eta=1.0, clip=clip, gen=gen, progress=progress)
+    return ddim(eps_fn, x, alphas_cumprod, steps, eta=1.0, clip=clip, gen=gen, progress=progress, callback=callback)
 
 
 def dpmpp_2m(eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int = 20, clip: bool = True,
-             progress: bool = False, gen: torch.Generator | None = None) -> torch.Tensor:
+             progress: bool = False, gen: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): a multistep second-order solver of the diffusion ODE
     in the data-prediction form, on a grid uniform in log-SNR."""
     if not 1 <= steps <= alphas_cumprod.shape[0]:
@@ -99,6 +104,8 @@ def dpmpp_2m(eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps
         t = ts[i]
         a = float(alphas_cumprod[t])
         x0, _ = _x0_eps(x, eps_fn(x, _tvec(x, t)), a, clip)
+        if callback is not None:
+            callback(i + 1, len(ts), x0)
         if i + 1 == len(ts):
             return x0
         a_next = float(alphas_cumprod[ts[i + 1]])
@@ -118,7 +125,7 @@ def dpmpp_2m(eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps
 @dataclass(frozen=True)
 class SamplerSpec:
     """A registered sampler: its update function in the one shared signature
-    ``fn(eps_fn, x, alphas_cumprod, steps, eta, clip, gen, progress) -> x_0``, and whether it has an
+    ``fn(eps_fn, x, alphas_cumprod, steps, eta, clip, gen, progress, callback) -> x_0``, and whether it has an
     ``eta`` (DDIM's noise) to set; ddpm is eta = 1 by definition and dpm++2m is an ODE solver."""
 
     fn: Callable[..., torch.Tensor]
@@ -126,16 +133,16 @@ class SamplerSpec:
     stochastic: bool
 
 
-def _ddim(eps_fn, x, ac, steps, eta, clip, gen, progress):
-    return ddim(eps_fn, x, ac, steps, eta=0.0 if eta is None else eta, clip=clip, gen=gen, progress=progress)
+def _ddim(eps_fn, x, ac, steps, eta, clip, gen, progress, callback):
+    return ddim(eps_fn, x, ac, steps, eta=0.0 if eta is None else eta, clip=clip, gen=gen, progress=progress, callback=callback)
 
 
-def _ddpm(eps_fn, x, ac, steps, eta, clip, gen, progress):
-    return ddpm(eps_fn, x, ac, steps, clip=clip, gen=gen, progress=progress)
+def _ddpm(eps_fn, x, ac, steps, eta, clip, gen, progress, callback):
+    return ddpm(eps_fn, x, ac, steps, clip=clip, gen=gen, progress=progress, callback=callback)
 
 
-def _dpmpp(eps_fn, x, ac, steps, eta, clip, gen, progress):
-    return dpmpp_2m(eps_fn, x, ac, steps, clip=clip, progress=progress)
+def _dpmpp(eps_fn, x, ac, steps, eta, clip, gen, progress, callback):
+    return dpmpp_2m(eps_fn, x, ac, steps, clip=clip, progress=progress, callback=callback)
 
 
 REGISTRY: dict[str, SamplerSpec] = {
@@ -147,7 +154,7 @@ assert tuple(REGISTRY) == SAMPLERS
 
 
 def run_sampler(name: str, eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: int, eta: float | None = None,
-                clip: bool = True, gen: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+                clip: bool = True, gen: torch.Generator | None = None, progress: bool = False, callback: Callback | None = None) -> torch.Tensor:
     """Run the registered sampler ``name`` on x_T [B, C, H, W] -> x_0. ``eta`` is DDIM's noise (None:
     the sampler's own, 0 for ddim); giving it to a sampler without one is an error, not ignored."""
     spec = REGISTRY.get(name)
@@ -155,4 +162,4 @@ def run_sampler(name: str, eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch
         raise ValueError(f"unknown sampler '{name}' (choose from {', '.join(SAMPLERS)})")
     if eta is not None and not spec.has_eta:
         raise ValueError(f"sampler {name} has no eta (only ddim does; ddpm is eta 1, dpm++2m deterministic)")
-    return spec.fn(eps_fn, x, alphas_cumprod, steps, eta, clip, gen, progress)
+    return spec.fn(eps_fn, x, alphas_cumprod, steps, eta, clip, gen, progress, callback)
