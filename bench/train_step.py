@@ -50,6 +50,10 @@ MODES: dict[str, list[str]] = {
     "default-fp32": ["train.precision=fp32"],
     "default-bf16": ["train.precision=bf16"],
     "compiled": ["train.compile=true"],
+    # The label-conditioned energies of issue 16 on the default path: "joint" adds no forward pass,
+    # "embedding" adds the null-label forward of the noisy classification term.
+    "cond-joint": ["model.conditioning=joint"],
+    "cond-embedding": ["model.conditioning=embedding"],
 }
 
 

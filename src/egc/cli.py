@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval.cli import add_eval_parsers  # evaluation imports inference code only
 
     add_eval_parsers(sub)
+    from .serve.cli import add_serve_parser  # the web app imports its server library only when run
+    add_serve_parser(sub)
     return p
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
@@ -240,7 +240,8 @@ def _check_size(classifier: Any, cfg: CaGConfig) -> None:
 
 
 def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_stats: tuple[torch.Tensor, torch.Tensor] | None,
-                    gen: torch.Generator, bar: tqdm, recorder: BNStatsRecorder | None, device: torch.device) -> torch.Tensor:
+                    gen: torch.Generator, bar: tqdm, recorder: BNStatsRecorder | None, device: torch.device,
+                    on_step: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """b images [b, C, S, S] in [0, 1] of class ``target`` (one batch of :func:`generate`)."""
     plan = cfg.plan()
     c, size_final, view = int(classifier.channels), cfg.size, cfg.view
@@ -305,11 +306,15 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
             bar.update(1)
             if bar.n % 10 == 0:
                 bar.set_postfix({k: round(float(v.detach()), 3) for k, v in terms.items()}, refresh=False)
+            if on_step is not None:
+                with torch.no_grad():
+                    on_step(param_image(param, z.detach(), cfg.fourier_decay).cpu())
     return param_image(param, z.detach(), cfg.fourier_decay)
 
 
 def generate(classifier: Any, target: int, n: int, cfg: CaGConfig | None = None,
-             real_stats: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True) -> torch.Tensor:
+             real_stats: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
+             callback: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """n images of class ``target`` from ``classifier`` (see :mod:`egc.cag.adapters`).
 
     Args:
@@ -320,6 +325,11 @@ def generate(classifier: Any, target: int, n: int, cfg: CaGConfig | None = None,
         real_stats: (mu_c [D], sigma_c [D]) of the classifier's features on real images of the
             target class, for the distribution loss; None = data-free (batch-norm prior only).
         progress: show a tqdm bar.
+        callback: None, or ``callback(step, total, images)`` called after every optimisation step with
+            the steps done so far (over all batches), their total, and the current batch's images
+            (float [b, C, s, s] in [0, 1] on the CPU, s = the stage size); raising from it stops the run
+            (cancellation) and the exception propagates. It draws no random numbers: the images are
+            the same with or without it.
     The classifier is used as it is (adapters put their networks in eval mode; a module in train
     mode would normalise with batch statistics and apply dropout).
     Returns:
@@ -340,6 +350,13 @@ def generate(classifier: Any, target: int, n: int, cfg: CaGConfig | None = None,
     use_bn = cfg.bn_weight > 0 and isinstance(classifier, torch.nn.Module) and bool(batchnorm_layers(classifier))
     gen = torch.Generator().manual_seed(cfg.seed)
     total = sum(s for _, s in cfg.plan()) * ((n + cfg.batch - 1) // cfg.batch)
+    on_step = None
+    if callback is not None:
+        done = [0]
+
+        def on_step(images: torch.Tensor) -> None:
+            done[0] += 1
+            callback(done[0], total, images)
     out: list[torch.Tensor] = []
     with tqdm(total=total, disable=not progress, desc=f"cag {getattr(classifier, 'name', '')}", leave=False) as bar:
         recorder = BNStatsRecorder(classifier) if use_bn else None
@@ -348,7 +365,7 @@ def generate(classifier: Any, target: int, n: int, cfg: CaGConfig | None = None,
         try:
             for i in range(0, n, cfg.batch):
                 b = min(cfg.batch, n - i)
-                out.append(_generate_batch(classifier, target, b, cfg, real_stats, gen, bar, recorder, device))
+                out.append(_generate_batch(classifier, target, b, cfg, real_stats, gen, bar, recorder, device, on_step))
         finally:
             if recorder is not None:
                 recorder.__exit__(None, None, None)
