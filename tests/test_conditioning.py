@@ -279,3 +279,14 @@ def test_unlabelled_folder_loads_and_a_classifier_refuses_it(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no labels" in err
+
+
+def test_sigma_data_follows_the_space_the_model_lives_in():
+    """The energy prior's data scale: 0.5 for pixels in [-1, 1]; latent runs scale their latents to unit
+    variance, so 1.0 there; an explicit value is kept, and old checkpoints keep the 0.5 they ran with."""
+    assert load_config(None).model.sigma_data == 0.5
+    assert load_config(None, ["model.autoencoder=some/ae/run"]).model.sigma_data == 1.0
+    assert load_config(None, ["model.autoencoder=some/ae/run", "model.sigma_data=0.7"]).model.sigma_data == 0.7
+    old = load_config(None, ["model.autoencoder=some/ae/run"]).to_dict()
+    del old["model"]["sigma_data"]
+    assert RunConfig.from_dict(old).validate().model.sigma_data == 0.5

@@ -373,7 +373,8 @@ def test_npz_shapes_names_and_test_split(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "arrays, needle",
     [
-        ({"images": np.zeros((2, 3, 3, 3), np.uint8)}, "missing key 'labels'"),
+        ({"labels": np.zeros(2, int)}, "missing key 'images'"),
+        ({"images": np.zeros((2, 3, 3, 5), np.uint8)}, "C 1 or 3"),  # unlabelled (no 'labels'): the images are still checked
         ({"images": np.zeros((2, 3, 3, 3), np.float32), "labels": np.zeros(2, int)}, "expected uint8"),
         ({"images": np.zeros((2, 3, 3, 3), np.uint8), "labels": np.zeros(3, int)}, "2 images but 3 labels"),
         ({"images": np.zeros((2, 3, 3, 5), np.uint8), "labels": np.zeros(2, int)}, "C 1 or 3"),

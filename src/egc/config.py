@@ -96,7 +96,9 @@ class ModelConfig:
     # "gaussian" = exact energy of Gaussian data, "denoiser" = that plus a learned denoiser residual.
     # (energy_prior and sigma_data matter for kind "egc" only.)
     energy_prior: str = "gaussian"
-    sigma_data: float = 0.5
+    # Standard deviation of the data the energy prior assumes; 0 = automatic: 0.5 for pixels in [-1, 1],
+    # 1.0 for a latent run (its latents are scaled to unit variance by model.latent_scale).
+    sigma_data: float = 0.0
     conditioning: str = "none"  # CONDITIONINGS; kind ddpm: "none" or "embedding"; kind classifier: "none"
     # False: trained without labels (unsupervised EGC, the diffusion loss only): the K channels are
     # clusters the model found. K = model.clusters (0: the data's class count if it has labels, else 10).
@@ -148,7 +150,9 @@ class ModelConfig:
         _check(self.supervised or (self.kind == "egc" and self.conditioning == "none"),
                "model.supervised=false (unsupervised EGC) needs model.kind egc with model.conditioning none")
         _check(self.energy_prior in ENERGY_PRIORS, f"model.energy_prior must be one of {', '.join(ENERGY_PRIORS)}, got '{self.energy_prior}'")
-        _check(0 <= self.dropout < 1 and self.sigma_data > 0, "model.dropout in [0, 1) and model.sigma_data > 0 required")
+        _check(0 <= self.dropout < 1 and self.sigma_data >= 0, "model.dropout in [0, 1) and model.sigma_data >= 0 (0 = automatic) required")
+        if self.sigma_data == 0:
+            self.sigma_data = 1.0 if self.latent else 0.5
         _check(self.latent_scale >= 0, f"model.latent_scale must be >= 0 (0 = measure it), got {self.latent_scale}")
         _check(not (self.kind == AUTOENCODER and self.autoencoder), "model.autoencoder is for latent runs (kind egc, classifier or ddpm); "
                                                                      "a model.kind autoencoder run trains one")
@@ -312,6 +316,7 @@ LEGACY: tuple[tuple[str, str, Any], ...] = (
     ("model", "supervised", True),
     ("model", "clusters", 0),
     ("sample", "cfg", 0.0),
+    ("model", "sigma_data", 0.5),
 )
 
 

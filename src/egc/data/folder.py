@@ -91,19 +91,7 @@ def load_folder(path: str | os.PathLike[str], split: str) -> ImageDataset:
     all_files = sorted(
         {f for per_class in listing.values() for files in per_class.values() for f in files}
     )
-    modes: set[str] = set()
-    first: tuple[Path, tuple[int, int]] | None = None
-    for f in all_files:
-        mode, size = probe_image(f, str(f))
-        modes.add(mode)
-        if first is None:
-            first = (f, size)
-        elif size != first[1]:
-            raise DataError(
-                f"{name}: {f} is {size[0]}x{size[1]} but {first[0]} is "
-                f"{first[1][0]}x{first[1][1]}; all images must share one size"
-            )
-    mode = "L" if modes <= GREY_MODES else "RGB"
+    mode = _common_mode(all_files, name)
 
     split_dir = dirs[split]
     rel = [str(f.relative_to(split_dir)) for c in class_names for f in listing[split].get(c, [])]
