@@ -207,229 +207,303 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
 
 
 def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_at_step: int | None, dist: Dist) -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    tc = cfg.train
-    if tc.steps == 0 and tc.minutes == 0:
-        raise EgcError("no budget: give --steps N or --minutes M (or train.steps / train.minutes in the config)")
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    torch.set_flush_denormal(tc.flush_denormal)
-    ckpt = None
-    if resume:
-        found = latest_in(run_dir)
-        if found is None:
-            raise CheckpointError(f"--resume: no checkpoint in {run_dir}")
-        ckpt = load_checkpoint(found)
-        # Architecture and data come from the checkpoint; budgets and logging may be changed.
-        saved = ckpt.config
-        if saved.model.kind != cfg.model.kind:
-            raise EgcError(f"--resume: {found.name} is a model.kind '{saved.model.kind}' run, not '{cfg.model.kind}' (drop --model or use another --out)")
-        saved.train = cfg.train
-        cfg = saved.validate()
-    torch.manual_seed(tc.seed)
-    ae: Autoencoder | None = None  # a latent run's frozen autoencoder
-    if cfg.model.latent:
-        if ckpt is not None:  # from the checkpoint itself: the autoencoder file may be gone by now
-            ae = embedded_autoencoder(ckpt)
-        else:
-            ae = load_autoencoder(cfg.model.autoencoder)
-            cfg.model.ae = dataclasses.replace(ae.config)
-    ds = load_dataset(cfg.data.name, "train", cfg.data.root)
-    _fit_model_to_data(cfg, ds)
-    cfg.validate()
-    if ae is not None:
-        ae.to(dist.device)
-        if cfg.model.latent_scale == 0:  # a new run: 1/std of the latents of a few batches, then part of the config
-            n = min(len(ds), max(4 * tc.batch_size, 256))
-            idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(tc.seed))[:n]
-            cfg.model.latent_scale = measure_latent_scale(ae, to_model_range(ds.images[idx]).to(dist.device))
+    return _Trainer(cfg, Path(run_dir), resume, quiet, dist).run(stop_at_step)
+
+
+def _resume_config(cfg: RunConfig, run_dir: Path) -> tuple[RunConfig, Checkpoint, Path]:
+    """(the run's config, its newest checkpoint, that file) for --resume: architecture and data come
+    from the checkpoint; budgets and logging (the train section) from ``cfg``."""
+    found = latest_in(run_dir)
+    if found is None:
+        raise CheckpointError(f"--resume: no checkpoint in {run_dir}")
+    ckpt = load_checkpoint(found)
+    saved = ckpt.config
+    if saved.model.kind != cfg.model.kind:
+        raise EgcError(f"--resume: {found.name} is a model.kind '{saved.model.kind}' run, not '{cfg.model.kind}' (drop --model or use another --out)")
+    saved.train = cfg.train
+    return saved.validate(), ckpt, found
+
+
+class _Trainer:
+    """One ``egc train`` invocation: set-up (``__init__``), then ``run`` = steps until a budget, a
+    signal or ``stop_at_step``, checkpoints on the way and at the end. Every process of a data-parallel
+    run builds one; only rank 0 writes files."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, dist: Dist) -> None:
+        tc = cfg.train
+        if tc.steps == 0 and tc.minutes == 0:
+            raise EgcError("no budget: give --steps N or --minutes M (or train.steps / train.minutes in the config)")
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        torch.set_flush_denormal(tc.flush_denormal)
+        ckpt, found = None, None
+        if resume:
+            cfg, ckpt, found = _resume_config(cfg, run_dir)
+        self.cfg, self.tc, self.run_dir, self.quiet, self.dist = cfg, cfg.train, run_dir, quiet, dist
+        torch.manual_seed(tc.seed)
+        self.ae = self._autoencoder(ckpt)
+        self.ds = load_dataset(cfg.data.name, "train", cfg.data.root)
+        _fit_model_to_data(cfg, self.ds)
+        cfg.validate()
+        self._latent_scale()
+        self._build()
+        self.step, self.elapsed = 0, 0.0
+        self.lr_scale = 1.0  # product of the rollback_lr_factor of every rollback so far (kept in checkpoints)
+        self.last_good: Path | None = None  # the checkpoint a rollback returns to: the newest this run resumed from or wrote
+        if ckpt is not None:
+            self._resume_from(ckpt, found)
+        self.channels_last = resolve_channels_last(tc.channels_last, dist.device)
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.model = dist.wrap(self.net)  # what the loss calls (DDP for several processes); net = the weights themselves
+        self._prepare_run_dir()
+        # The log describes the steps this run's checkpoints hold: rows after ``step`` (of a killed attempt) go.
+        self.logger: Logger | _NoLog = Logger(run_dir, upto=self.step) if dist.is_main else _NoLog()
+        self.sched = Schedule.make(cfg.diffusion.schedule, cfg.diffusion.steps)
+        self.precision = resolve_precision(tc.precision, dist.device)  # "auto": bf16 only where it is native
+        self.loss_fn = loss_for(cfg.model.kind)  # the one place the model kind picks the objective
+        if tc.compile:
+            if cfg.model.kind != "egc" or dist.world > 1:
+                raise EgcError(f"train.compile applies to model.kind egc in one process (this run: kind {cfg.model.kind}, {dist.world} processes)")
+            self.loss_fn = functools.partial(self.loss_fn, eps_fn=CompiledEps())
+
+    # ---- set-up ---------------------------------------------------------------------------
+    def _autoencoder(self, ckpt: Checkpoint | None) -> Autoencoder | None:
+        """A latent run's frozen autoencoder: from the checkpoint when resuming (its file may be gone)."""
+        if not self.cfg.model.latent:
+            return None
+        if ckpt is not None:
+            return embedded_autoencoder(ckpt)
+        ae = load_autoencoder(self.cfg.model.autoencoder)
+        self.cfg.model.ae = dataclasses.replace(ae.config)
+        return ae
+
+    def _latent_scale(self) -> None:
+        """A new latent run measures 1/std of its latents once; it is part of the config from then on."""
+        ae, cfg, tc = self.ae, self.cfg, self.tc
+        if ae is None:
+            return
+        ae.to(self.dist.device)
+        if cfg.model.latent_scale == 0:
+            n = min(len(self.ds), max(4 * tc.batch_size, 256))
+            idx = torch.randperm(len(self.ds), generator=torch.Generator().manual_seed(tc.seed))[:n]
+            cfg.model.latent_scale = measure_latent_scale(ae, to_model_range(self.ds.images[idx]).to(self.dist.device))
         ae.scale = cfg.model.latent_scale
-    flip = DEFAULT_FLIP.get(cfg.data.name, False) if cfg.data.flip is None else cfg.data.flip
-    # Every rank reads the same global batch; the loss keeps this rank's rows (shard=(rank, world)).
-    loader = BatchLoader(ds, tc.batch_size * dist.world, seed=tc.seed, flip=flip)
-    net = build_net(cfg.model).to(dist.device)
-    opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    ema = EMA(net, tc.ema_decay)
-    gen = torch.Generator().manual_seed(tc.seed + 1)
-    step, elapsed = 0, 0.0
-    lr_scale = 1.0  # product of the rollback_lr_factor of every rollback so far (kept in checkpoints)
-    last_good: Path | None = None  # the checkpoint a rollback returns to: the newest this run resumed from or wrote
 
-    def restore(ck: Checkpoint) -> None:
+    def _build(self) -> None:
+        cfg, tc, dist = self.cfg, self.tc, self.dist
+        flip = DEFAULT_FLIP.get(cfg.data.name, False) if cfg.data.flip is None else cfg.data.flip
+        # Every rank reads the same global batch; the loss keeps this rank's rows (shard=(rank, world)).
+        self.loader = BatchLoader(self.ds, tc.batch_size * dist.world, seed=tc.seed, flip=flip)
+        self.net = build_net(cfg.model).to(dist.device)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.ema = EMA(self.net, tc.ema_decay)
+        self.gen = torch.Generator().manual_seed(tc.seed + 1)
+
+    def _restore(self, ck: Checkpoint) -> None:
         """Weights, optimiser, EMA, RNG and data order from ``ck`` (for --resume and for a rollback)."""
-        net.load_state_dict(ck.group("model"))
-        restore_optimizer(opt, ck.group("opt"), ck.meta["opt_groups"])
-        ema.load_state_dict(ck.group("ema"), ck.meta["ema_updates"])
-        ema.shadow = {k: v.to(dist.device) for k, v in ema.shadow.items()}
-        gen.set_state(ck.tensors["rng.loss"])
+        self.net.load_state_dict(ck.group("model"))
+        restore_optimizer(self.opt, ck.group("opt"), ck.meta["opt_groups"])
+        self.ema.load_state_dict(ck.group("ema"), ck.meta["ema_updates"])
+        self.ema.shadow = {k: v.to(self.dist.device) for k, v in self.ema.shadow.items()}
+        self.gen.set_state(ck.tensors["rng.loss"])
         torch.set_rng_state(ck.tensors["rng.torch"])
-        loader.load_state_dict({**ck.meta["loader"], **{k: v for k, v in ck.group("loader").items()}})
+        self.loader.load_state_dict({**ck.meta["loader"], **{k: v for k, v in ck.group("loader").items()}})
 
-    if ckpt is not None:
-        saved_b = int(ckpt.meta["loader"].get("batch_size", loader.batch_size))
-        if saved_b != loader.batch_size:  # the data order is kept per global batch
-            hint = f"--batch-size {saved_b // dist.world}" if saved_b % dist.world == 0 else f"a process count that divides {saved_b}"
-            raise EgcError(f"--resume: {found.name} was trained on global batches of {saved_b} images; this run's would be {loader.batch_size} "
-                           f"({dist.world} process(es) x train.batch_size {tc.batch_size}): use {hint}")
-        restore(ckpt)
-        step, elapsed = ckpt.step, float(ckpt.meta["elapsed_s"])
-        lr_scale, last_good = float(ckpt.meta.get("lr_scale", 1.0)), found
-    channels_last = resolve_channels_last(cfg.train.channels_last, dist.device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    model = dist.wrap(net)  # what the loss calls (DDP for several processes); net = the weights themselves
-    if dist.is_main:
+    def _resume_from(self, ckpt: Checkpoint, found: Path) -> None:
+        saved_b = int(ckpt.meta["loader"].get("batch_size", self.loader.batch_size))
+        if saved_b != self.loader.batch_size:  # the data order is kept per global batch
+            world = self.dist.world
+            hint = f"--batch-size {saved_b // world}" if saved_b % world == 0 else f"a process count that divides {saved_b}"
+            raise EgcError(f"--resume: {found.name} was trained on global batches of {saved_b} images; this run's would be {self.loader.batch_size} "
+                           f"({world} process(es) x train.batch_size {self.tc.batch_size}): use {hint}")
+        self._restore(ckpt)
+        self.step, self.elapsed = ckpt.step, float(ckpt.meta["elapsed_s"])
+        self.lr_scale, self.last_good = float(ckpt.meta.get("lr_scale", 1.0)), found
+
+    def _prepare_run_dir(self) -> None:
+        if not self.dist.is_main:
+            return
+        run_dir = self.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         # Temporary files of a killed earlier process (a kill mid-write leaves ".NAME.tmpPID", never half a NAME).
         for folder, names in ((run_dir / "checkpoints", None), (run_dir / "samples", None), (run_dir, ("config.yaml", "summary.json", "log.csv"))):
             remove_stale_tmp(folder, names)
-        atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
-    # The log describes the steps this run's checkpoints hold: rows after ``step`` (of a killed attempt) go.
-    logger: Logger | _NoLog = Logger(run_dir, upto=step) if dist.is_main else _NoLog()
-    sched = Schedule.make(cfg.diffusion.schedule, cfg.diffusion.steps)
-    precision = resolve_precision(tc.precision, dist.device)  # "auto": bf16 only where it is native
-    autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
-    loss_fn = loss_for(cfg.model.kind)  # the one place the model kind picks the objective
-    if tc.compile:
-        if cfg.model.kind != "egc" or dist.world > 1:
-            raise EgcError(f"train.compile applies to model.kind egc in one process (this run: kind {cfg.model.kind}, {dist.world} processes)")
-        loss_fn = functools.partial(loss_fn, eps_fn=CompiledEps())
+        atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode())
 
-    def budget_left() -> bool:
-        return not ((tc.steps and step >= tc.steps) or (tc.minutes and elapsed >= 60 * tc.minutes))
-
-    def checkpoint() -> Path:
+    # ---- checkpoints and grids ------------------------------------------------------------
+    def checkpoint(self) -> Path:
         """Rank 0 writes (checkpoint and grid); the other ranks wait for it at a barrier."""
-        path = write_checkpoint() if dist.is_main else run_dir / "checkpoints" / f"step-{step:07d}.safetensors"
-        dist.barrier()
+        path = self._write_checkpoint() if self.dist.is_main else self.run_dir / "checkpoints" / f"step-{self.step:07d}.safetensors"
+        self.dist.barrier()
         return path
 
-    def write_checkpoint() -> Path:
-        loader_sd = loader.state_dict()
+    def _write_checkpoint(self) -> Path:
+        cfg, tc, step = self.cfg, self.tc, self.step
+        loader_sd = self.loader.state_dict()
         loader_t = {k: v for k, v in loader_sd.items() if torch.is_tensor(v)}
         loader_m = {k: v for k, v in loader_sd.items() if not torch.is_tensor(v)}
-        opt_t, opt_groups = optimizer_tensors(opt)
-        meta = {"opt_groups": opt_groups, "ema_updates": ema.updates, "loader": loader_m, "elapsed_s": elapsed,
-                "class_names": ds.class_names if cfg.model.supervised else [f"cluster {i}" for i in range(cfg.model.num_classes)], "data": cfg.data.name, "world_size": dist.world, "lr_scale": lr_scale}
-        groups = {"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt_t, "loader": loader_t,
-                  "rng": {"torch": torch.get_rng_state(), "loss": gen.get_state()}}
-        if ae is not None:  # the frozen autoencoder: the checkpoint does not depend on its file
-            groups[AE_PREFIX] = ae.state_dict()
-        path = save_checkpoint(run_dir / "checkpoints" / f"step-{step:07d}.safetensors", cfg, step, groups, meta=meta)
-        old = sorted((run_dir / "checkpoints").glob("step-*.safetensors"))[:-tc.keep_ckpts]
-        for q in old:
+        opt_t, opt_groups = optimizer_tensors(self.opt)
+        names = self.ds.class_names if cfg.model.supervised else [f"cluster {i}" for i in range(cfg.model.num_classes)]
+        meta = {"opt_groups": opt_groups, "ema_updates": self.ema.updates, "loader": loader_m, "elapsed_s": self.elapsed,
+                "class_names": names, "data": cfg.data.name, "world_size": self.dist.world, "lr_scale": self.lr_scale}
+        groups = {"model": self.net.state_dict(), "ema": self.ema.state_dict(), "opt": opt_t, "loader": loader_t,
+                  "rng": {"torch": torch.get_rng_state(), "loss": self.gen.get_state()}}
+        if self.ae is not None:  # the frozen autoencoder: the checkpoint does not depend on its file
+            groups[AE_PREFIX] = self.ae.state_dict()
+        path = save_checkpoint(self.run_dir / "checkpoints" / f"step-{step:07d}.safetensors", cfg, step, groups, meta=meta)
+        for q in sorted((self.run_dir / "checkpoints").glob("step-*.safetensors"))[:-tc.keep_ckpts]:
             q.unlink(missing_ok=True)
-        if tc.sample_n > 0 and cfg.model.kind == AUTOENCODER:  # originals (top row) above their reconstructions
-            with torch.random.fork_rng(devices=[]):
-                ema_net = build_net(cfg.model)
-            ema_net.load_state_dict(ema.state_dict())
-            n = min(tc.sample_n, len(ds), 16)
-            x = to_model_range(ds.images[torch.linspace(0, len(ds) - 1, n).long()])
-            rec = Autoencoder(ema_net).reconstruct(x)
-            save_grid(to_uint8(torch.cat([x, rec])), run_dir / "samples" / f"step-{step:07d}.png", nrow=n, scale=2)
-        elif tc.sample_n > 0 and cfg.model.kind != "classifier":  # a classifier cannot draw a grid
-            # build_net draws initial weights from the global RNG: without fork_rng the grid would shift the
-            # training RNG (dropout masks) by an amount that a resume from this checkpoint does not repeat.
-            with torch.random.fork_rng(devices=[]):
-                ema_net = build_net(cfg.model)
-            ema_net.load_state_dict(ema.state_dict())
-            # The grid is drawn on the CPU: the precision chosen for a GPU need not suit it.
-            model = EGC(ema_net, cfg, ds.class_names, precision if dist.device.type == "cpu" else "auto", autoencoder=ae)
-            balanced = model.conditional  # an unconditional ddpm or unsupervised EGC: an unconditional grid
-            imgs, _ = model.sample(tc.sample_n, class_balanced=balanced, steps=tc.sample_steps, seed=0)
-            save_grid(to_uint8(imgs), run_dir / "samples" / f"step-{step:07d}.png",
-                      nrow=max(1, tc.sample_n // cfg.model.num_classes) if balanced else None, scale=2)
+        if tc.sample_n > 0:
+            self._draw_grid()
         return path
 
-    bar = tqdm(total=tc.steps or None, initial=step, disable=quiet or not dist.is_main, dynamic_ncols=True, desc="train")
-    last_ckpt_t, last_ckpt_step = time.time(), step
-    window_imgs, window_t = 0, time.time()
-    stats: dict[str, float] = {}
-    skipped = rollbacks = 0
-    in_a_row, fail_step = 0, -1  # non-finite steps since training last got past the step that failed
-    if tc.nonfinite == "rollback" and last_good is None:  # a fresh run: a state to roll back to before the first step
-        last_good = checkpoint()
-    stop = _Stop()
-    stopping = False  # several processes: the stop request as agreed after the last step (a signal may reach one rank only)
-    with stop:
-        while budget_left() and not (stopping or dist.world == 1 and stop.requested) and (stop_at_step is None or step < stop_at_step):
-            t0 = time.time()
-            x, y = next(loader)
-            x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
-            if ae is not None:  # latent run: the frozen encoder's scaled posterior mean (augmentation happened in pixels)
-                x = _encode_own_rows(ae, x, dist.shard)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            for g in opt.param_groups:
-                g["lr"] = tc.lr * lr_scale * lr_factor(cfg, step, elapsed)
-            net.train()
-            with autocast():
-                parts = loss_fn(model, cfg.model, cfg.loss, sched, x, y, gen, shard=dist.shard)
-            bad = ""
-            if not dist.all_true(torch.isfinite(parts.total)):  # every rank sees it, or none does
-                bad = "loss"
-            else:
-                opt.zero_grad(set_to_none=True)
-                parts.total.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-                if not torch.isfinite(gnorm):  # the same on every rank (DDP averaged the gradients)
-                    bad = "gradient"
-            if bad:  # the weights are untouched: skip the step, or return to the last checkpoint with a lower lr
-                opt.zero_grad(set_to_none=True)
-                in_a_row, fail_step = in_a_row + 1, max(fail_step, step)
-                what = "skipped steps" if tc.nonfinite == "skip" else "rollbacks"
-                if in_a_row > tc.max_nonfinite:
-                    raise EgcError(f"step {step}: non-finite {bad} after {tc.max_nonfinite} {what} in a row (train.nonfinite={tc.nonfinite}, "
-                                   f"train.max_nonfinite={tc.max_nonfinite}): giving up; lower train.lr or check the data")
-                if tc.nonfinite == "skip":
-                    skipped += 1
-                    msg = f"step {step}: non-finite {bad}, step skipped ({skipped} so far)"
-                else:
-                    if last_good is None or not last_good.is_file():
-                        raise EgcError(f"step {step}: non-finite {bad} and no checkpoint to roll back to ({last_good} is gone)")
-                    bad_step, good = step, load_checkpoint(last_good)
-                    restore(good)
-                    step = last_ckpt_step = good.step  # the time spent stays spent (elapsed is not rolled back)
-                    rollbacks += 1
-                    lr_scale *= tc.rollback_lr_factor
-                    msg = (f"step {bad_step}: non-finite {bad}: rolled back to {last_good.name} (step {step}), learning rate x{tc.rollback_lr_factor:g} "
-                           f"(now x{lr_scale:g} of the schedule; rollback {in_a_row} of at most {tc.max_nonfinite} in a row)")
-                    bar.n = step
-                if dist.is_main:
-                    tqdm.write(msg, file=sys.stderr)
-                logger.log(step if tc.nonfinite == "skip" else bad_step,
-                           {"nonfinite": 1.0, "skipped_nonfinite": float(skipped), "rollbacks": float(rollbacks), "lr_scale": lr_scale})
-                continue
-            opt.step()
-            ema.update(net)
-            step += 1
-            if step > fail_step:
-                in_a_row = 0
-            elapsed += time.time() - t0
-            window_imgs += x.shape[0]  # the global batch
-            due = step % tc.ckpt_every == 0 or time.time() - last_ckpt_t > 60 * tc.ckpt_minutes
-            # Several processes: rank 0's clock and checkpoint timing, anyone's stop signal, mean scalars.
-            elapsed, due, stopping, sc = dist.agree(elapsed, due, stop.requested, parts.scalars())
-            for k, v in sc.items():
-                stats[k] = 0.9 * stats.get(k, v) + 0.1 * v
-            bar.update(1)
-            if step % tc.log_every == 0:
-                ips = window_imgs / max(time.time() - window_t, 1e-9)
-                window_imgs, window_t = 0, time.time()
-                shown = {n: f"{stats[k]:.{d}f}" for n, k, d in (("mse", "mse", 4), ("acc", "clean_acc", 2)) if k in stats}
-                bar.set_postfix(loss=f"{stats['total']:.4f}", **shown, ips=f"{ips:.0f}")
-                logger.log(step, {**sc, "lr": opt.param_groups[0]["lr"], "grad_norm": float(gnorm), "img_per_s": ips, "elapsed_s": elapsed})
-            if due:
-                last_good = checkpoint()
-                last_ckpt_t, last_ckpt_step = time.time(), step
-        # Still inside `with stop:` so a SIGTERM during the final checkpoint or summary only marks the run
-        # interrupted instead of killing it between the two (the checkpoint write itself is atomic).
-        bar.close()
-        final = dist.from_main(step != last_ckpt_step or not list((run_dir / "checkpoints").glob("step-*.safetensors")))
-        path = checkpoint() if final else latest_in(run_dir)
-        summary = {"run_dir": str(run_dir), "step": step, "elapsed_s": round(elapsed, 1), "checkpoint": str(path), "precision": precision, "channels_last": channels_last,
-                   "interrupted": stop.requested or stopping, "skipped_steps": skipped, "rollbacks": rollbacks, "lr_scale": lr_scale,
-                   **{k: round(v, 5) for k, v in stats.items()}}
-        if dist.is_main:
-            atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
-    return summary
+    def _ema_net(self) -> torch.nn.Module:
+        # build_net draws initial weights from the global RNG: without fork_rng the grid would shift the
+        # training RNG (dropout masks) by an amount that a resume from this checkpoint does not repeat.
+        with torch.random.fork_rng(devices=[]):
+            ema_net = build_net(self.cfg.model)
+        ema_net.load_state_dict(self.ema.state_dict())
+        return ema_net
+
+    def _draw_grid(self) -> None:
+        """The grid beside each checkpoint: an autoencoder's originals (top row) above their
+        reconstructions; samples of an EGC or ddpm (class-balanced when it can sample classes); a
+        classifier draws none."""
+        cfg, tc, ds = self.cfg, self.tc, self.ds
+        out = self.run_dir / "samples" / f"step-{self.step:07d}.png"
+        if cfg.model.kind == AUTOENCODER:
+            n = min(tc.sample_n, len(ds), 16)
+            x = to_model_range(ds.images[torch.linspace(0, len(ds) - 1, n).long()])
+            rec = Autoencoder(self._ema_net()).reconstruct(x)
+            save_grid(to_uint8(torch.cat([x, rec])), out, nrow=n, scale=2)
+        elif cfg.model.kind != "classifier":
+            # The grid is drawn on the CPU: the precision chosen for a GPU need not suit it.
+            cpu_precision = self.precision if self.dist.device.type == "cpu" else "auto"
+            model = EGC(self._ema_net(), cfg, ds.class_names, cpu_precision, autoencoder=self.ae)
+            balanced = model.conditional  # an unconditional ddpm or unsupervised EGC: an unconditional grid
+            imgs, _ = model.sample(tc.sample_n, class_balanced=balanced, steps=tc.sample_steps, seed=0)
+            save_grid(to_uint8(imgs), out, nrow=max(1, tc.sample_n // cfg.model.num_classes) if balanced else None, scale=2)
+
+    # ---- the loop -------------------------------------------------------------------------
+    def budget_left(self) -> bool:
+        tc = self.tc
+        return not ((tc.steps and self.step >= tc.steps) or (tc.minutes and self.elapsed >= 60 * tc.minutes))
+
+    def _forward_backward(self) -> tuple[Any, str, torch.Tensor | None, int]:
+        """One batch: (loss parts, "" or what was non-finite ("loss" | "gradient"), gradient norm, images)."""
+        dist, tc, cfg = self.dist, self.tc, self.cfg
+        x, y = next(self.loader)
+        x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
+        if self.ae is not None:  # latent run: the frozen encoder's scaled posterior mean (augmentation happened in pixels)
+            x = _encode_own_rows(self.ae, x, dist.shard)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for g in self.opt.param_groups:
+            g["lr"] = tc.lr * self.lr_scale * lr_factor(cfg, self.step, self.elapsed)
+        self.net.train()
+        autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext()
+        with autocast:
+            parts = self.loss_fn(self.model, cfg.model, cfg.loss, self.sched, x, y, self.gen, shard=dist.shard)
+        if not dist.all_true(torch.isfinite(parts.total)):  # every rank sees it, or none does
+            return parts, "loss", None, x.shape[0]
+        self.opt.zero_grad(set_to_none=True)
+        parts.total.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+        if not torch.isfinite(gnorm):  # the same on every rank (DDP averaged the gradients)
+            return parts, "gradient", gnorm, x.shape[0]
+        return parts, "", gnorm, x.shape[0]
+
+    def _nonfinite(self, bad: str) -> None:
+        """The weights are untouched: skip the step, or return to the last checkpoint with a lower lr;
+        give up after train.max_nonfinite in a row."""
+        tc = self.tc
+        self.opt.zero_grad(set_to_none=True)
+        self.in_a_row, self.fail_step = self.in_a_row + 1, max(self.fail_step, self.step)
+        what = "skipped steps" if tc.nonfinite == "skip" else "rollbacks"
+        if self.in_a_row > tc.max_nonfinite:
+            raise EgcError(f"step {self.step}: non-finite {bad} after {tc.max_nonfinite} {what} in a row (train.nonfinite={tc.nonfinite}, "
+                           f"train.max_nonfinite={tc.max_nonfinite}): giving up; lower train.lr or check the data")
+        bad_step = self.step
+        if tc.nonfinite == "skip":
+            self.skipped += 1
+            msg = f"step {self.step}: non-finite {bad}, step skipped ({self.skipped} so far)"
+        else:
+            if self.last_good is None or not self.last_good.is_file():
+                raise EgcError(f"step {self.step}: non-finite {bad} and no checkpoint to roll back to ({self.last_good} is gone)")
+            good = load_checkpoint(self.last_good)
+            self._restore(good)
+            self.step = self.last_ckpt_step = good.step  # the time spent stays spent (elapsed is not rolled back)
+            self.rollbacks += 1
+            self.lr_scale *= tc.rollback_lr_factor
+            msg = (f"step {bad_step}: non-finite {bad}: rolled back to {self.last_good.name} (step {self.step}), learning rate x{tc.rollback_lr_factor:g} "
+                   f"(now x{self.lr_scale:g} of the schedule; rollback {self.in_a_row} of at most {tc.max_nonfinite} in a row)")
+            self.bar.n = self.step
+        if self.dist.is_main:
+            tqdm.write(msg, file=sys.stderr)
+        self.logger.log(self.step if tc.nonfinite == "skip" else bad_step,
+                        {"nonfinite": 1.0, "skipped_nonfinite": float(self.skipped), "rollbacks": float(self.rollbacks), "lr_scale": self.lr_scale})
+
+    def _after_step(self, parts: Any, gnorm: torch.Tensor, images: int, t0: float) -> None:
+        """Optimiser and EMA step, clocks, the agreed state of all ranks, logging and checkpoints."""
+        tc = self.tc
+        self.opt.step()
+        self.ema.update(self.net)
+        self.step += 1
+        if self.step > self.fail_step:
+            self.in_a_row = 0
+        self.elapsed += time.time() - t0
+        self.window_imgs += images  # the global batch
+        due = self.step % tc.ckpt_every == 0 or time.time() - self.last_ckpt_t > 60 * tc.ckpt_minutes
+        # Several processes: rank 0's clock and checkpoint timing, anyone's stop signal, mean scalars.
+        self.elapsed, due, self.stopping, sc = self.dist.agree(self.elapsed, due, self.stop.requested, parts.scalars())
+        for k, v in sc.items():
+            self.stats[k] = 0.9 * self.stats.get(k, v) + 0.1 * v
+        self.bar.update(1)
+        if self.step % tc.log_every == 0:
+            ips = self.window_imgs / max(time.time() - self.window_t, 1e-9)
+            self.window_imgs, self.window_t = 0, time.time()
+            shown = {n: f"{self.stats[k]:.{d}f}" for n, k, d in (("mse", "mse", 4), ("acc", "clean_acc", 2)) if k in self.stats}
+            self.bar.set_postfix(loss=f"{self.stats['total']:.4f}", **shown, ips=f"{ips:.0f}")
+            self.logger.log(self.step, {**sc, "lr": self.opt.param_groups[0]["lr"], "grad_norm": float(gnorm), "img_per_s": ips, "elapsed_s": self.elapsed})
+        if due:
+            self.last_good = self.checkpoint()
+            self.last_ckpt_t, self.last_ckpt_step = time.time(), self.step
+
+    def _finish(self) -> dict[str, Any]:
+        """The final checkpoint (unless the newest one holds this step) and summary.json."""
+        self.bar.close()
+        final = self.dist.from_main(self.step != self.last_ckpt_step or not list((self.run_dir / "checkpoints").glob("step-*.safetensors")))
+        path = self.checkpoint() if final else latest_in(self.run_dir)
+        summary = {"run_dir": str(self.run_dir), "step": self.step, "elapsed_s": round(self.elapsed, 1), "checkpoint": str(path),
+                   "precision": self.precision, "channels_last": self.channels_last,
+                   "interrupted": self.stop.requested or self.stopping, "skipped_steps": self.skipped, "rollbacks": self.rollbacks,
+                   "lr_scale": self.lr_scale, **{k: round(v, 5) for k, v in self.stats.items()}}
+        if self.dist.is_main:
+            atomic_write_bytes(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        return summary
+
+    def run(self, stop_at_step: int | None) -> dict[str, Any]:
+        tc, dist = self.tc, self.dist
+        self.bar = tqdm(total=tc.steps or None, initial=self.step, disable=self.quiet or not dist.is_main, dynamic_ncols=True, desc="train")
+        self.last_ckpt_t, self.last_ckpt_step = time.time(), self.step
+        self.window_imgs, self.window_t = 0, time.time()
+        self.stats: dict[str, float] = {}
+        self.skipped = self.rollbacks = 0
+        self.in_a_row, self.fail_step = 0, -1  # non-finite steps since training last got past the step that failed
+        if tc.nonfinite == "rollback" and self.last_good is None:  # a fresh run: a state to roll back to before the first step
+            self.last_good = self.checkpoint()
+        self.stop = _Stop()
+        self.stopping = False  # several processes: the stop request as agreed after the last step (a signal may reach one rank only)
+        with self.stop:
+            while (self.budget_left() and not (self.stopping or dist.world == 1 and self.stop.requested)
+                   and (stop_at_step is None or self.step < stop_at_step)):
+                t0 = time.time()
+                parts, bad, gnorm, images = self._forward_backward()
+                if bad:
+                    self._nonfinite(bad)
+                    continue
+                self._after_step(parts, gnorm, images, t0)
+            # Still inside `with stop:` so a SIGTERM during the final checkpoint or summary only marks the run
+            # interrupted instead of killing it between the two (the checkpoint write itself is atomic).
+            return self._finish()
