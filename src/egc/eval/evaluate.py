@@ -391,14 +391,160 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def run_eval(checkpoint: str, s: EvalSettings, model: Any = None) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` and return the ``egc-eval/1`` document; PNGs go to ``s.out_dir`` when set."""
-    from egc.imageio import atomic_write_bytes, save_grid
+@dataclass
+class _Ctx:
+    """What every metric step of ``run_eval`` reads (the model, the test images, the settings) and
+    writes (metrics, skipped reasons, artifacts, wall times)."""
 
-    from .attacks import robust_accuracy_curve, sanity_checks
+    m: Any
+    s: EvalSettings
+    checkpoint: str
+    data_name: str
+    x: torch.Tensor
+    y: torch.Tensor
+    out_dir: Path | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    wall: dict[str, float] = field(default_factory=dict)
+    logits: torch.Tensor | None = None
+
+    def wants(self, name: str) -> bool:
+        return name in self.s.metrics and name not in self.skipped
+
+
+def _check_settings(cfg: Any, s: EvalSettings) -> None:
+    if any(t < 0 or t >= cfg.diffusion.steps for t in s.noise_t):
+        raise EgcError(f"--noise-t values must be in [0, {cfg.diffusion.steps - 1}], got {','.join(map(str, s.noise_t))}")
+    if s.ood_sets is not None:
+        bad = [n for n in s.ood_sets if n not in (*OOD_NOISE, *OOD_DATASETS)]
+        if bad:
+            raise EgcError(f"--ood-sets: unknown set '{bad[0]}' (choose from {', '.join((*OOD_NOISE, *OOD_DATASETS))})")
+
+
+def _skips(c: _Ctx) -> None:
+    """Why each requested metric that does not apply to this model or data is skipped (asked of the model)."""
+    m, kind = c.m, model_kind(c.m)
+    can_classify = bool(getattr(m, "can_classify", kind in ("egc", "classifier")))
+    can_generate = bool(getattr(m, "can_generate", kind in ("egc", "ddpm")))
+    supervised = bool(getattr(m, "supervised", True))
+    labelled = bool(c.y.numel()) and bool((c.y >= 0).all())
+    for name in c.s.metrics:
+        if name in CLASSIFY_METRICS and not can_classify:
+            c.skipped[name] = f"a {kind} model does not classify"
+        elif name in ("ece", "noisy_acc", "robust") and not supervised:
+            c.skipped[name] = "an unsupervised model's classes are clusters, not labels (see cluster_purity)"
+        elif name in ("acc", "ece", "noisy_acc", "robust") and not labelled:
+            c.skipped[name] = f"the test images of {c.data_name} have no labels"
+        if name == "gen" and not can_generate:
+            c.skipped[name] = f"a {kind} model does not generate"
+
+
+def _accuracy_and_calibration(c: _Ctx) -> None:
+    from egc.imageio import atomic_write_bytes
+
     from .calibration import ece_from_bins, reliability_bins, reliability_diagram_png
+
+    if any(c.wants(n) for n in ("acc", "ece", "ood")):
+        tick = time.perf_counter()
+        c.logits = batched_logits(c.m, c.x, None, c.s.batch_size, c.s.quiet)
+        c.wall["classify"] = time.perf_counter() - tick
+    if c.wants("acc") and not getattr(c.m, "supervised", True):
+        pred = c.logits.argmax(dim=1)
+        c.metrics["cluster_purity"] = cluster_purity(pred, c.y)
+        c.metrics["clusters_used"] = int(pred.unique().numel())
+    elif c.wants("acc"):
+        c.metrics["accuracy"] = float((c.logits.argmax(dim=1) == c.y).double().mean())
+    if c.wants("ece"):
+        bins = reliability_bins(torch.softmax(c.logits, dim=1), c.y)
+        c.metrics["ece"] = ece_from_bins(bins)
+        c.metrics["reliability"] = {"bins": len(bins["count"]), **bins}
+        if c.out_dir is not None:
+            p = c.out_dir / "reliability.png"
+            atomic_write_bytes(p, reliability_diagram_png(bins, title=Path(str(c.checkpoint)).name))
+            c.artifacts["reliability_png"] = str(p)
+    if c.wants("noisy_acc"):
+        tick = time.perf_counter()
+        c.metrics["noisy_accuracy"] = noisy_accuracy(c.m, c.x, c.y, c.s.noise_t, c.s.seed, c.s.batch_size, c.s.quiet)
+        c.wall["noisy_acc"] = time.perf_counter() - tick
+
+
+def _robustness(c: _Ctx) -> None:
+    from .attacks import robust_accuracy_curve, sanity_checks
+
+    s, m = c.s, c.m
+    tick = time.perf_counter()
+    fn = model_logits_fn(m)
+    x01, yr = (c.x[:s.n_robust] + 1) / 2, c.y[:s.n_robust]
+    with torch.no_grad():  # the differentiable path must be the deployed one
+        k8 = min(8, x01.shape[0])  # --n-robust may be below 8
+        ref = batched_logits(m, c.x[:k8], None, s.batch_size)
+        mismatch = float((fn(x01[:k8]) - ref).abs().max())
+    rb: dict[str, Any] = {"n": int(x01.shape[0]), "steps": s.pgd_steps, "restarts": s.restarts, "attack": "pgd-ce",
+                          "t": "clean" if model_kind(m) == "egc" else "n/a"}
+    bs = min(s.batch_size, 100)
+    for norm, eps_list in (("linf", s.eps_linf), ("l2", s.eps_l2)):
+        if eps_list:
+            curve = robust_accuracy_curve(fn, x01, yr, norm, eps_list, s.pgd_steps, s.restarts, bs, s.seed, progress=not s.quiet)
+            rb[norm] = {f"{e:g}": a for e, a in curve.items()}
+    if s.sanity and s.eps_linf:
+        n_s = min(s.sanity_n, x01.shape[0])
+        mid = sorted(s.eps_linf)[len(s.eps_linf) // 2]
+        sanity = sanity_checks(fn, x01[:n_s], yr[:n_s], mid, s.pgd_steps, s.restarts, s.square_queries, bs, s.seed)
+        sanity["attack_path_max_abs_diff"] = mismatch
+        rb["sanity"] = sanity
+    else:
+        rb["sanity"] = {"skipped": "--no-sanity" if not s.sanity else "no L-inf eps given", "attack_path_max_abs_diff": mismatch}
+    c.metrics["robust"] = rb
+    c.wall["robust"] = time.perf_counter() - tick
+
+
+def _out_of_distribution(c: _Ctx) -> None:
     from .ood import auroc
 
+    s, m = c.s, c.m
+    tick = time.perf_counter()
+    sets, notes = ood_sets(m, c.data_name, s.ood_sets, c.x.shape[0], s.data_root, s.seed)
+    e_in = energy_scores(m, c.x, s.batch_size)
+    msp_in = -torch.softmax(c.logits, dim=1).max(dim=1).values
+    ood: dict[str, Any] = {}
+    ood_msp: dict[str, Any] = {}
+    for key, xo in sets.items():
+        ood[key] = auroc(e_in, energy_scores(m, xo, s.batch_size))
+        ood_msp[key] = auroc(msp_in, -torch.softmax(batched_logits(m, xo, None, s.batch_size), dim=1).max(dim=1).values)
+    c.metrics["ood_auroc"] = ood
+    c.metrics["ood_auroc_msp"] = ood_msp
+    if notes:
+        c.metrics["ood_notes"] = notes
+    c.wall["ood"] = time.perf_counter() - tick
+
+
+def _generation(c: _Ctx, inception: Any) -> None:
+    from egc.imageio import save_grid
+
+    s, m = c.s, c.m
+    cfg = model_config(m)
+    tick = time.perf_counter()
+    judge, why = resolve_judge(m, c.data_name, s.judge)
+    if judge is None and inception is None:
+        c.skipped["gen"] = why
+    else:
+        gen, imgs, labels = generation_metrics(m, judge, c.x, s, inception)
+        if judge is None:
+            gen["judge_skipped"] = why
+        if inception is None:
+            gen["inception"] = INCEPTION_NOT_GIVEN
+        gen["guidance"] = None if model_kind(m) == "ddpm" else (cfg.sample.guidance if s.guidance is None else s.guidance)
+        gen["cfg"] = cfg.sample.cfg if s.cfg is None else s.cfg
+        c.metrics["generation"] = gen
+        if c.out_dir is not None:
+            u8, nrow = sample_grid_u8(imgs, labels, cfg.model.num_classes)
+            c.artifacts["samples_png"] = str(save_grid(u8, c.out_dir / "samples.png", nrow=nrow, scale=2))
+    c.wall["gen"] = time.perf_counter() - tick
+
+
+def run_eval(checkpoint: str, s: EvalSettings, model: Any = None) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` and return the ``egc-eval/1`` document; PNGs go to ``s.out_dir`` when set."""
     t_start = time.perf_counter()
     inception = load_inception_flag(s.inception)  # before the model: a bad file fails at once
     if model is None:
@@ -408,119 +554,21 @@ def run_eval(checkpoint: str, s: EvalSettings, model: Any = None) -> dict[str, A
     m = model
     kind = model_kind(m)
     cfg = model_config(m)
-    k = cfg.model.num_classes
     data_name = s.data or cfg.data.name
-    out_dir = Path(s.out_dir) if s.out_dir else None
-    if any(t < 0 or t >= cfg.diffusion.steps for t in s.noise_t):
-        raise EgcError(f"--noise-t values must be in [0, {cfg.diffusion.steps - 1}], got {','.join(map(str, s.noise_t))}")
-    if s.ood_sets is not None:
-        bad = [n for n in s.ood_sets if n not in (*OOD_NOISE, *OOD_DATASETS)]
-        if bad:
-            raise EgcError(f"--ood-sets: unknown set '{bad[0]}' (choose from {', '.join((*OOD_NOISE, *OOD_DATASETS))})")
-
-    wall: dict[str, float] = {}
-    metrics: dict[str, Any] = {}
-    skipped: dict[str, str] = {}
-    artifacts: dict[str, str] = {}
+    _check_settings(cfg, s)
     tick = time.perf_counter()
     x, y, n_full = load_test_set(m, data_name, s.data_root, s.n_test, s.seed)
-    wall["load"] = time.perf_counter() - tick
-
-    can_classify = bool(getattr(m, "can_classify", kind in ("egc", "classifier")))
-    can_generate = bool(getattr(m, "can_generate", kind in ("egc", "ddpm")))
-    supervised = bool(getattr(m, "supervised", True))
-    labelled = bool(y.numel()) and bool((y >= 0).all())
-    todo = list(s.metrics)
-    for name in todo:
-        if name in CLASSIFY_METRICS and not can_classify:
-            skipped[name] = f"a {kind} model does not classify"
-        elif name in ("ece", "noisy_acc", "robust") and not supervised:
-            skipped[name] = "an unsupervised model's classes are clusters, not labels (see cluster_purity)"
-        elif name in ("acc", "ece", "noisy_acc", "robust") and not labelled:
-            skipped[name] = f"the test images of {data_name} have no labels"
-        if name == "gen" and not can_generate:
-            skipped[name] = f"a {kind} model does not generate"
-
-    logits = None
-    if can_classify and ({"acc", "ece", "ood"} & set(todo)):
-        tick = time.perf_counter()
-        logits = batched_logits(m, x, None, s.batch_size, s.quiet)
-        wall["classify"] = time.perf_counter() - tick
-    if "acc" in todo and "acc" not in skipped and not supervised:
-        metrics["cluster_purity"] = cluster_purity(logits.argmax(dim=1), y)
-        metrics["clusters_used"] = int(logits.argmax(dim=1).unique().numel())
-    elif "acc" in todo and "acc" not in skipped:
-        metrics["accuracy"] = float((logits.argmax(dim=1) == y).double().mean())
-    if "ece" in todo and "ece" not in skipped:
-        bins = reliability_bins(torch.softmax(logits, dim=1), y)
-        metrics["ece"] = ece_from_bins(bins)
-        metrics["reliability"] = {"bins": len(bins["count"]), **bins}
-        if out_dir is not None:
-            p = out_dir / "reliability.png"
-            atomic_write_bytes(p, reliability_diagram_png(bins, title=Path(str(checkpoint)).name))
-            artifacts["reliability_png"] = str(p)
-    if "noisy_acc" in todo and "noisy_acc" not in skipped:
-        tick = time.perf_counter()
-        metrics["noisy_accuracy"] = noisy_accuracy(m, x, y, s.noise_t, s.seed, s.batch_size, s.quiet)
-        wall["noisy_acc"] = time.perf_counter() - tick
-    if "robust" in todo and "robust" not in skipped:
-        tick = time.perf_counter()
-        fn = model_logits_fn(m)
-        x01, yr = (x[:s.n_robust] + 1) / 2, y[:s.n_robust]
-        with torch.no_grad():  # the differentiable path must be the deployed one
-            k8 = min(8, x01.shape[0])  # --n-robust may be below 8
-            ref = batched_logits(m, x[:k8], None, s.batch_size)
-            mismatch = float((fn(x01[:k8]) - ref).abs().max())
-        rb: dict[str, Any] = {"n": int(x01.shape[0]), "steps": s.pgd_steps, "restarts": s.restarts, "attack": "pgd-ce",
-                              "t": "clean" if kind == "egc" else "n/a"}
-        bs = min(s.batch_size, 100)
-        for norm, eps_list in (("linf", s.eps_linf), ("l2", s.eps_l2)):
-            if eps_list:
-                curve = robust_accuracy_curve(fn, x01, yr, norm, eps_list, s.pgd_steps, s.restarts, bs, s.seed, progress=not s.quiet)
-                rb[norm] = {f"{e:g}": a for e, a in curve.items()}
-        if s.sanity and s.eps_linf:
-            n_s = min(s.sanity_n, x01.shape[0])
-            mid = sorted(s.eps_linf)[len(s.eps_linf) // 2]
-            sanity = sanity_checks(fn, x01[:n_s], yr[:n_s], mid, s.pgd_steps, s.restarts, s.square_queries, bs, s.seed)
-            sanity["attack_path_max_abs_diff"] = mismatch
-            rb["sanity"] = sanity
-        else:
-            rb["sanity"] = {"skipped": "--no-sanity" if not s.sanity else "no L-inf eps given", "attack_path_max_abs_diff": mismatch}
-        metrics["robust"] = rb
-        wall["robust"] = time.perf_counter() - tick
-    if "ood" in todo and "ood" not in skipped:
-        tick = time.perf_counter()
-        sets, notes = ood_sets(m, data_name, s.ood_sets, x.shape[0], s.data_root, s.seed)
-        e_in = energy_scores(m, x, s.batch_size)
-        msp_in = -torch.softmax(logits, dim=1).max(dim=1).values
-        ood: dict[str, Any] = {}
-        ood_msp: dict[str, Any] = {}
-        for key, xo in sets.items():
-            ood[key] = auroc(e_in, energy_scores(m, xo, s.batch_size))
-            ood_msp[key] = auroc(msp_in, -torch.softmax(batched_logits(m, xo, None, s.batch_size), dim=1).max(dim=1).values)
-        metrics["ood_auroc"] = ood
-        metrics["ood_auroc_msp"] = ood_msp
-        if notes:
-            metrics["ood_notes"] = notes
-        wall["ood"] = time.perf_counter() - tick
-    if "gen" in todo and "gen" not in skipped:
-        tick = time.perf_counter()
-        judge, why = resolve_judge(m, data_name, s.judge)
-        if judge is None and inception is None:
-            skipped["gen"] = why
-        else:
-            gen, imgs, labels = generation_metrics(m, judge, x, s, inception)
-            if judge is None:
-                gen["judge_skipped"] = why
-            if inception is None:
-                gen["inception"] = INCEPTION_NOT_GIVEN
-            gen["guidance"] = None if kind == "ddpm" else (cfg.sample.guidance if s.guidance is None else s.guidance)
-            gen["cfg"] = cfg.sample.cfg if s.cfg is None else s.cfg
-            metrics["generation"] = gen
-            if out_dir is not None:
-                u8, nrow = sample_grid_u8(imgs, labels, k)
-                artifacts["samples_png"] = str(save_grid(u8, out_dir / "samples.png", nrow=nrow, scale=2))
-        wall["gen"] = time.perf_counter() - tick
+    c = _Ctx(m, s, checkpoint, data_name, x, y, Path(s.out_dir) if s.out_dir else None)
+    c.wall["load"] = time.perf_counter() - tick
+    _skips(c)
+    _accuracy_and_calibration(c)
+    if c.wants("robust"):
+        _robustness(c)
+    if c.wants("ood"):
+        _out_of_distribution(c)
+    if c.wants("gen"):
+        _generation(c, inception)
+    wall, metrics, skipped, artifacts = c.wall, c.metrics, c.skipped, c.artifacts
     wall["total"] = time.perf_counter() - t_start
 
     settings = asdict(s)
