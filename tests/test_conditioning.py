@@ -290,3 +290,13 @@ def test_sigma_data_follows_the_space_the_model_lives_in():
     old = load_config(None, ["model.autoencoder=some/ae/run"]).to_dict()
     del old["model"]["sigma_data"]
     assert RunConfig.from_dict(old).validate().model.sigma_data == 0.5
+
+
+def test_default_recipe_is_the_measured_one_per_kind():
+    """No --config: a supervised EGC gets the joint energy, the denoiser prior and noisy-CE weight 0.5
+    (BENCHMARKS.md 2 and 7); the baselines keep what they are (an unconditional ddpm, a classifier)."""
+    egc = load_config(None)
+    assert (egc.model.conditioning, egc.model.energy_prior, egc.loss.noisy_ce_weight) == ("joint", "denoiser", 0.5)
+    assert load_config(None, ["model.kind=ddpm"]).model.conditioning == "none"
+    assert load_config(None, ["model.kind=classifier"]).model.conditioning == "none"
+    assert load_config(None, ["model.supervised=false"]).model.conditioning == "none"

@@ -12,7 +12,8 @@ from egc.nets import build_net
 
 
 def _net(prior: str = "gaussian"):
-    cfg = load_config(None, ["model.size=tiny", "model.image_size=8", "model.num_classes=3", f"model.energy_prior={prior}"])
+    cfg = load_config(None, ["model.size=tiny", "model.image_size=8", "model.num_classes=3", f"model.energy_prior={prior}",
+                             "model.conditioning=none"])
     torch.manual_seed(0)
     net = build_net(cfg.model).double()
     torch.nn.init.normal_(net.out.weight, std=0.3)  # non-zero output so the energy is not flat
@@ -39,7 +40,8 @@ def test_eps_is_finite_difference_gradient_of_energy():
 
 
 def test_zero_init_gives_flat_network_energy_and_prior_only_eps():
-    cfg = load_config(None, ["model.size=tiny", "model.image_size=8", "model.num_classes=3"])
+    cfg = load_config(None, ["model.size=tiny", "model.image_size=8", "model.num_classes=3", "model.energy_prior=gaussian",
+                             "model.conditioning=none"])
     net = build_net(cfg.model)
     sched = Schedule.make("ldm-linear")
     x = torch.randn(2, 1, 8, 8)

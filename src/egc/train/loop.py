@@ -176,12 +176,13 @@ def _fit_model_to_data(cfg: RunConfig, ds: Any) -> None:
             raise EgcError(f"data {cfg.data.name} has {'x'.join(map(str, pix))} images (CxHxW) but the autoencoder {m.autoencoder} "
                            f"takes {'x'.join(map(str, want))}")
     if not ds.labeled:
-        if m.kind == "classifier" or m.conditioning != "none":
+        if m.kind == "classifier" or (m.kind == "ddpm" and m.conditioning != "none"):
             raise EgcError(f"data {cfg.data.name} has no labels: a {m.kind} model with model.conditioning {m.conditioning} needs them "
-                           "(unlabelled images train an unsupervised EGC: --model egc, or a ddpm)")
+                           "(unlabelled images train an unsupervised EGC: --model egc, or an unconditional ddpm)")
         if m.kind == "egc" and m.supervised:
-            print(f"egc train: {cfg.data.name} has no labels: training an unsupervised EGC (model.supervised=false)", file=sys.stderr)
-            m.supervised = False
+            print(f"egc train: {cfg.data.name} has no labels: training an unsupervised EGC (model.supervised=false, "
+                  "model.conditioning=none)", file=sys.stderr)
+            m.supervised, m.conditioning = False, "none"
     # The network sees latents in a latent run and pixels otherwise (an autoencoder's net is the AE).
     channels, size = (m.ae.latent_channels, m.ae.latent_size) if m.latent else (ds.channels, ds.image_size)
     k = ds.num_classes if m.supervised else (m.clusters or ds.num_classes or 10)
