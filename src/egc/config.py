@@ -268,7 +268,9 @@ class SampleConfig:
     ``egc export --guidance/--cfg`` records measured values here."""
 
     guidance: float = 3.0  # classifier guidance s: the classifier term of the (null-label) head
-    cfg: float = 0.0  # classifier-free guidance w: (1 + w) E(x | y) - w E(x | null) (conditional models)
+    # classifier-free guidance w: (1 + w) E(x | y) - w E(x | null) (conditional models; no effect on an
+    # unconditional energy). 3: the best measured for the joint energy at 741 steps (BENCHMARKS.md 7).
+    cfg: float = 3.0
 
     def validate(self) -> None:
         _check(math.isfinite(self.guidance) and self.guidance >= 0, f"sample.guidance must be finite and >= 0, got {self.guidance}")
