@@ -190,7 +190,8 @@ CASES = {
     "train-npz-2-channels": (lambda e, t: _train(e, t, data=f"npz:{e.d / 'twochan.npz'}"), ["c 1 or 3"], ["out/checkpoints"]),
     "train-npz-label-out-of-range": (lambda e, t: _train(e, t, data=f"npz:{e.d / 'oob.npz'}"), ["label 4"], ["out/checkpoints"]),
     "train-npz-non-square-images": (lambda e, t: _train(e, t, data=f"npz:{e.d / 'nonsquare.npz'}"), ["8x6", "square"], ["out/checkpoints"]),
-    "train-npz-missing-labels": (lambda e, t: _train(e, t, data=f"npz:{e.d / 'nolabels.npz'}"), ["labels"], ["out/checkpoints"]),
+    # images without labels train an unsupervised EGC; a classifier cannot use them
+    "train-npz-missing-labels": (lambda e, t: _train(e, t, "--model", "classifier", data=f"npz:{e.d / 'nolabels.npz'}"), ["labels"], ["out/checkpoints"]),
     "train-npz-one-class": (lambda e, t: _train(e, t, data=f"npz:{e.d / 'oneclass.npz'}"), ["class"], ["out/checkpoints"]),
     "train-npz-no-images": (lambda e, t: _train(e, t, data=f"npz:{e.d / 'empty.npz'}"), ["empty.npz", "no images"], ["out/checkpoints"]),
     "train-npz-missing-file": (lambda e, t: _train(e, t, data=f"npz:{e.d / 'nowhere.npz'}"), ["nowhere.npz"], ["out/checkpoints"]),

@@ -186,7 +186,7 @@ def _fit_model_to_data(cfg: RunConfig, ds: Any) -> None:
     # The network sees latents in a latent run and pixels otherwise (an autoencoder's net is the AE).
     channels, size = (m.ae.latent_channels, m.ae.latent_size) if m.latent else (ds.channels, ds.image_size)
     k = ds.num_classes if m.supervised else (m.clusters or ds.num_classes or 10)
-    m.in_channels, m.num_classes, m.image_size = channels, max(k, 2), size
+    m.in_channels, m.num_classes, m.image_size = channels, k, size
     if m.kind != AUTOENCODER and m.image_size % m.patch:
         raise EgcError(f"image size {m.image_size} is not divisible by model.patch {m.patch}")
 
