@@ -52,6 +52,7 @@ MODES: dict[str, list[str]] = {
     "compiled": ["train.compile=true"],
     # The label-conditioned energies of issue 16 on the default path: "joint" adds no forward pass,
     # "embedding" adds the null-label forward of the noisy classification term.
+    "cond-none": ["model.conditioning=none"],
     "cond-joint": ["model.conditioning=joint"],
     "cond-embedding": ["model.conditioning=embedding"],
 }
