@@ -14,6 +14,7 @@ import json
 import torch
 
 from egc import EGC
+from egc.diffusion.energy import prior_coef
 from egc.data import load_dataset, to_model_range
 
 
@@ -33,11 +34,11 @@ def main() -> None:
     sd2 = float(x0.var())
     for t in (int(s) for s in a.ts.split(",")):
         eps = torch.randn(x0.shape, generator=g)
-        ab = m.schedule.abar(torch.tensor([t]))[0]
-        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        tt = torch.full((x0.shape[0],), t)
+        xt = m.schedule.add_noise(x0, tt, eps)
         eh = m.eps(xt, t)
-        # Gaussian-data optimum: eps_hat = sqrt(1-ab) * x_t / (ab*sd2 + 1 - ab)  (per-pixel, zero mean)
-        base = (1 - ab).sqrt() * xt / (ab * sd2 + 1 - ab)
+        # Gaussian-data optimum (per pixel, zero mean, std of this batch): eps_hat = c_t x_t, the library's prior coefficient
+        base = prior_coef(m.schedule.abar(tt[:1]), sd2**0.5).view(1, 1, 1, 1) * xt
         row = {"mse": float((eh - eps).pow(2).mean()), "mse_gaussian_baseline": float((base - eps).pow(2).mean())}
         if m.can_classify:
             row["acc"] = float((m.logits(xt, t).argmax(1) == y).float().mean())
