@@ -82,16 +82,14 @@ def _setup(mode: str, size: str, batch: int, image: int, channels: int, classes:
 
 
 def _step(cfg, net, opt, sched, x, y, gen, eps_fn=None):
-    import contextlib
+    """One step exactly as ``egc train`` takes it (the library's forward_backward, then the optimiser)."""
+    import functools
 
     from egc.diffusion.losses import egc_loss
+    from egc.train.loop import forward_backward
 
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if resolve_precision(cfg.train.precision) == "bf16" else contextlib.nullcontext()
-    with ctx:
-        parts = egc_loss(net, cfg.model, cfg.loss, sched, x, y, gen, eps_fn=eps_fn)
-    opt.zero_grad(set_to_none=True)
-    parts.total.backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    loss_fn = egc_loss if eps_fn is None else functools.partial(egc_loss, eps_fn=eps_fn)
+    parts, _, _ = forward_backward(net, net, opt, loss_fn, cfg, sched, x, y, gen, resolve_precision(cfg.train.precision))
     opt.step()
     return float(parts.total.detach())
 

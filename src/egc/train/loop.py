@@ -225,6 +225,28 @@ def _resume_config(cfg: RunConfig, run_dir: Path) -> tuple[RunConfig, Checkpoint
     return saved.validate(), ckpt, found
 
 
+def forward_backward(model: torch.nn.Module, net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: Any, cfg: RunConfig, sched: Schedule,
+                     x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, precision: str, shard: tuple[int, int] = (0, 1),
+                     all_true: Any = bool) -> tuple[Any, str, torch.Tensor | None]:
+    """The gradient half of one training step (what ``egc train`` and bench/train_step.py both run):
+    the loss under the run's precision, backward, gradient clipping. Returns (loss parts, "" or what
+    was non-finite ("loss" | "gradient"), the gradient norm); the optimiser step is the caller's.
+    ``model`` is what the loss calls (DDP-wrapped or not), ``net`` the weights; ``all_true`` agrees a
+    flag across processes (plain ``bool`` for one)."""
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    with autocast:
+        parts = loss_fn(model, cfg.model, cfg.loss, sched, x, y, gen, shard=shard)
+    if not all_true(torch.isfinite(parts.total)):  # every rank sees it, or none does
+        return parts, "loss", None
+    opt.zero_grad(set_to_none=True)
+    parts.total.backward()
+    clip = cfg.train.grad_clip
+    gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip if clip > 0 else float("inf"))
+    if not torch.isfinite(gnorm):  # the same on every rank (DDP averaged the gradients)
+        return parts, "gradient", gnorm
+    return parts, "", gnorm
+
+
 class _Trainer:
     """One ``egc train`` invocation: set-up (``__init__``), then ``run`` = steps until a budget, a
     signal or ``stop_at_step``, checkpoints on the way and at the end. Every process of a data-parallel
@@ -403,17 +425,9 @@ class _Trainer:
         for g in self.opt.param_groups:
             g["lr"] = tc.lr * self.lr_scale * lr_factor(cfg, self.step, self.elapsed)
         self.net.train()
-        autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16) if self.precision == "bf16" else contextlib.nullcontext()
-        with autocast:
-            parts = self.loss_fn(self.model, cfg.model, cfg.loss, self.sched, x, y, self.gen, shard=dist.shard)
-        if not dist.all_true(torch.isfinite(parts.total)):  # every rank sees it, or none does
-            return parts, "loss", None, x.shape[0]
-        self.opt.zero_grad(set_to_none=True)
-        parts.total.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-        if not torch.isfinite(gnorm):  # the same on every rank (DDP averaged the gradients)
-            return parts, "gradient", gnorm, x.shape[0]
-        return parts, "", gnorm, x.shape[0]
+        parts, bad, gnorm = forward_backward(self.model, self.net, self.opt, self.loss_fn, cfg, self.sched, x, y, self.gen,
+                                             self.precision, dist.shard, dist.all_true)
+        return parts, bad, gnorm, x.shape[0]
 
     def _nonfinite(self, bad: str) -> None:
         """The weights are untouched: skip the step, or return to the last checkpoint with a lower lr;
