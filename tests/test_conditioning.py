@@ -237,6 +237,8 @@ def test_unsupervised_egc_trains_on_unlabelled_images_and_reports_clusters(tmp_p
     assert imgs.shape == (2, 1, 8, 8) and (labels == -1).all()
     with pytest.raises(EgcError, match="clusters"):
         m.sample(4, class_balanced=True, steps=2)
+    with pytest.raises(EgcError, match="clusters"):
+        m.eps(x, 10, y=torch.zeros(6, dtype=torch.long))
     # classify names clusters; eval reports purity against the labels the test set has
     from PIL import Image
 

@@ -157,9 +157,15 @@ class EGC:
         if not ok:
             if self.kind == "classifier":
                 raise EgcError(f"a classifier checkpoint cannot generate (no {what}): it was trained with --model classifier")
-            if self.kind == "ddpm" and what.startswith("class-conditional"):
-                raise EgcError("a ddpm checkpoint is unconditional: it cannot sample or score a given class (no labels)")
             raise EgcError(f"a ddpm checkpoint cannot classify (no {what}): it was trained with --model ddpm, a diffusion model without a classifier")
+
+    def _need_classes(self, hint: str) -> None:
+        """Class labels were asked for: only a model that can sample classes (``conditional``) takes them."""
+        if self.conditional:
+            return
+        if self.kind == "ddpm":
+            raise EgcError(f"a ddpm checkpoint is unconditional: {hint}")
+        raise EgcError(f"an unsupervised EGC model has clusters, not classes: {hint}")
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, precision: str = "auto", device: str | torch.device = "cpu") -> "EGC":
@@ -288,12 +294,21 @@ class EGC:
         A latent model works in its latent space here: x and the result have shape ``latent_shape``.
         A ddpm baseline predicts eps directly: (1 + cfg) eps(x | y) - cfg eps(x | null) if it has a
         label input; labels given to an unconditional ddpm are an error."""
+        x, tt, y = self._eps_inputs(x, t, y)
+        return self._guided_eps(x, tt, y, guidance, cfg)
+
+    def _eps_inputs(self, x: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """eps/score arguments checked and placed on the model's device: (x, t [B], y [B] or None)."""
         self._need(self.can_generate, "noise prediction")
         x = x.to(self.device)
         tt = self._t(x, t, noisy=True)
         if y is not None:
-            self._need(self.conditional, "class-conditional noise prediction")
+            self._need_classes("it cannot sample or score a given class (no labels)")
             y = self._labels(y, x.shape[0])
+        return x, tt, y
+
+    def _guided_eps(self, x: torch.Tensor, tt: torch.Tensor, y: torch.Tensor | None, guidance: float, cfg: float) -> torch.Tensor:
+        """:meth:`eps` on checked inputs (the samplers' inner loop calls this: no per-step checks)."""
         if self.kind == "ddpm":
             with torch.no_grad(), self._autocast():
                 return en.guided_direct_eps(self.net, self.config.model, x, tt, y, cfg).float()
@@ -305,9 +320,8 @@ class EGC:
         for t in [0, T-1] (the clean token has no noise level: an error).
 
         A latent model: the score of its scaled latents (x of shape ``latent_shape``)."""
-        x = x.to(self.device)
-        tt = self._t(x, t, noisy=True)
-        eps = self.eps(x, tt, y, guidance, cfg)
+        x, tt, y = self._eps_inputs(x, t, y)
+        eps = self._guided_eps(x, tt, y, guidance, cfg)
         return -eps / (1 - self.schedule.abar(tt)).sqrt().view(-1, 1, 1, 1).to(eps)
 
     def sample(self, n: int, labels: torch.Tensor | list[int] | None = None, class_balanced: bool = False, sampler: str = "ddim",
@@ -333,10 +347,8 @@ class EGC:
             guidance = self.config.sample.guidance
         if cfg is None:
             cfg = self.config.sample.cfg
-        if (labels is not None or class_balanced) and not self.conditional:
-            if self.kind == "ddpm":
-                raise EgcError("a ddpm checkpoint is unconditional: sample without labels or --class-balanced")
-            raise EgcError("an unsupervised EGC model has clusters, not classes: sample without labels or --class-balanced")
+        if labels is not None or class_balanced:
+            self._need_classes("sample without labels or --class-balanced")
         k = self.config.model.num_classes
         if sampler not in SAMPLERS:
             raise EgcError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
@@ -358,7 +370,8 @@ class EGC:
         out = []
         for i in range(0, n, batch_size):
             yb = None if y is None else y[i:i + batch_size].to(self.device)
-            fn = lambda x, t, yb=yb: self.eps(x, t, yb, guidance, cfg)  # noqa: E731
+            # Labels were checked above and the sampler's timesteps are in range: no per-step checks.
+            fn = lambda x, t, yb=yb: self._guided_eps(x, t, yb, guidance, cfg)  # noqa: E731
             # Latents are not confined to [-1, 1]: no clipping of the x0 estimate in latent space.
             cb = None
             if callback is not None:
