@@ -193,22 +193,18 @@ class EnergyModel:
             return self.energy(x, t)
         abar = self.abar(t)
         c = self.cfg
+        # "none" / "joint": one label-free forward gives every energy and the classifier logits;
+        # "embedding": the label's forward, plus the null-label one only when CFG or the head needs it.
         if c.conditioning == "embedding":
-            e_y = self._energy_from_map(x, self.fmap(x, t, y), abar, y)
-            # The null-label forward is needed for classifier-free guidance and for the classifier head.
+            y_map = self.fmap(x, t, y)
             null_map = self.fmap(x, t) if cfg_scale != 0 or guidance != 0 else None
-            e = e_y
-            if cfg_scale != 0:
-                e = (1 + cfg_scale) * e_y - cfg_scale * self._energy_from_map(x, null_map, abar, None)
-            logits = pool_logits(null_map[:, : c.num_classes], c.pool) if guidance != 0 else None
-        else:  # "none" / "joint": one forward gives every energy and the classifier logits
-            fmap = self.fmap(x, t)
-            e = self._energy_from_map(x, fmap, abar, y if c.conditioning == "joint" else None)
-            if c.conditioning == "joint" and cfg_scale != 0:
-                e = (1 + cfg_scale) * e - cfg_scale * self._energy_from_map(x, fmap, abar, None)
-            logits = pool_logits(fmap[:, : c.num_classes], c.pool) if guidance != 0 else None
-        if logits is not None:
-            logp = torch.log_softmax(logits, dim=1).gather(1, y.clamp(min=0)[:, None])[:, 0]
+        else:
+            y_map = null_map = self.fmap(x, t)
+        e = self._energy_from_map(x, y_map, abar, y)  # for "none" this is the null energy: y is not read
+        if cfg_scale != 0 and c.conditioning != "none":
+            e = (1 + cfg_scale) * e - cfg_scale * self._energy_from_map(x, null_map, abar, None)
+        if guidance != 0:
+            logp = torch.log_softmax(pool_logits(null_map[:, : c.num_classes], c.pool), dim=1).gather(1, y.clamp(min=0)[:, None])[:, 0]
             e = e - guidance * (1 - abar).sqrt() * logp
         return e
 
