@@ -337,7 +337,6 @@ def _upgrade(d: Any) -> Any:
         train = dict(d["train"])
         sample = dict(d.get("sample") or {})
         sample.setdefault("guidance", train.pop("guidance"))
-        train.pop("guidance", None)
         d = {**d, "train": train, "sample": sample}
     if not isinstance(d, dict) or not isinstance(d.get("loss"), dict) or "kind" not in d["loss"]:
         return d

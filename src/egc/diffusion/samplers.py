@@ -130,7 +130,6 @@ class SamplerSpec:
 
     fn: Callable[..., torch.Tensor]
     has_eta: bool
-    stochastic: bool
 
 
 def _ddim(eps_fn, x, ac, steps, eta, clip, gen, progress, callback):
@@ -146,9 +145,9 @@ def _dpmpp(eps_fn, x, ac, steps, eta, clip, gen, progress, callback):
 
 
 REGISTRY: dict[str, SamplerSpec] = {
-    "ddpm": SamplerSpec(_ddpm, has_eta=False, stochastic=True),
-    "ddim": SamplerSpec(_ddim, has_eta=True, stochastic=True),
-    "dpm++2m": SamplerSpec(_dpmpp, has_eta=False, stochastic=False),
+    "ddpm": SamplerSpec(_ddpm, has_eta=False),
+    "ddim": SamplerSpec(_ddim, has_eta=True),
+    "dpm++2m": SamplerSpec(_dpmpp, has_eta=False),
 }
 assert tuple(REGISTRY) == SAMPLERS
 
