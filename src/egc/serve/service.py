@@ -74,6 +74,24 @@ def grid_url(u8_nhwc: torch.Tensor, scale: int = 1) -> str:
     return png_data_url(make_grid(u8_nhwc), scale)
 
 
+def frame_callback(emit: Callable[[dict], None], cancelled: Callable[[], bool],
+                   to_u8: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[int, int, torch.Tensor], None]:
+    """The progress callback of a streamed job (``EGC.sample`` and ``egc.cag.generate`` both call it as
+    ``cb(step, total, images)``): stops the job once it is cancelled, and emits the images as a grid
+    frame at most every FRAME_INTERVAL seconds, the first and last step always."""
+    last = [0.0]
+
+    def cb(step: int, total: int, images: torch.Tensor) -> None:
+        if cancelled():
+            raise Cancelled()
+        now = time.perf_counter()
+        if step in (1, total) or now - last[0] >= FRAME_INTERVAL:
+            last[0] = now
+            emit({"type": "frame", "step": step, "total": total, "image": grid_url(to_u8(images))})
+
+    return cb
+
+
 def _unit_to_u8(x: torch.Tensor) -> torch.Tensor:
     """CaG images float [N, C, H, W] in [0, 1] -> uint8 [N, H, W, C] (as ``egc cag`` saves them)."""
     return (x * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
@@ -341,15 +359,7 @@ class Service:
         from ..data import to_uint8
 
         m = self.models[q["model"]].model
-        last = [0.0]
-
-        def cb(step: int, total: int, x0: torch.Tensor) -> None:
-            if cancelled():
-                raise Cancelled()
-            now = time.perf_counter()
-            if step in (1, total) or now - last[0] >= FRAME_INTERVAL:
-                last[0] = now
-                emit({"type": "frame", "step": step, "total": total, "image": grid_url(to_uint8(x0))})
+        cb = frame_callback(emit, cancelled, to_uint8)
 
         labels = None if q["label"] is None else [q["label"]] * q["n"]
         t0 = time.perf_counter()
@@ -400,15 +410,7 @@ class Service:
         clf = self._classifier(c)
         cfg = CaGConfig(size=q["size"], seed=q["seed"], steps=q["steps"]).validate()
         cfg = replace(cfg, view_size=default_view(clf, q["size"], None))
-        last = [0.0]
-
-        def cb(step: int, total: int, images: torch.Tensor) -> None:
-            if cancelled():
-                raise Cancelled()
-            now = time.perf_counter()
-            if step in (1, total) or now - last[0] >= FRAME_INTERVAL:
-                last[0] = now
-                emit({"type": "frame", "step": step, "total": total, "image": grid_url(_unit_to_u8(images))})
+        cb = frame_callback(emit, cancelled, _unit_to_u8)
 
         t0 = time.perf_counter()
         imgs = generate(clf, q["target"], q["n"], cfg, progress=False, callback=cb).cpu()
