@@ -295,10 +295,11 @@ def test_sigma_data_follows_the_space_the_model_lives_in():
 
 
 def test_default_recipe_is_the_measured_one_per_kind():
-    """No --config: a supervised EGC gets the joint energy, the denoiser prior and noisy-CE weight 0.5
-    (BENCHMARKS.md 2 and 7); the baselines keep what they are (an unconditional ddpm, a classifier)."""
+    """No --config: a supervised EGC gets the joint energy, the denoiser prior, noisy-CE weight 0.5 and
+    clean-CE weight 0.1 (BENCHMARKS.md 2 and 7); the baselines keep what they are (an unconditional ddpm,
+    a classifier)."""
     egc = load_config(None)
-    assert (egc.model.conditioning, egc.model.energy_prior, egc.loss.noisy_ce_weight) == ("joint", "denoiser", 0.5)
+    assert (egc.model.conditioning, egc.model.energy_prior, egc.loss.noisy_ce_weight, egc.loss.clean_ce_weight) == ("joint", "denoiser", 0.5, 0.1)
     assert load_config(None, ["model.kind=ddpm"]).model.conditioning == "none"
     assert load_config(None, ["model.kind=classifier"]).model.conditioning == "none"
     assert load_config(None, ["model.supervised=false"]).model.conditioning == "none"

@@ -1,0 +1,94 @@
+"""The markdown table of bench/compare_generation.sh's results (BENCHMARKS.md section 7), or, with
+--pick MODEL, the sweep setting to judge on more samples.
+
+    python bench/gen_table.py OUT            # one row per model and sweep setting, the chosen one in bold
+    python bench/gen_table.py OUT --pick M   # prints SAMPLER:STEPS:ETA:S:W of model M's chosen setting
+
+Choice rule (stated once, here): for a model that samples classes, the lowest fd among the sweep's
+settings whose conditional accuracy is at least 0.9 x the best conditional accuracy of the sweep; for an
+unconditional model, the lowest fd. Distances are in the judge's features (fd_fashioncnn for the
+default judge), never Inception FID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("benchmark") == "sample"]
+
+
+def _key(r: dict, name: str) -> float | None:
+    hits = [v for k, v in r.items() if k.startswith(name + "_")]
+    return hits[0] if hits else None
+
+
+def setting(r: dict) -> str:
+    return f"{r['sampler']}:{r['steps']}:{r['eta']:g}:{r['guidance']:g}:{r['cfg']:g}"
+
+
+def pick(rows: list[dict]) -> dict:
+    """The chosen sweep row (see the module docstring)."""
+    if not rows:
+        raise SystemExit("gen_table.py: no sweep rows to choose from")
+    accs = [_key(r, "cond_acc") for r in rows]
+    if all(a is not None for a in accs):
+        best = max(accs)
+        rows = [r for r, a in zip(rows, accs) if a >= 0.9 * best]
+    return min(rows, key=lambda r: _key(r, "fd"))
+
+
+def _f(v: float | None, nd: int) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def table(out: Path) -> str:
+    lines = ["| model | steps | img/s | test acc | ECE | n | s | w | cond. acc | fd | KID | precision | recall |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    cpu = None
+    for train in sorted(out.glob("*.train.json"), key=lambda p: p.stat().st_mtime):
+        m = train.name[: -len(".train.json")]
+        summ = json.loads(train.read_text() or "{}")
+        steps, secs = summ.get("step"), summ.get("elapsed_s")
+        ips = steps * 64 / secs if steps and secs else None  # batch 64 (configs/fashion-mnist.yaml)
+        acc = ece = None
+        accp = out / f"{m}.acc.json"
+        if accp.exists():
+            met = json.loads(accp.read_text())["metrics"]
+            acc, ece = met.get("accuracy", met.get("cluster_purity")), met.get("ece")
+        sweep, final = _rows(out / f"{m}.sweep.jsonl"), _rows(out / f"{m}.final.jsonl")
+        chosen = setting(pick(sweep)) if sweep else None
+        head = f"| {m} | {steps} | {_f(ips, 0)} | {_f(acc, 3)} | {_f(ece, 3)} "
+        if not sweep:
+            lines.append(head + "| - | - | - | - | - | - | - | - |")
+        for i, r in enumerate(sweep + final):
+            cpu = cpu or r.get("cpu")
+            bold = "**" if (r in final or (not final and setting(r) == chosen)) else ""
+            lead = head if i == 0 else "| | | | | "
+            lines.append(lead + f"| {r['n']} | {r['guidance']:g} | {r['cfg']:g} | {bold}{_f(_key(r, 'cond_acc'), 2)}{bold} | "
+                         f"{bold}{_f(_key(r, 'fd'), 1)}{bold} | {_f(_key(r, 'kid'), 3)} | {_f(_key(r, 'precision'), 2)} | {_f(_key(r, 'recall'), 2)} |")
+    judge = "fashioncnn"
+    return "\n".join(lines) + f"\n\nCPU: {cpu}. fd, KID, precision, recall in zoo:{judge} features (not Inception FID); " \
+        "test acc of egc-unsup is cluster purity; bold: the chosen setting on the final sample count.\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--pick", metavar="MODEL")
+    a = p.parse_args()
+    out = Path(a.out)
+    if a.pick:
+        print(setting(pick(_rows(out / f"{a.pick}.sweep.jsonl"))))
+        return
+    sys.stdout.write(table(out))
+
+
+if __name__ == "__main__":
+    main()
