@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import torch
@@ -90,4 +91,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from egc.errors import EgcError
+
+    try:
+        main()
+    except EgcError as e:  # a bad checkpoint, data name or flag: one line, not a traceback
+        raise SystemExit(f"{sys.argv[0]}: {e}")

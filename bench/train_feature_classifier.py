@@ -7,6 +7,8 @@ generator cannot have been tuned against it.
 Usage:
     python bench/train_feature_classifier.py --data fashion-mnist --epochs 5 --threads 1 \
         --out src/egc/zoo/fashioncnn.safetensors
+    python bench/train_feature_classifier.py --data cifar10 --epochs 30 --width 64 --max-shift 4 --pad reflect \
+        --hflip --threads 2 --out src/egc/zoo/cifarcnn.safetensors     # natural images: crops and flips
 
 Prints one JSON line:
     {"benchmark": "train_feature_classifier", "test_accuracy": ..., "seconds": ..., "threads": ...}
@@ -82,19 +84,21 @@ def load_split(name: str, split: str, root: str | None) -> tuple[torch.Tensor, t
     return to_model_range(ds.images), ds.labels, list(ds.class_names)
 
 
-def random_translate(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+def random_translate(x: torch.Tensor, max_shift: int, gen: torch.Generator, pad: str = "black") -> torch.Tensor:
     """Shift each image by its own random (dy, dx) in ``[-max_shift, max_shift]``.
 
     Args:
         x: ``[B, C, H, W]`` in ``[-1, 1]``.
+        pad: what fills the uncovered pixels: "black" (-1, the background of (Fashion-)MNIST) or
+            "reflect" (mirrored borders, the usual random-crop padding for natural images).
     Returns:
-        ``[B, C, H, W]``; uncovered pixels are -1, the background colour of (Fashion-)MNIST.
+        ``[B, C, H, W]``.
     """
     if max_shift <= 0:
         return x
     b, c, h, w = x.shape
     p = max_shift
-    padded = F.pad(x, (p, p, p, p), value=-1.0)  # [B, C, H+2p, W+2p]
+    padded = F.pad(x, (p, p, p, p), value=-1.0) if pad == "black" else F.pad(x, (p, p, p, p), mode="reflect")  # [B, C, H+2p, W+2p]
     off = torch.randint(0, 2 * p + 1, (b, 2), generator=gen)
     rows = off[:, 0:1] + torch.arange(h)  # [B, H]
     cols = off[:, 1:2] + torch.arange(w)  # [B, W]
@@ -125,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--max-shift", type=int, default=2)
+    ap.add_argument("--hflip", action="store_true", help="random horizontal flips (natural images such as CIFAR-10)")
+    ap.add_argument("--pad", choices=("black", "reflect"), default="black", help="fill of the shifted-in border")
     ap.add_argument("--name", default=None, help="judge name for metric keys (default: from --data)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training images (smoke test)")
     args = ap.parse_args(argv)
@@ -154,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         run_loss, t_ep = 0.0, time.perf_counter()
         for s in range(steps_per_epoch):
             idx = perm[s * args.batch_size : (s + 1) * args.batch_size]
-            xb = random_translate(x_train[idx], args.max_shift, gen)
+            xb = random_translate(x_train[idx], args.max_shift, gen, args.pad)
+            if args.hflip:
+                flip = torch.rand(xb.shape[0], generator=gen) < 0.5
+                xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
             loss = F.cross_entropy(net(xb), y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -178,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "class_names": class_names,
         "image_shape": list(x_train.shape[1:]),  # [C, H, W] it was trained on
         "epochs": args.epochs,
+        "augmentation": {"max_shift": args.max_shift, "pad": args.pad, "hflip": args.hflip},
         "seed": args.seed,
         "train_seconds": round(seconds, 1),
         "train_images": n,

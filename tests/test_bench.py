@@ -154,7 +154,8 @@ def test_ddp_throughput_bench():
 
 def test_train_feature_classifier_bench(tmp_path):
     npz = make_npz(tmp_path / "d.npz", size=28, n=64)
-    _bench("train_feature_classifier.py", "--data", f"npz:{npz}", "--epochs", "1", "--limit", "64", "--width", "8", "--out", str(tmp_path / "j.safetensors"))
+    _bench("train_feature_classifier.py", "--data", f"npz:{npz}", "--epochs", "1", "--limit", "64", "--width", "8", "--out", str(tmp_path / "j.safetensors"),
+           "--hflip", "--pad", "reflect", "--max-shift", "3")
     assert (tmp_path / "j.safetensors").is_file()
 
 
