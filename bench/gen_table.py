@@ -51,7 +51,7 @@ def _f(v: float | None, nd: int) -> str:
 def table(out: Path) -> str:
     lines = ["| model | steps | img/s | test acc | ECE | n | s | w | cond. acc | fd | KID | precision | recall |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    cpu = None
+    cpu = judge = None
     for train in sorted(out.glob("*.train.json"), key=lambda p: p.stat().st_mtime):
         m = train.name[: -len(".train.json")]
         summ = json.loads(train.read_text() or "{}")
@@ -69,12 +69,12 @@ def table(out: Path) -> str:
             lines.append(head + "| - | - | - | - | - | - | - | - |")
         for i, r in enumerate(sweep + final):
             cpu = cpu or r.get("cpu")
+            judge = judge or next((k[3:] for k in r if k.startswith("fd_")), None)
             bold = "**" if (r in final or (not final and setting(r) == chosen)) else ""
             lead = head if i == 0 else "| | | | | "
             lines.append(lead + f"| {r['n']} | {r['guidance']:g} | {r['cfg']:g} | {bold}{_f(_key(r, 'cond_acc'), 2)}{bold} | "
                          f"{bold}{_f(_key(r, 'fd'), 1)}{bold} | {_f(_key(r, 'kid'), 3)} | {_f(_key(r, 'precision'), 2)} | {_f(_key(r, 'recall'), 2)} |")
-    judge = "fashioncnn"
-    return "\n".join(lines) + f"\n\nCPU: {cpu}. fd, KID, precision, recall in zoo:{judge} features (not Inception FID); " \
+    return "\n".join(lines) + f"\n\nCPU: {cpu}. fd, KID, precision, recall in the {judge or 'judge'}'s features (not Inception FID); " \
         "test acc of egc-unsup is cluster purity; bold: the chosen setting on the final sample count.\n"
 
 
