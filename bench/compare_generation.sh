@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Issue 16's equal-time generation table on Fashion-MNIST: every model trained by `egc train` with
-# configs/fashion-mnist.yaml (same small UNet, data, flips, optimiser, EMA, noise schedule, precision
-# chosen by `auto` for the host) for the same minutes, one after the other (never two trainings at
-# once), then judged the same way:
+# Issue 16's equal-time generation table (Fashion-MNIST by default): every model trained by `egc train`
+# with one config, $CONFIG (default configs/fashion-mnist.yaml: same small UNet, data, flips, optimiser,
+# EMA, noise schedule, precision chosen by `auto` for the host) for the same minutes, one after the
+# other (never two trainings at once), then judged the same way:
 #   - `egc eval RUN --metrics acc,ece` on the 10,000 test images (cluster purity for unsupervised EGC);
 #   - a guidance sweep: `bench/sample.py` with DDIM-20 (eta 1) on N_SWEEP class-balanced samples;
 #   - the chosen setting (bench/gen_table.py --pick: the lowest fd among the settings whose conditional
 #     accuracy is at least 0.9 x the sweep's best; the lowest fd for unconditional models) on N_FINAL.
-# Frechet distances are in zoo:fashioncnn features (fd_fashioncnn), not Inception FID.
+# Frechet distances are in the judge's features ($JUDGE, default zoo:fashioncnn: fd_fashioncnn), not
+# Inception FID. CIFAR-10: CONFIG=configs/cifar10.yaml JUDGE=runs/compare-c10/cifarcnn.safetensors.
 #
 #   bash bench/compare_generation.sh [MINUTES] [OUT] [MODEL ...]
 #   MODEL: egc-joint egc-embedding egc-none egc-unsup ddpm-cond ddpm classifier (default: all, in that order)
@@ -22,6 +23,8 @@ MODELS=${*:-egc-joint egc-embedding egc-none egc-unsup ddpm-cond ddpm classifier
 N_SWEEP=${N_SWEEP:-500}
 N_FINAL=${N_FINAL:-1000}
 BIN=${BIN:-.venv/bin}
+CONFIG=${CONFIG:-configs/fashion-mnist.yaml}
+JUDGE=${JUDGE:-zoo:fashioncnn}
 mkdir -p "$OUT"
 
 flags() {
@@ -53,7 +56,7 @@ for m in $MODELS; do
   if [ ! -f "$OUT/$m.train.json" ]; then
     echo "$(date +%T) train $m ($MIN min)" >&2
     # shellcheck disable=SC2046
-    "$BIN/egc" train --config configs/fashion-mnist.yaml $(flags "$m") --out "$OUT/$m" --minutes "$MIN" --quiet > "$OUT/$m.train.json"
+    "$BIN/egc" train --config "$CONFIG" $(flags "$m") --out "$OUT/$m" --minutes "$MIN" --quiet > "$OUT/$m.train.json"
   fi
 done
 for m in $MODELS; do
@@ -63,10 +66,10 @@ for m in $MODELS; do
   fi
   cfgs=$(sweep "$m")
   [ -n "$cfgs" ] || continue
-  [ -f "$OUT/$m.sweep.jsonl" ] || "$BIN/python" bench/sample.py "$OUT/$m" --n "$N_SWEEP" --configs "$cfgs" > "$OUT/$m.sweep.jsonl"
+  [ -f "$OUT/$m.sweep.jsonl" ] || "$BIN/python" bench/sample.py "$OUT/$m" --n "$N_SWEEP" --configs "$cfgs" --judge "$JUDGE" > "$OUT/$m.sweep.jsonl"
   if [ ! -f "$OUT/$m.final.jsonl" ]; then
     pick=$("$BIN/python" bench/gen_table.py "$OUT" --pick "$m")
-    "$BIN/python" bench/sample.py "$OUT/$m" --n "$N_FINAL" --configs "$pick" > "$OUT/$m.final.jsonl"
+    "$BIN/python" bench/sample.py "$OUT/$m" --n "$N_FINAL" --configs "$pick" --judge "$JUDGE" > "$OUT/$m.final.jsonl"
   fi
 done
 "$BIN/python" bench/gen_table.py "$OUT"
