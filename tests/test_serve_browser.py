@@ -25,6 +25,7 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium missing: 
 pytest.importorskip("uvicorn")
 
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
@@ -53,7 +54,10 @@ def browser(tmp_path_factory):
 
 
 def _wait(drv, cond, timeout: float = 20, what: str = ""):
-    return WebDriverWait(drv, timeout, poll_frequency=0.05).until(lambda d: cond(d), message=what)
+    # The page re-renders lists as answers stream in: an element found a moment ago may be gone by the
+    # time it is read. That is a reason to look again, not a failure.
+    return WebDriverWait(drv, timeout, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: cond(d), message=what)
 
 
 def _shot(el, name: str) -> None:
