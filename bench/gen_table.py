@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from egc.config import load_config
+
 
 def _rows(path: Path) -> list[dict]:
     if not path.exists():
@@ -24,9 +26,15 @@ def _rows(path: Path) -> list[dict]:
     return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("benchmark") == "sample"]
 
 
+def _judge(r: dict) -> str:
+    """The judge's name, from the row's Frechet-distance key (fd_<judge>)."""
+    return next(k[3:] for k in r if k.startswith("fd_"))
+
+
 def _key(r: dict, name: str) -> float | None:
-    hits = [v for k, v in r.items() if k.startswith(name + "_")]
-    return hits[0] if hits else None
+    """Metric ``name`` of a row in its judge's features (None if the row has none: an unconditional
+    model has no conditional accuracy)."""
+    return r.get(f"{name}_{_judge(r)}")
 
 
 def setting(r: dict) -> str:
@@ -56,7 +64,8 @@ def table(out: Path) -> str:
         m = train.name[: -len(".train.json")]
         summ = json.loads(train.read_text() or "{}")
         steps, secs = summ.get("step"), summ.get("elapsed_s")
-        ips = steps * 64 / secs if steps and secs else None  # batch 64 (configs/fashion-mnist.yaml)
+        batch = load_config(out / m / "config.yaml").train.batch_size  # the run's own config, saved beside it
+        ips = steps * batch / secs if steps and secs else None
         acc = ece = None
         accp = out / f"{m}.acc.json"
         if accp.exists():
@@ -69,7 +78,7 @@ def table(out: Path) -> str:
             lines.append(head + "| - | - | - | - | - | - | - | - |")
         for i, r in enumerate(sweep + final):
             cpu = cpu or r.get("cpu")
-            judge = judge or next((k[3:] for k in r if k.startswith("fd_")), None)
+            judge = judge or _judge(r)
             bold = "**" if (r in final or (not final and setting(r) == chosen)) else ""
             lead = head if i == 0 else "| | | | | "
             lines.append(lead + f"| {r['n']} | {r['guidance']:g} | {r['cfg']:g} | {bold}{_f(_key(r, 'cond_acc'), 2)}{bold} | "
