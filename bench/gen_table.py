@@ -38,7 +38,9 @@ def _key(r: dict, name: str) -> float | None:
 
 
 def setting(r: dict) -> str:
-    return f"{r['sampler']}:{r['steps']}:{r['eta']:g}:{r['guidance']:g}:{r['cfg']:g}"
+    base = f"{r['sampler']}:{r['steps']}:{r['eta']:g}:{r['guidance']:g}:{r['cfg']:g}"
+    lo, hi = r.get("guidance_interval", (0.0, 1.0))
+    return base if (lo, hi) == (0.0, 1.0) else base + f":{lo:g}-{hi:g}"
 
 
 def pick(rows: list[dict]) -> dict:
@@ -50,6 +52,12 @@ def pick(rows: list[dict]) -> dict:
         best = max(accs)
         rows = [r for r, a in zip(rows, accs) if a >= 0.9 * best]
     return min(rows, key=lambda r: _key(r, "fd"))
+
+
+def _scale(r: dict) -> str:
+    """The classifier guidance s, with its interval of t/T when it does not act at every step."""
+    lo, hi = r.get("guidance_interval", (0.0, 1.0))
+    return f"{r['guidance']:g}" if (lo, hi) == (0.0, 1.0) else f"{r['guidance']:g} (t/T {lo:g}-{hi:g})"
 
 
 def _f(v: float | None, nd: int) -> str:
@@ -81,10 +89,10 @@ def table(out: Path) -> str:
             judge = judge or _judge(r)
             bold = "**" if (r in final or (not final and setting(r) == chosen)) else ""
             lead = head if i == 0 else "| | | | | "
-            lines.append(lead + f"| {r['n']} | {r['guidance']:g} | {r['cfg']:g} | {bold}{_f(_key(r, 'cond_acc'), 2)}{bold} | "
+            lines.append(lead + f"| {r['n']} | {_scale(r)} | {r['cfg']:g} | {bold}{_f(_key(r, 'cond_acc'), 2)}{bold} | "
                          f"{bold}{_f(_key(r, 'fd'), 1)}{bold} | {_f(_key(r, 'kid'), 3)} | {_f(_key(r, 'precision'), 2)} | {_f(_key(r, 'recall'), 2)} |")
     return "\n".join(lines) + f"\n\nCPU: {cpu}. fd, KID, precision, recall in the {judge or 'judge'}'s features (not Inception FID); " \
-        "test acc of egc-unsup is cluster purity; bold: the chosen setting on the final sample count.\n"
+        "test acc of egc-unsup is cluster purity; bold: the chosen setting on the final sample count; (t/T a-b): guidance only at those steps.\n"
 
 
 def main() -> None:

@@ -3,9 +3,10 @@
 
     python bench/sample.py zoo:fashion-mnist [--n 500] [--guidance 3] [--configs ddpm:1000,ddpm:250,ddim:100,ddim:50,ddim:20,dpm++2m:20,dpm++2m:10] [--precisions fp32,bf16]
 
-A configuration is SAMPLER:STEPS[:ETA[:GUIDANCE[:CFG]]]: ETA is DDIM's noise (0 deterministic, 1 = DDPM's
+A configuration is SAMPLER:STEPS[:ETA[:GUIDANCE[:CFG[:LO-HI]]]]: ETA is DDIM's noise (0 deterministic, 1 = DDPM's
 variance), GUIDANCE overrides --guidance (classifier guidance) and CFG --cfg (classifier-free guidance of
-a conditional model) for that row, so one run sweeps the guidance scales. A model that cannot sample
+a conditional model) for that row, LO-HI the guidance interval (guidance only at steps with LO <= t/T <= HI;
+default the model's own), so one run sweeps the guidance scales. A model that cannot sample
 classes (an unconditional ddpm) samples unconditionally and reports no conditional accuracy.
 Every configuration runs once per entry of --precisions (auto = bf16 on CPUs with native bf16, else
 fp32; bf16 = autocast of the network, the samplers' arithmetic stays float64/float32), same seed.
@@ -69,20 +70,26 @@ def main() -> None:
     for item, prec in [(c, q) for c in a.configs.split(",") for q in precisions]:
         m = models[prec]
         parts = item.split(":")
-        if not 2 <= len(parts) <= 5:
-            raise SystemExit(f"--configs: '{item}' is not SAMPLER:STEPS[:ETA[:GUIDANCE[:CFG]]]")
+        if not 2 <= len(parts) <= 6:
+            raise SystemExit(f"--configs: '{item}' is not SAMPLER:STEPS[:ETA[:GUIDANCE[:CFG[:LO-HI]]]]")
         sampler, steps = parts[0], int(parts[1])
         eta = float(parts[2]) if len(parts) > 2 else None  # None: the sampler's own
         guidance = float(parts[3]) if len(parts) > 3 else a.guidance if a.guidance is not None else m.config.sample.guidance
         cfg = float(parts[4]) if len(parts) > 4 else a.cfg if a.cfg is not None else m.config.sample.cfg
+        try:
+            interval = tuple(float(v) for v in parts[5].split("-")) if len(parts) > 5 else (m.config.sample.guidance_tmin, m.config.sample.guidance_tmax)
+            assert len(interval) == 2
+        except (ValueError, AssertionError):
+            raise SystemExit(f"--configs: '{item}': the guidance interval must be LO-HI, for example 0-0.6") from None
         t0 = time.time()
-        imgs, labels = m.sample(a.n, class_balanced=m.conditional, sampler=sampler, steps=steps, guidance=guidance, cfg=cfg, eta=eta, seed=a.seed)
+        imgs, labels = m.sample(a.n, class_balanced=m.conditional, sampler=sampler, steps=steps, guidance=guidance, cfg=cfg, eta=eta, seed=a.seed,
+                                guidance_interval=interval)
         dt = time.time() - t0
         judged = judge_samples(judge, imgs, labels if m.conditional else torch.zeros_like(labels), test, kid_subsets=50, kid_subset_size=min(a.n, 500))
         if not m.conditional:
             judged = {k: v for k, v in judged.items() if not k.startswith("cond_acc_")}
         used_eta = eta if eta is not None else {"ddpm": 1.0}.get(sampler, 0.0)  # dpm++2m is deterministic: eta 0 in effect
-        row = {"benchmark": "sample", "sampler": sampler, "steps": steps, "eta": used_eta, "nfe": steps, "guidance": guidance, "cfg": cfg, "n": a.n,
+        row = {"benchmark": "sample", "sampler": sampler, "steps": steps, "eta": used_eta, "nfe": steps, "guidance": guidance, "cfg": cfg, "guidance_interval": list(interval), "n": a.n,
                "precision": m.precision, "conditioning": m.config.model.conditioning, "kind": m.kind, "cpu": _cpu(),
                "s_per_image": dt / a.n, **judged}
         rows.append(row)

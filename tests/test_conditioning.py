@@ -303,3 +303,54 @@ def test_default_recipe_is_the_measured_one_per_kind():
     assert load_config(None, ["model.kind=ddpm"]).model.conditioning == "none"
     assert load_config(None, ["model.kind=classifier"]).model.conditioning == "none"
     assert load_config(None, ["model.supervised=false"]).model.conditioning == "none"
+
+
+@pytest.mark.parametrize("kind", ["egc", "ddpm"])
+def test_guidance_interval_turns_both_guidances_off_outside_it(kind):
+    net, cfg = _model("joint" if kind == "egc" else "embedding", kind=kind)
+    m = EGC(net.float(), cfg, None, "fp32")
+    seen: list[tuple[int, float, float]] = []
+    inner = m._guided_eps
+
+    def spy(x, t, y, guidance, cfg_scale):
+        seen.append((int(t[0]), guidance, cfg_scale))
+        return inner(x, t, y, guidance, cfg_scale)
+
+    m._guided_eps = spy
+    base = m.sample(3, class_balanced=True, steps=4, guidance=0.0, cfg=0.0, seed=1)[0]
+    seen.clear()
+    guided = m.sample(3, class_balanced=True, steps=4, guidance=5.0, cfg=2.0, seed=1, guidance_interval=(0.3, 0.8))[0]
+    T = m.schedule.num_steps
+    assert len(seen) == 4
+    for t, s, w in seen:  # on exactly inside the interval, both scales together
+        assert (s, w) == ((5.0, 2.0) if 0.3 <= t / T <= 0.8 else (0.0, 0.0)), (t, s, w)
+    assert {s for _, s, _ in seen} == {0.0, 5.0}  # the 4 DDIM steps straddle the interval
+    assert not torch.allclose(guided, base)
+    # An interval that holds no step is the unguided sampler, bit for bit; the default is every step.
+    off = m.sample(3, class_balanced=True, steps=4, guidance=5.0, cfg=2.0, seed=1, guidance_interval=(1.0, 1.0))[0]
+    assert torch.equal(off, base)
+    seen.clear()
+    m.sample(3, class_balanced=True, steps=4, guidance=5.0, cfg=2.0, seed=1)
+    assert all((s, w) == (5.0, 2.0) for _, s, w in seen)
+
+
+def test_guidance_interval_is_validated_stored_and_refused_in_one_line(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="guidance_tmin"):
+        load_config(None, ["sample.guidance_tmin=0.7", "sample.guidance_tmax=0.2"])
+    npz = make_npz(tmp_path / "d.npz")
+    run = tmp_path / "run"
+    assert main(_argv(run, npz, 2, "--model", "egc", "--set", "model.conditioning=joint")) == 0
+    m = EGC.load(run, precision="fp32")
+    with pytest.raises(ConfigError, match="guidance_tmin"):
+        m.sample(3, class_balanced=True, steps=2, guidance_interval=(0.5, 1.5))
+    capsys.readouterr()
+    out = tmp_path / "s.png"
+    with pytest.raises(SystemExit) as ex:
+        main(["sample", str(run), "--n", "3", "--class-balanced", "--steps", "2", "--guidance-interval", "0.8,0.2", "--out", str(out)])
+    assert ex.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--guidance-interval" in err and not out.exists()
+    w = tmp_path / "w.safetensors"
+    assert main(["export", str(run), "--out", str(w), "--guidance-interval", "0.1,0.6"]) == 0
+    s = EGC.load(w, precision="fp32").config.sample
+    assert (s.guidance_tmin, s.guidance_tmax) == (0.1, 0.6)

@@ -206,16 +206,21 @@ def load_checkpoint(spec: str | Path) -> Checkpoint:
 
 
 def export_weights(spec: str | Path, out: str | Path, dtype: torch.dtype = torch.float32, extra_meta: dict[str, Any] | None = None,
-                   guidance: float | None = None, cfg: float | None = None) -> Path:
+                   guidance: float | None = None, cfg: float | None = None,
+                   guidance_interval: tuple[float, float] | None = None) -> Path:
     """Write the inference weights (EMA when present) of a checkpoint as a small weights-only file.
 
-    ``guidance`` / ``cfg`` record measured classifier / classifier-free guidance scales as the
-    model's sampling defaults (config sample.guidance / sample.cfg)."""
+    ``guidance`` / ``cfg`` / ``guidance_interval`` record measured classifier / classifier-free guidance
+    scales and the interval of t / T where they act as the model's sampling defaults (config
+    sample.guidance / sample.cfg / sample.guidance_tmin, guidance_tmax)."""
     ck = load_checkpoint(spec)
     if guidance is not None:
         ck.config.sample.guidance = float(guidance)
     if cfg is not None:
         ck.config.sample.cfg = float(cfg)
+    if guidance_interval is not None:
+        ck.config.sample.guidance_tmin, ck.config.sample.guidance_tmax = (float(v) for v in guidance_interval)
+    ck.config.sample.validate()
     weights = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in ck.inference_weights().items()}
     keep = {k: ck.meta[k] for k in ("class_names", "data", "elapsed_s") if k in ck.meta}
     groups = {"ema": weights}

@@ -38,6 +38,22 @@ def _nonneg_float(s: str) -> float:
     return v
 
 
+def _interval(s: str) -> tuple[float, float]:
+    """LO,HI with 0 <= LO <= HI <= 1 (a guidance interval in fractions t / T of the noise schedule)."""
+    parts = s.split(",")
+    try:
+        lo, hi = (float(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers in [0, 1]), got '{s}'") from None
+    if not 0 <= lo <= hi <= 1:
+        raise argparse.ArgumentTypeError(f"expected 0 <= LO <= HI <= 1, got '{s}'")
+    return lo, hi
+
+
+INTERVAL_HELP = ("LO,HI: guidance (both kinds) acts only at sampler steps with LO <= t/T <= HI, the plain conditional "
+                 "energy elsewhere (default: the model's own, 0,1 = every step unless measured otherwise)")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the one-line errors of the rest of the CLI (no usage block)."""
 
@@ -109,13 +125,15 @@ def cmd_sample(a: argparse.Namespace) -> int:
         if len(labels) == 1:
             labels = labels * a.n
     imgs, y = m.sample(a.n, labels=labels, class_balanced=a.class_balanced, sampler=a.sampler, steps=a.steps, guidance=a.guidance,
-                       eta=a.eta, seed=a.seed, batch_size=a.batch_size, progress=not a.quiet, cfg=a.cfg)
+                       eta=a.eta, seed=a.seed, batch_size=a.batch_size, progress=not a.quiet, cfg=a.cfg,
+                       guidance_interval=a.guidance_interval)
     u8 = to_uint8(imgs)
     k = m.config.model.num_classes
     nrow = a.n // k if a.class_balanced and a.n % k == 0 and a.n // k > 1 else None
     out = save_grid(u8, a.out, nrow=nrow, scale=a.scale)
     result = {"grid": str(out), "n": a.n, "sampler": a.sampler, "steps": a.steps,
               "guidance": m.config.sample.guidance if a.guidance is None else a.guidance, "cfg": m.config.sample.cfg if a.cfg is None else a.cfg,
+              "guidance_interval": list(a.guidance_interval or (m.config.sample.guidance_tmin, m.config.sample.guidance_tmax)),
               "device": str(m.device), "precision": m.precision}
     if a.npz:
         import io
@@ -181,7 +199,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     from .imageio import check_output_file
 
     check_output_file(a.out)
-    out = export_weights(a.checkpoint, a.out, dtype=torch.float16 if a.half else torch.float32, guidance=a.guidance, cfg=a.cfg)
+    out = export_weights(a.checkpoint, a.out, dtype=torch.float16 if a.half else torch.float32, guidance=a.guidance, cfg=a.cfg,
+                         guidance_interval=a.guidance_interval)
     print(json.dumps({"weights": str(out), "bytes": out.stat().st_size}))
     return 0
 
@@ -232,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the model's recommended scale)")
     s.add_argument("--cfg", type=_nonneg_float, default=None, help="classifier-free guidance w: (1 + w) E(x|y) - w E(x|null), for models with "
                    "model.conditioning embedding or joint (default: the model's recommended scale)")
+    s.add_argument("--guidance-interval", type=_interval, default=None, metavar="LO,HI", help=INTERVAL_HELP)
     s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--eta", type=_nonneg_float, default=None, help="DDIM noise (default 0: deterministic; 1 = DDPM variance); ddim only")
     s.add_argument("--seed", type=int, default=0)
@@ -260,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
     e.add_argument("--guidance", type=_nonneg_float, help="record this measured classifier-guidance scale as the model's default for sampling")
     e.add_argument("--cfg", type=_nonneg_float, help="record this measured classifier-free guidance scale as the model's default for sampling")
+    e.add_argument("--guidance-interval", type=_interval, metavar="LO,HI", help="record this measured guidance interval (fractions t/T) as the model's default")
     e.set_defaults(fn=cmd_export)
 
     d = sub.add_parser("demo", help="classify real test images and draw a class-balanced grid with the shipped model")

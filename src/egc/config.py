@@ -277,10 +277,22 @@ class SampleConfig:
     # classifier-free guidance w: (1 + w) E(x | y) - w E(x | null) (conditional models; no effect on an
     # unconditional energy)
     cfg: float = 1.0
+    # guidance interval: both guidances act only at sampler steps with guidance_tmin <= t / T <= guidance_tmax
+    # (T = diffusion.steps); elsewhere the plain conditional energy alone. In the spirit of Kynkaenniemi et
+    # al. (2024): guidance at the noisiest steps pulls every sample of a class toward one mode (low recall),
+    # at the least noisy ones it only sharpens. [0, 1] = every step (measured alternatives: BENCHMARKS.md 7).
+    guidance_tmin: float = 0.0
+    guidance_tmax: float = 1.0
 
     def validate(self) -> None:
         _check(math.isfinite(self.guidance) and self.guidance >= 0, f"sample.guidance must be finite and >= 0, got {self.guidance}")
         _check(math.isfinite(self.cfg) and self.cfg >= 0, f"sample.cfg must be finite and >= 0, got {self.cfg}")
+        _check(0 <= self.guidance_tmin <= self.guidance_tmax <= 1,
+               f"sample.guidance_tmin/tmax must satisfy 0 <= tmin <= tmax <= 1, got {self.guidance_tmin}, {self.guidance_tmax}")
+
+    def guided_at(self, t: int, num_steps: int) -> bool:
+        """Whether the guidances act at timestep t of a num_steps schedule (the guidance interval)."""
+        return self.guidance_tmin <= t / num_steps <= self.guidance_tmax
 
 
 @dataclass

@@ -20,6 +20,7 @@ Nothing here imports training code.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -327,13 +328,16 @@ class EGC:
     def sample(self, n: int, labels: torch.Tensor | list[int] | None = None, class_balanced: bool = False, sampler: str = "ddim",
                steps: int = 100, guidance: float | None = None, eta: float | None = None, seed: int = 0, batch_size: int = 250,
                progress: bool = False, clip: bool = True, cfg: float | None = None,
-               callback: Callable[[int, int, torch.Tensor], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               callback: Callable[[int, int, torch.Tensor], None] | None = None,
+               guidance_interval: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw n images. Returns (images float [n, C, H, W] in [-1, 1], labels int64 [n], -1 = unconditional).
         A latent model samples latents and returns them decoded: pixel images of ``image_shape``.
 
         ``guidance`` (classifier guidance s) and ``cfg`` (classifier-free guidance w) None take the
         model's own defaults (config sample.guidance / sample.cfg, set by ``egc export --guidance/--cfg``
-        after measuring them). ``class_balanced`` asks for n/K of each class (cycling classes when n is not a
+        after measuring them). ``guidance_interval`` (tmin, tmax): both guidances act only at steps with
+        tmin <= t / T <= tmax, the plain conditional energy elsewhere (None: the model's sample.guidance_tmin
+        / tmax). ``class_balanced`` asks for n/K of each class (cycling classes when n is not a
         multiple of K); ``labels`` gives them explicitly; neither means unconditional (the null label).
         Images come back on the CPU; the noise is drawn on a CPU generator, so a seed gives the same
         images on any device (up to the device's arithmetic).
@@ -347,6 +351,11 @@ class EGC:
             guidance = self.config.sample.guidance
         if cfg is None:
             cfg = self.config.sample.cfg
+        interval = self.config.sample
+        if guidance_interval is not None:
+            lo, hi = (float(v) for v in guidance_interval)
+            interval = dataclasses.replace(interval, guidance_tmin=lo, guidance_tmax=hi)
+            interval.validate()  # a ConfigError (an EgcError): one line naming the values
         if labels is not None or class_balanced:
             self._need_classes("sample without labels or --class-balanced")
         k = self.config.model.num_classes
@@ -371,7 +380,10 @@ class EGC:
         for i in range(0, n, batch_size):
             yb = None if y is None else y[i:i + batch_size].to(self.device)
             # Labels were checked above and the sampler's timesteps are in range: no per-step checks.
-            fn = lambda x, t, yb=yb: self._guided_eps(x, t, yb, guidance, cfg)  # noqa: E731
+            def fn(x: torch.Tensor, t: torch.Tensor, yb: torch.Tensor | None = yb) -> torch.Tensor:
+                # every row of a sampler step has the same t: one decision per step
+                on = interval.guided_at(int(t[0]), self.schedule.num_steps)
+                return self._guided_eps(x, t, yb, guidance if on else 0.0, cfg if on else 0.0)
             # Latents are not confined to [-1, 1]: no clipping of the x0 estimate in latent space.
             cb = None
             if callback is not None:
