@@ -11,6 +11,11 @@
 #
 # The data is the JPEG re-encoding of CIFAR-10 in ../shared/data (artefacts: not comparable with
 # published CIFAR-10 figures). Results: OUT/{egc,classifier,ddpm}.json, OUT/report.html.
+#
+# LATENT_AE (environment): a trained autoencoder (run folder or file, `egc train --model autoencoder`):
+# EGC and the ddpm then both run on its latents with the same UNet (model.patch=1: the latents are
+# already small); the classifier stays on pixels. The autoencoder's own minutes are not in MINUTES:
+# quote them beside the table.
 set -euo pipefail
 MIN=${1:-45}
 OUT=${2:-runs/compare-c10}
@@ -29,6 +34,9 @@ for kind in egc classifier ddpm; do
   if [ ! -d "$OUT/$kind/checkpoints" ]; then
     extra=""
     [ "$kind" = ddpm ] && extra="--set model.conditioning=embedding"
+    if [ -n "${LATENT_AE:-}" ] && [ "$kind" != classifier ]; then
+      extra="$extra --set model.autoencoder=$LATENT_AE --set model.patch=1"
+    fi
     # shellcheck disable=SC2086
     $EGC train --config configs/cifar10.yaml --model "$kind" $extra --out "$OUT/$kind" --minutes "$MIN" --quiet > "$OUT/$kind.train.json"
   fi

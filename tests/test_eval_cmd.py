@@ -241,6 +241,7 @@ def test_eval_then_report(tmp_path, trained, monkeypatch, capsys):
     gen = m["generation"]
     assert {"fd_tinyjudge", "kid_tinyjudge", "precision_tinyjudge", "recall_tinyjudge", "cond_acc_tinyjudge"} <= set(gen)
     assert not any(k.startswith("fid") for k in gen)
+    assert gen["guidance_interval"] == [0.0, 1.0]  # the model's own: every step
     assert Path(doc["artifacts"]["samples_png"]).is_file() and Path(doc["artifacts"]["reliability_png"]).is_file()
     assert doc["skipped"] == {} and doc["wall_time_s"]["total"] > 0
 
@@ -260,7 +261,8 @@ def test_eval_then_report(tmp_path, trained, monkeypatch, capsys):
     assert "does not generate" in page
 
 
-@pytest.mark.parametrize("case", ["unknown_metric", "missing_ckpt", "wrong_data", "inception", "bad_eps", "bad_t", "report_not_eval"])
+@pytest.mark.parametrize("case", ["unknown_metric", "missing_ckpt", "wrong_data", "inception", "bad_eps", "bad_t", "bad_interval",
+                                  "report_not_eval"])
 def test_bad_input_is_one_line(case, tmp_path, trained, monkeypatch, capsys):
     args = {
         "unknown_metric": (["eval", str(trained), "--metrics", "acc,fid"], "unknown metric 'fid'"),
@@ -269,6 +271,7 @@ def test_bad_input_is_one_line(case, tmp_path, trained, monkeypatch, capsys):
         "inception": (["eval", str(trained), "--inception", "pt_inception.pth"], "Inception weights file not found"),
         "bad_eps": (["eval", str(trained), "--eps-linf", "0.1,x"], "--eps-linf"),
         "bad_t": (["eval", str(trained), "--noise-t", "5000", "--metrics", "noisy_acc"], "--noise-t"),
+        "bad_interval": (["eval", str(trained), "--metrics", "gen", "--guidance-interval", "0.8,0.2"], "--guidance-interval"),
         "report_not_eval": (["report", str(tmp_path / "d8.json")], "not found"),
     }[case]
     argv, needle = args

@@ -53,12 +53,18 @@ def settings_from_args(a: argparse.Namespace):
     for flag, v in (("--guidance", a.guidance), ("--cfg", a.cfg), ("--eta", a.eta)):
         if v is not None and not (math.isfinite(v) and v >= 0):
             raise EgcError(f"{flag} must be finite and >= 0, got {v}")
+    interval = None
+    if a.guidance_interval is not None:
+        iv = _floats("--guidance-interval", a.guidance_interval)
+        if len(iv) != 2 or not iv[0] <= iv[1] <= 1:
+            raise EgcError(f"--guidance-interval: expected LO,HI with 0 <= LO <= HI <= 1, got '{a.guidance_interval}'")
+        interval = (iv[0], iv[1])
     ood = None if a.ood_sets in (None, "auto") else [p.strip().lower() for p in a.ood_sets.split(",") if p.strip()]
     return EvalSettings(
         metrics=parse_metrics(a.metrics), data=a.data, data_root=a.data_root, n_test=a.n_test, noise_t=_ints("--noise-t", a.noise_t),
         n_robust=a.n_robust, eps_linf=_floats("--eps-linf", a.eps_linf), eps_l2=_floats("--eps-l2", a.eps_l2), pgd_steps=a.pgd_steps,
         restarts=a.restarts, sanity=not a.no_sanity, sanity_n=a.sanity_n, square_queries=a.square_queries, ood_sets=ood,
-        n_samples=a.n_samples, sampler=a.sampler, steps=a.steps, guidance=a.guidance, cfg=a.cfg, eta=a.eta, judge=a.judge, inception=a.inception,
+        n_samples=a.n_samples, sampler=a.sampler, steps=a.steps, guidance=a.guidance, cfg=a.cfg, guidance_interval=interval, eta=a.eta, judge=a.judge, inception=a.inception,
         batch_size=a.batch_size, seed=a.seed, precision=a.precision, device=a.device, out_dir=a.out_dir, quiet=a.quiet)
 
 
@@ -123,6 +129,8 @@ def add_eval_parsers(sub) -> None:
     e.add_argument("--steps", type=int, default=50, help="sampler steps")
     e.add_argument("--guidance", type=float, default=None, help="classifier guidance scale (default: the model's recommended scale)")
     e.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale of a conditional model (default: the model's recommended scale)")
+    e.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                   help="guidance acts only at sampler steps with LO <= t/T <= HI (default: the model's own)")
     e.add_argument("--eta", type=float, default=None, help="DDIM noise (default 0: deterministic; 1 = DDPM variance); ddim only")
     e.add_argument("--device", default="auto", help="auto (cuda when available, the default) | cpu | cuda[:N]")
     e.add_argument("--judge", help="feature network for generation metrics (zoo:NAME or file; default zoo:fashioncnn for fashion-mnist)")

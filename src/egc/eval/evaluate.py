@@ -61,6 +61,7 @@ class EvalSettings:
     eta: float | None = None  # DDIM's noise (None: 0)
     guidance: float | None = None  # None: the model's recommended scale (sample.guidance)
     cfg: float | None = None  # classifier-free guidance; None: the model's recommended scale (sample.cfg)
+    guidance_interval: tuple[float, float] | None = None  # (tmin, tmax) of t/T where guidance acts; None: the model's
     judge: str | None = None  # None: the default judge of the data set, if any
     inception: str | None = None  # pytorch-fid's Inception-v3 weights file: fid_inception, kid_inception
     batch_size: int = 250
@@ -325,6 +326,8 @@ def generation_metrics(m: Any, judge, test_x: torch.Tensor, s: EvalSettings, inc
     conditional = bool(getattr(m, "conditional", kind != "ddpm"))
     kw = dict(sampler=s.sampler, steps=s.steps, eta=s.eta, seed=s.seed, batch_size=s.batch_size, progress=not s.quiet)
     if conditional:
+        if s.guidance_interval is not None:  # only when asked: other versions of the API have no such argument
+            kw["guidance_interval"] = s.guidance_interval
         imgs, labels = m.sample(s.n_samples, class_balanced=True, guidance=s.guidance, cfg=s.cfg, **kw)
     else:
         imgs, labels = m.sample(s.n_samples, **kw)
@@ -536,6 +539,8 @@ def _generation(c: _Ctx, inception: Any) -> None:
             gen["inception"] = INCEPTION_NOT_GIVEN
         gen["guidance"] = None if model_kind(m) == "ddpm" else (cfg.sample.guidance if s.guidance is None else s.guidance)
         gen["cfg"] = cfg.sample.cfg if s.cfg is None else s.cfg
+        own = (getattr(cfg.sample, "guidance_tmin", 0.0), getattr(cfg.sample, "guidance_tmax", 1.0))
+        gen["guidance_interval"] = list(s.guidance_interval or own)
         c.metrics["generation"] = gen
         if c.out_dir is not None:
             u8, nrow = sample_grid_u8(imgs, labels, cfg.model.num_classes)
