@@ -83,12 +83,13 @@ def test_train_step_bench():
 
 
 def test_sample_and_quick_eval_benches(run28):
-    rows = _bench("sample.py", str(run28), "--n", "4", "--configs", "ddim:2,dpm++2m:2,ddim:2:0.5:7", "--threads", "1",
+    rows = _bench("sample.py", str(run28), "--n", "4", "--configs", "ddim:2,dpm++2m:2,ddim:2:0.5:7:0:0.2-0.6", "--threads", "1",
                   "--precisions", "fp32,bf16")
     per = [r for r in rows if "sampler" in r]
     assert [(r["sampler"], r["steps"], r["eta"], r["precision"]) for r in per] == [
         (s, n, e, p) for s, n, e in [("ddim", 2, 0.0), ("dpm++2m", 2, 0.0), ("ddim", 2, 0.5)] for p in ("fp32", "bf16")]
     assert per[4]["guidance"] == 7.0 and per[0]["guidance"] != 7.0
+    assert per[4]["guidance_interval"] == [0.2, 0.6] and per[0]["guidance_interval"] == [0.0, 1.0]
     assert all(k.endswith("_fashioncnn") for r in per for k in r if k.startswith(("fd_", "cond_acc_")))
     q = _bench("quick_eval.py", str(run28), "--n", "4", "--steps", "2", "--test-n", "20")[-1]
     assert "fd_fashioncnn" in q and q["n"] == 4 and (q["steps"], q["sampler"]) == (2, "ddim")
@@ -295,3 +296,24 @@ def test_train_equal_steps_compares_existing_logs_over_a_step_range(tmp_path):
         runs = f"a={tmp_path / 'a'}" if bad else f"a={tmp_path / 'nowhere'}"
         r = subprocess.run([sys.executable, str(ROOT / "bench" / "train_equal_steps.py"), "--runs", runs, *bad], capture_output=True, text=True, env=ENV, cwd=ROOT)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
+
+
+def test_make_font_digits_writes_a_loadable_ten_class_folder(tmp_path):
+    import importlib.util
+
+    from egc.data import load_dataset
+
+    spec = importlib.util.spec_from_file_location("make_font_digits", ROOT / "bench" / "make_font_digits.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not mod.find_fonts():
+        pytest.skip("no TrueType fonts on this machine")
+    _bench("make_font_digits.py", "--out", str(tmp_path / "a"), "--train-per-class", "2", "--test-per-class", "1")
+    _bench("make_font_digits.py", "--out", str(tmp_path / "b"), "--train-per-class", "2", "--test-per-class", "1")
+    ds = load_dataset(f"folder:{tmp_path / 'a'}", "train")
+    assert tuple(ds.images.shape[1:]) in ((28, 28, 1), (1, 28, 28)) and ds.labels.tolist() == sorted(list(range(10)) * 2)
+    assert list(ds.class_names) == [str(i) for i in range(10)]
+    assert len(load_dataset(f"folder:{tmp_path / 'a'}", "test").labels) == 10
+    # deterministic for a seed: the second tree is byte-identical
+    for f in sorted((tmp_path / "a").rglob("*.png")):
+        assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes()
