@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from egc.checkpoint import ZOO_DIR
+from egc.checkpoint import ZOO_DIR, load_checkpoint, save_checkpoint
 from egc.cli import main
 
 from .conftest import make_npz, tiny_train_argv
@@ -14,8 +14,17 @@ def test_demo_writes_pngs_and_summary(tmp_path, capsys):
     data = make_npz(tmp_path / "fm.npz", n=20, size=28, classes=10)
     run = tmp_path / "run"
     assert main(tiny_train_argv(run, data, 1)) == 0
+    # The demo shows the real test images of the model's own data set: a model of an npz file has none ...
+    capsys.readouterr()
+    assert main(["demo", "--out", str(tmp_path / "no"), "--checkpoint", str(run), "--quick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no demo images ship" in err and not (tmp_path / "no").exists()
+    # ... the same weights said to be a Fashion-MNIST model get the shipped Fashion-MNIST images.
+    ck = load_checkpoint(str(run))
+    ck.config.data.name = "fashion-mnist"
+    fm = save_checkpoint(tmp_path / "fm.safetensors", ck.config, ck.step, {"ema": ck.inference_weights()}, kind="weights")
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--checkpoint", str(run), "--quick"]) == 0
+    assert main(["demo", "--out", str(out), "--checkpoint", str(fm), "--quick"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["classified"]["images"] == 20 and summary["samples"]["n"] == 20
     assert summary["precision"] in ("bf16", "fp32")  # "auto" resolved, never left as "auto"

@@ -1,7 +1,7 @@
 """``egc demo``: the shipped model classifies real test images and draws a class-balanced grid.
 
-Needs no network and no data set: the model and 20 real Fashion-MNIST test images ship inside the
-package (``egc/zoo``).
+Needs no network and no data set: the model and 20 real test images of its data set ship inside the
+package (``egc/zoo/<data set>-examples.npz``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,19 @@ from .errors import EgcError
 from .imageio import atomic_write_bytes, save_grid
 from .model import EGC
 
-EXAMPLES = ZOO_DIR / "fashion-mnist-examples.npz"
+
+
+def examples_file(data_name: str) -> Path | None:
+    """The package's real test images for models of the registered data set ``data_name``:
+    egc/zoo/<name>-examples.npz (uint8 images [N, H, W, C], int64 labels [N], class_names [K]);
+    None for a user's own data (``folder:``, ``npz:``)."""
+    name = data_name.strip().lower()
+    if not name or ":" in name or "/" in name or "\\" in name:
+        return None
+    return ZOO_DIR / f"{name}-examples.npz"
+
+
+EXAMPLES: Path = ZOO_DIR / "fashion-mnist-examples.npz"  # also the web app's example strip
 
 
 def _annotated(images: np.ndarray, truth: list[str], pred: list[str], probs: list[float], scale: int = 4) -> Image.Image:
@@ -47,12 +59,15 @@ def run_demo(out: str | Path, checkpoint: str = "zoo:fashion-mnist", quick: bool
     out = Path(out)
     t0 = time.time()
     model = EGC.load(checkpoint, device=device)
-    if not EXAMPLES.is_file():
-        raise EgcError(f"demo images missing from the package: {EXAMPLES}")
-    with np.load(EXAMPLES) as z:
+    data = model.config.data.name
+    examples = examples_file(data)
+    if examples is None or not examples.is_file():
+        raise EgcError(f"{checkpoint}: no demo images ship for its data set '{data}'; the demo runs models of the "
+                       "shipped data sets (zoo:fashion-mnist)")
+    with np.load(examples) as z:
         images, labels, names = z["images"], z["labels"], [str(s) for s in z["class_names"]]
     if tuple(images.shape[1:]) != (model.image_shape[1], model.image_shape[2], model.image_shape[0]):
-        raise EgcError(f"{checkpoint} expects {model.image_shape} images; the demo ships Fashion-MNIST 28x28 grey")
+        raise EgcError(f"{checkpoint} expects {model.image_shape} images; the demo's {data} images are {tuple(images.shape[1:])} (H, W, C)")
     x = to_model_range(torch.from_numpy(images))
     probs = model.predict_proba(x).cpu()
     p, pred = probs.max(dim=1)
