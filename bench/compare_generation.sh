@@ -42,7 +42,8 @@ flags() {
 # SAMPLER:STEPS:ETA:S:W (s = classifier guidance from the null-label head, w = classifier-free guidance)
 sweep() {
   case $1 in
-    egc-joint) echo "ddim:20:1:0:0,ddim:20:1:0:1,ddim:20:1:0:3,ddim:20:1:0:6,ddim:20:1:3:3,ddim:20:1:30:3,ddim:20:1:100:3" ;;
+    # the 45-minute run of 2026-11-29 put the best region at s 30-100, w 0-1 (w >= 3 lost): sweep that
+    egc-joint) echo "ddim:20:1:0:0,ddim:20:1:0:1,ddim:20:1:30:0,ddim:20:1:100:0,ddim:20:1:100:1,ddim:20:1:0:3" ;;
     egc-embedding) echo "ddim:20:1:0:0,ddim:20:1:0:3,ddim:20:1:30:0,ddim:20:1:100:0,ddim:20:1:300:0,ddim:20:1:100:1" ;;
     egc-none) echo "ddim:20:1:0:0,ddim:20:1:30:0,ddim:20:1:100:0,ddim:20:1:300:0" ;;
     ddpm-cond) echo "ddim:20:1:0:0,ddim:20:1:0:1,ddim:20:1:0:3" ;;
