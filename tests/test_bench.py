@@ -317,3 +317,16 @@ def test_make_font_digits_writes_a_loadable_ten_class_folder(tmp_path):
     # deterministic for a seed: the second tree is byte-identical
     for f in sorted((tmp_path / "a").rglob("*.png")):
         assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes()
+
+
+def test_make_examples_picks_the_first_test_images_of_each_class(tmp_path):
+    import numpy as np
+
+    npz = make_npz(tmp_path / "d.npz", size=28, n=40)
+    out = tmp_path / "ex.npz"
+    row = _bench("make_examples.py", f"npz:{npz}", "--per-class", "2", "--out", str(out))[-1]
+    with np.load(npz) as src, np.load(out) as ex:
+        k = int(src["labels"].max()) + 1
+        want = np.concatenate([np.flatnonzero(src["labels"] == c)[:2] for c in range(k)])
+        assert row["n"] == 2 * k and ex["labels"].tolist() == src["labels"][want].tolist()
+        assert np.array_equal(ex["images"], src["images"][want]) and len(ex["class_names"]) == k
