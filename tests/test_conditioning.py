@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 import torch
@@ -171,8 +172,29 @@ def test_old_configs_load_as_what_they_were(tmp_path):
     old["train"]["guidance"] = 42.0
     cfg = RunConfig.from_dict(old)
     assert cfg.model.conditioning == "none" and cfg.model.supervised and cfg.sample.guidance == 42.0 and cfg.sample.cfg == 0.0
-    m = EGC.load("zoo:fashion-mnist", precision="fp32")  # a checkpoint written before conditioning existed
-    assert m.config.model.conditioning == "none" and m.config.sample.guidance == 100.0 and m.conditional
+    # A checkpoint file written before conditioning existed: a tiny run's file with its config made old.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from egc.checkpoint import latest_in
+
+    npz = make_npz(tmp_path / "d.npz")
+    assert main(_argv(tmp_path / "run", npz, 1, "--model", "egc")) == 0
+    src = latest_in(tmp_path / "run")
+    with safe_open(str(src), "pt") as f:
+        md = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    c = json.loads(md["config"])
+    for sec, key in (("model", "conditioning"), ("model", "supervised"), ("model", "clusters")):
+        del c[sec][key]
+    del c["sample"]
+    c["train"]["guidance"] = 42.0
+    md["config"] = json.dumps(c)
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=md)
+    m = EGC.load(tmp_path / "old.safetensors", precision="fp32")
+    assert m.config.model.conditioning == "none" and m.config.sample.guidance == 42.0 and m.config.sample.cfg == 0.0 and m.conditional
+    imgs, _ = m.sample(3, class_balanced=True, steps=2)
+    assert torch.isfinite(imgs).all()
 
 
 def test_config_refuses_what_a_kind_cannot_do():
