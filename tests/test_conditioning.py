@@ -335,7 +335,13 @@ def test_guidance_interval_turns_both_guidances_off_outside_it(kind):
     inner = m._guided_eps
 
     def spy(x, t, y, guidance, cfg_scale):
-        seen.append((int(t[0]), guidance, cfg_scale))
+        def one(v):  # a per-row scale: every row of a sampler step has the same t, so one value
+            if isinstance(v, torch.Tensor):
+                assert v.shape == (x.shape[0],) and len(set(v.tolist())) == 1
+                return float(v[0])
+            return v
+
+        seen.append((int(t[0]), one(guidance), one(cfg_scale)))
         return inner(x, t, y, guidance, cfg_scale)
 
     m._guided_eps = spy

@@ -290,9 +290,11 @@ class SampleConfig:
         _check(0 <= self.guidance_tmin <= self.guidance_tmax <= 1,
                f"sample.guidance_tmin/tmax must satisfy 0 <= tmin <= tmax <= 1, got {self.guidance_tmin}, {self.guidance_tmax}")
 
-    def guided_at(self, t: int, num_steps: int) -> bool:
-        """Whether the guidances act at timestep t of a num_steps schedule (the guidance interval)."""
-        return self.guidance_tmin <= t / num_steps <= self.guidance_tmax
+    def guided_mask(self, t: "torch.Tensor", num_steps: int) -> "torch.Tensor":
+        """1.0 where the guidances act at timesteps t [B] of a num_steps schedule (the guidance interval),
+        else 0.0; float32 [B] on t's device."""
+        frac = t.float() / num_steps
+        return ((frac >= self.guidance_tmin) & (frac <= self.guidance_tmax)).float()
 
 
 @dataclass

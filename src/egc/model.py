@@ -381,9 +381,11 @@ class EGC:
             yb = None if y is None else y[i:i + batch_size].to(self.device)
             # Labels were checked above and the sampler's timesteps are in range: no per-step checks.
             def fn(x: torch.Tensor, t: torch.Tensor, yb: torch.Tensor | None = yb) -> torch.Tensor:
-                # every row of a sampler step has the same t: one decision per step
-                on = interval.guided_at(int(t[0]), self.schedule.num_steps)
-                return self._guided_eps(x, t, yb, guidance if on else 0.0, cfg if on else 0.0)
+                if interval.guidance_tmin <= 0 and interval.guidance_tmax >= 1 or (guidance == 0 and cfg == 0):
+                    return self._guided_eps(x, t, yb, guidance, cfg)
+                # per-row scales, zero outside the interval: decided on the device, no read-back per step
+                on = interval.guided_mask(t, self.schedule.num_steps)
+                return self._guided_eps(x, t, yb, guidance * on, cfg * on)
             # Latents are not confined to [-1, 1]: no clipping of the x0 estimate in latent space.
             cb = None
             if callback is not None:

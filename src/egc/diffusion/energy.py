@@ -53,6 +53,17 @@ def input_grad(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, crea
     return out, g
 
 
+def _on(scale: float | torch.Tensor) -> bool:
+    """Whether a guidance term must be computed: a non-zero number, or any per-row tensor (its rows may
+    be zero; checking would read the device)."""
+    return isinstance(scale, torch.Tensor) or scale != 0
+
+
+def _rows_like(scale: float | torch.Tensor, ref: torch.Tensor) -> float | torch.Tensor:
+    """A per-row scale [B] shaped to broadcast against ref [B, ...]; a number as it is."""
+    return scale.view(-1, *([1] * (ref.dim() - 1))).to(ref.dtype) if isinstance(scale, torch.Tensor) else scale
+
+
 def pool_logits(fmap: torch.Tensor, kind: str) -> torch.Tensor:
     """Class logits [B, K] from the logit map [B, K, H, W].
 
@@ -179,7 +190,8 @@ class EnergyModel:
         energy, eps = input_grad(fn, x, create_graph=create_graph)
         return eps, logits[0], energy
 
-    def guided_energy(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, guidance: float = 0.0, cfg_scale: float = 0.0) -> torch.Tensor:
+    def guided_energy(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, guidance: float | torch.Tensor = 0.0,
+                      cfg_scale: float | torch.Tensor = 0.0) -> torch.Tensor:
         """The energy whose input gradient is the guided noise prediction [B]:
 
             E_g = (1 + w) E(x_t | y) - w E(x_t | null) - s sqrt(1 - abar_t) log softmax(l(x_t))[y]
@@ -187,7 +199,8 @@ class EnergyModel:
         w = cfg_scale (classifier-free guidance between the label and null energies), s = guidance
         (classifier guidance from the null-label head, as released). A weighted sum of energies is an
         energy, so the guided eps stays a gradient. y None: the null energy alone (unconditional).
-        For "none" conditioning E(x | y) = E(x | null), so w has no effect there.
+        For "none" conditioning E(x | y) = E(x | null), so w has no effect there. s and w are numbers or
+        per-row tensors [B] (a row's energy uses its own scales: the guidance interval).
         """
         if y is None:
             return self.energy(x, t)
@@ -197,18 +210,20 @@ class EnergyModel:
         # "embedding": the label's forward, plus the null-label one only when CFG or the head needs it.
         if c.conditioning == "embedding":
             y_map = self.fmap(x, t, y)
-            null_map = self.fmap(x, t) if cfg_scale != 0 or guidance != 0 else None
+            null_map = self.fmap(x, t) if _on(cfg_scale) or _on(guidance) else None
         else:
             y_map = null_map = self.fmap(x, t)
         e = self._energy_from_map(x, y_map, abar, y)  # for "none" this is the null energy: y is not read
-        if cfg_scale != 0 and c.conditioning != "none":
-            e = (1 + cfg_scale) * e - cfg_scale * self._energy_from_map(x, null_map, abar, None)
-        if guidance != 0:
+        if _on(cfg_scale) and c.conditioning != "none":
+            w = _rows_like(cfg_scale, e)
+            e = (1 + w) * e - w * self._energy_from_map(x, null_map, abar, None)
+        if _on(guidance):
             logp = torch.log_softmax(pool_logits(null_map[:, : c.num_classes], c.pool), dim=1).gather(1, y.clamp(min=0)[:, None])[:, 0]
-            e = e - guidance * (1 - abar).sqrt() * logp
+            e = e - _rows_like(guidance, logp) * (1 - abar).sqrt() * logp
         return e
 
-    def guided_eps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, guidance: float = 0.0, cfg_scale: float = 0.0) -> torch.Tensor:
+    def guided_eps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, guidance: float | torch.Tensor = 0.0,
+                   cfg_scale: float | torch.Tensor = 0.0) -> torch.Tensor:
         """grad_x of :meth:`guided_energy` [B, C, H, W], one backward for every term, detached."""
         return input_grad(lambda xg: self.guided_energy(xg, t, y, guidance, cfg_scale), x)[1].detach()
 
@@ -304,17 +319,21 @@ def direct_eps(net: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.T
     return _wide(net(x, t) if labels is None else net(x, t, labels))
 
 
-def guided_direct_eps(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, cfg_scale: float = 0.0) -> torch.Tensor:
+def guided_direct_eps(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
+                      cfg_scale: float | torch.Tensor = 0.0) -> torch.Tensor:
     """kind "ddpm": (1 + w) eps(x | y) - w eps(x | null) for a conditional ddpm (y None: eps(x | null),
-    or eps(x) of an unconditional one)."""
+    or eps(x) of an unconditional one); w a number or per-row [B]."""
     b = x.shape[0]
     if cfg.conditioning != "embedding":
         return direct_eps(net, x, t)
-    null = direct_eps(net, x, t, net_labels(cfg, None, b, x.device)) if (y is None or cfg_scale != 0) else None
+    null = direct_eps(net, x, t, net_labels(cfg, None, b, x.device)) if (y is None or _on(cfg_scale)) else None
     if y is None:
         return null
     cond = direct_eps(net, x, t, net_labels(cfg, y, b, x.device))
-    return cond if cfg_scale == 0 else (1 + cfg_scale) * cond - cfg_scale * null
+    if not _on(cfg_scale):
+        return cond
+    w = _rows_like(cfg_scale, cond)
+    return (1 + w) * cond - w * null
 
 
 def logit_energy(logits: torch.Tensor) -> torch.Tensor:
