@@ -37,10 +37,17 @@ def _key(r: dict, name: str) -> float | None:
     return r.get(f"{name}_{_judge(r)}")
 
 
+def _interval(r: dict) -> str | None:
+    """A row's guidance interval as 'LO-HI', or None when guidance acted at every step (also rows
+    written before the interval existed)."""
+    lo, hi = r.get("guidance_interval", (0.0, 1.0))
+    return None if (lo, hi) == (0.0, 1.0) else f"{lo:g}-{hi:g}"
+
+
 def setting(r: dict) -> str:
     base = f"{r['sampler']}:{r['steps']}:{r['eta']:g}:{r['guidance']:g}:{r['cfg']:g}"
-    lo, hi = r.get("guidance_interval", (0.0, 1.0))
-    return base if (lo, hi) == (0.0, 1.0) else base + f":{lo:g}-{hi:g}"
+    iv = _interval(r)
+    return base if iv is None else f"{base}:{iv}"
 
 
 def pick(rows: list[dict]) -> dict:
@@ -56,8 +63,8 @@ def pick(rows: list[dict]) -> dict:
 
 def _scale(r: dict) -> str:
     """The classifier guidance s, with its interval of t/T when it does not act at every step."""
-    lo, hi = r.get("guidance_interval", (0.0, 1.0))
-    return f"{r['guidance']:g}" if (lo, hi) == (0.0, 1.0) else f"{r['guidance']:g} (t/T {lo:g}-{hi:g})"
+    iv = _interval(r)
+    return f"{r['guidance']:g}" if iv is None else f"{r['guidance']:g} (t/T {iv})"
 
 
 def _f(v: float | None, nd: int) -> str:

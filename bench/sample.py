@@ -25,7 +25,7 @@ import time
 import torch
 
 from egc import EGC
-from egc.config import PRECISIONS
+from egc.config import PRECISIONS, parse_guidance_interval
 from egc.data import load_dataset, to_model_range
 from egc.eval.judge import judge_samples, load_judge
 
@@ -76,11 +76,8 @@ def main() -> None:
         eta = float(parts[2]) if len(parts) > 2 else None  # None: the sampler's own
         guidance = float(parts[3]) if len(parts) > 3 else a.guidance if a.guidance is not None else m.config.sample.guidance
         cfg = float(parts[4]) if len(parts) > 4 else a.cfg if a.cfg is not None else m.config.sample.cfg
-        try:
-            interval = tuple(float(v) for v in parts[5].split("-")) if len(parts) > 5 else (m.config.sample.guidance_tmin, m.config.sample.guidance_tmax)
-            assert len(interval) == 2
-        except (ValueError, AssertionError):
-            raise SystemExit(f"--configs: '{item}': the guidance interval must be LO-HI, for example 0-0.6") from None
+        interval = (parse_guidance_interval(parts[5], f"--configs '{item}'", sep="-") if len(parts) > 5
+                    else (m.config.sample.guidance_tmin, m.config.sample.guidance_tmax))
         t0 = time.time()
         imgs, labels = m.sample(a.n, class_balanced=m.conditional, sampler=sampler, steps=steps, guidance=guidance, cfg=cfg, eta=eta, seed=a.seed,
                                 guidance_interval=interval)

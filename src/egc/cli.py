@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config import PRECISION_HELP, PRECISIONS
-from .errors import EgcError
+from .config import PRECISION_HELP, PRECISIONS, parse_guidance_interval
+from .errors import ConfigError, EgcError
 
 DEVICE_HELP = "auto (cuda when available, the default) | cpu | cuda[:N]: where the network runs"
 
@@ -40,14 +40,10 @@ def _nonneg_float(s: str) -> float:
 
 def _interval(s: str) -> tuple[float, float]:
     """LO,HI with 0 <= LO <= HI <= 1 (a guidance interval in fractions t / T of the noise schedule)."""
-    parts = s.split(",")
     try:
-        lo, hi = (float(v) for v in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers in [0, 1]), got '{s}'") from None
-    if not 0 <= lo <= hi <= 1:
-        raise argparse.ArgumentTypeError(f"expected 0 <= LO <= HI <= 1, got '{s}'")
-    return lo, hi
+        return parse_guidance_interval(s, "LO,HI")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 INTERVAL_HELP = ("LO,HI: guidance (both kinds) acts only at sampler steps with LO <= t/T <= HI, the plain conditional "

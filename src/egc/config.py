@@ -265,6 +265,21 @@ class TrainConfig:
         _check(self.sample_n >= 0 and self.sample_steps >= 1, "train.sample_n >= 0 and train.sample_steps >= 1 required")
 
 
+def _interval_ok(lo: float, hi: float) -> bool:
+    """The guidance interval's rule: 0 <= lo <= hi <= 1 (fractions t / T of the noise schedule)."""
+    return 0 <= lo <= hi <= 1
+
+
+def parse_guidance_interval(text: str, flag: str, sep: str = ",") -> tuple[float, float]:
+    """(lo, hi) from 'LO<sep>HI' (a flag or config value); ConfigError naming ``flag`` otherwise."""
+    try:
+        lo, hi = (float(v) for v in text.split(sep))
+    except ValueError:
+        raise ConfigError(f"{flag}: expected LO{sep}HI (two numbers in [0, 1]), got '{text}'") from None
+    _check(_interval_ok(lo, hi), f"{flag}: expected 0 <= LO <= HI <= 1, got '{text}'")
+    return lo, hi
+
+
 @dataclass
 class SampleConfig:
     """A model's sampling defaults (the grids drawn during training, ``egc sample``, ``EGC.sample``);
@@ -287,7 +302,7 @@ class SampleConfig:
     def validate(self) -> None:
         _check(math.isfinite(self.guidance) and self.guidance >= 0, f"sample.guidance must be finite and >= 0, got {self.guidance}")
         _check(math.isfinite(self.cfg) and self.cfg >= 0, f"sample.cfg must be finite and >= 0, got {self.cfg}")
-        _check(0 <= self.guidance_tmin <= self.guidance_tmax <= 1,
+        _check(_interval_ok(self.guidance_tmin, self.guidance_tmax),
                f"sample.guidance_tmin/tmax must satisfy 0 <= tmin <= tmax <= 1, got {self.guidance_tmin}, {self.guidance_tmax}")
 
     def guided_mask(self, t: "torch.Tensor", num_steps: int) -> "torch.Tensor":

@@ -356,6 +356,8 @@ class EGC:
             lo, hi = (float(v) for v in guidance_interval)
             interval = dataclasses.replace(interval, guidance_tmin=lo, guidance_tmax=hi)
             interval.validate()  # a ConfigError (an EgcError): one line naming the values
+        # a mask only when the interval leaves some step out and there is guidance to leave out
+        masked = not (interval.guidance_tmin <= 0 and interval.guidance_tmax >= 1) and (guidance != 0 or cfg != 0)
         if labels is not None or class_balanced:
             self._need_classes("sample without labels or --class-balanced")
         k = self.config.model.num_classes
@@ -381,7 +383,7 @@ class EGC:
             yb = None if y is None else y[i:i + batch_size].to(self.device)
             # Labels were checked above and the sampler's timesteps are in range: no per-step checks.
             def fn(x: torch.Tensor, t: torch.Tensor, yb: torch.Tensor | None = yb) -> torch.Tensor:
-                if interval.guidance_tmin <= 0 and interval.guidance_tmax >= 1 or (guidance == 0 and cfg == 0):
+                if not masked:
                     return self._guided_eps(x, t, yb, guidance, cfg)
                 # per-row scales, zero outside the interval: decided on the device, no read-back per step
                 on = interval.guided_mask(t, self.schedule.num_steps)

@@ -44,6 +44,7 @@ def _positive(flag: str, v: int | None) -> None:
 
 def settings_from_args(a: argparse.Namespace):
     """EvalSettings from parsed ``egc eval`` flags (validated; EgcError on bad values)."""
+    from ..config import parse_guidance_interval
     from .evaluate import EvalSettings, parse_metrics
 
     for flag, v in (("--n-test", a.n_test), ("--n-samples", a.n_samples), ("--steps", a.steps), ("--pgd-steps", a.pgd_steps),
@@ -53,12 +54,7 @@ def settings_from_args(a: argparse.Namespace):
     for flag, v in (("--guidance", a.guidance), ("--cfg", a.cfg), ("--eta", a.eta)):
         if v is not None and not (math.isfinite(v) and v >= 0):
             raise EgcError(f"{flag} must be finite and >= 0, got {v}")
-    interval = None
-    if a.guidance_interval is not None:
-        iv = _floats("--guidance-interval", a.guidance_interval)
-        if len(iv) != 2 or not iv[0] <= iv[1] <= 1:
-            raise EgcError(f"--guidance-interval: expected LO,HI with 0 <= LO <= HI <= 1, got '{a.guidance_interval}'")
-        interval = (iv[0], iv[1])
+    interval = None if a.guidance_interval is None else parse_guidance_interval(a.guidance_interval, "--guidance-interval")
     ood = None if a.ood_sets in (None, "auto") else [p.strip().lower() for p in a.ood_sets.split(",") if p.strip()]
     return EvalSettings(
         metrics=parse_metrics(a.metrics), data=a.data, data_root=a.data_root, n_test=a.n_test, noise_t=_ints("--noise-t", a.noise_t),
