@@ -190,6 +190,11 @@ class LossConfig:
     # Conditional models (model.conditioning != none): share of the diffusion loss's labels replaced
     # by the null label, so one network learns E(x | y) and E(x | null) (0.1 as released).
     null_prob: float = 0.1
+    # Share of the training steps that fit eps through the energy's input gradient (double backprop,
+    # ~2.4x a ddpm step on CPU); the other steps fit only the first-order eps of the denoiser channels
+    # (x_t - sqrt(abar) x0_hat) / sqrt(1 - abar), one backward, ddpm-priced (model.energy_prior
+    # "denoiser" only). Sampling always uses the energy's gradient. 1 = every step (the EGC objective).
+    energy_step_share: float = 1.0
     # kind "autoencoder": recon ("l1" | "mse", per-element mean) + kl_weight * KL (per latent element mean)
     recon: str = "l1"
     kl_weight: float = 1e-4
@@ -201,6 +206,7 @@ class LossConfig:
         _check(0 <= self.clean_fraction <= 1, f"loss.clean_fraction must be in [0, 1], got {self.clean_fraction}")
         _check(0 <= self.label_smoothing < 1, f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         _check(0 <= self.null_prob <= 1, f"loss.null_prob must be in [0, 1], got {self.null_prob}")
+        _check(0 < self.energy_step_share <= 1, f"loss.energy_step_share must be in (0, 1], got {self.energy_step_share}")
 
 
 @dataclass
@@ -334,6 +340,9 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         for f in fields(self):
             getattr(self, f.name).validate()
+        _check(self.loss.energy_step_share == 1 or self.model.kind != "egc" or self.model.energy_prior == "denoiser",
+               f"loss.energy_step_share {self.loss.energy_step_share} needs model.energy_prior denoiser (the first-order steps fit its "
+               f"denoiser channels), got '{self.model.energy_prior}'")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -84,20 +84,38 @@ def prior_coef(abar: torch.Tensor, sigma_data: float) -> torch.Tensor:
     return (1 - abar).sqrt() / (abar * sigma_data**2 + 1 - abar)
 
 
-def denoiser_term(x: torch.Tensor, r: torch.Tensor, abar: torch.Tensor, sigma_data: float) -> torch.Tensor:
-    """0.5 * k_t * ||x - sqrt(a) x0_hat||^2 [B] for x, r [B, C, H, W] (see the module docstring).
-
-    A clean input (abar = 1, the clean token) has no noise to remove: the term is 0 there (its limit
-    would be inf * 0), so the clean energy is the logit energy alone."""
+def _denoiser_coefs(abar: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, ...]:
+    """(clean [B] bool, a, c_skip, c_out, k [B, 1, 1, 1]) of the denoiser term for abar [B]; clean rows
+    (abar = 1) get a stand-in a < 1 and must be zeroed by the caller (their limit would be inf * 0)."""
     clean = abar >= 1
-    a = torch.where(clean, torch.full_like(abar, 0.5), abar).view(-1, 1, 1, 1)  # any a < 1: the rows are zeroed below
+    a = torch.where(clean, torch.full_like(abar, 0.5), abar).view(-1, 1, 1, 1)
     d = 1 - a + a * sigma_data**2
     c_skip = a.sqrt() * sigma_data**2 / d
     c_out = sigma_data * (1 - a).sqrt() / d.sqrt()
     k = d / (1 - a) ** 1.5
+    return clean, a, c_skip, c_out, k
+
+
+def denoiser_term(x: torch.Tensor, r: torch.Tensor, abar: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """0.5 * k_t * ||x - sqrt(a) x0_hat||^2 [B] for x, r [B, C, H, W] (see the module docstring).
+
+    A clean input (abar = 1, the clean token) has no noise to remove: the term is 0 there, so the
+    clean energy is the logit energy alone."""
+    clean, a, c_skip, c_out, k = _denoiser_coefs(abar, sigma_data)
     u = x - a.sqrt() * (c_skip * x + c_out * r)
     term = 0.5 * (k * u.pow(2)).sum(dim=(1, 2, 3))
     return torch.where(clean, torch.zeros_like(term), term)
+
+
+def denoiser_eps(x: torch.Tensor, r: torch.Tensor, abar: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """The first-order part of grad_x denoiser_term [B, C, H, W]: its gradient with r held fixed,
+    (x - sqrt(a) x0_hat) / sqrt(1 - a), the eps an x0-predicting denoiser gives (k (1 - sqrt(a) c_skip)
+    = 1 / sqrt(1 - a)). The full gradient adds a term through the Jacobian of r (and the logit
+    energy's gradient); this part needs no input gradient, so fitting it costs one backward.
+    Clean rows (abar = 1) get 0."""
+    clean, a, c_skip, c_out, _ = _denoiser_coefs(abar, sigma_data)
+    eps = (x - a.sqrt() * (c_skip * x + c_out * r)) / (1 - a).sqrt()
+    return torch.where(clean.view(-1, 1, 1, 1), torch.zeros_like(eps), eps)
 
 
 NULL = -1  # the label value that means "no label" (the null label of a conditional model)
@@ -190,6 +208,18 @@ class EnergyModel:
         energy, eps = input_grad(fn, x, create_graph=create_graph)
         return eps, logits[0], energy
 
+    def first_order_eps_and_logits(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(first-order eps [B, C, H, W] of the denoiser channels (:func:`denoiser_eps`), pooled logits
+        [B, K]) from one forward and no input gradient; model.energy_prior "denoiser" only. It is not
+        the model's eps (that is grad_x E): the cheap training steps of loss.energy_step_share fit it."""
+        if self.cfg.energy_prior != "denoiser":
+            raise ValueError(f"the first-order eps needs model.energy_prior denoiser, not '{self.cfg.energy_prior}'")
+        fmap = self.fmap(x, t, y)
+        k = self.cfg.num_classes
+        eps = denoiser_eps(_wide(x), fmap[:, k:], self.abar(t).to(fmap.dtype), self.cfg.sigma_data)
+        return eps, pool_logits(fmap[:, :k], self.cfg.pool)
+
     def guided_energy(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, guidance: float | torch.Tensor = 0.0,
                       cfg_scale: float | torch.Tensor = 0.0) -> torch.Tensor:
         """The energy whose input gradient is the guided noise prediction [B]:
@@ -255,6 +285,12 @@ def eps_and_logits(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.T
                    y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(eps_hat [B, C, H, W], logits [B, K], energy [B]) from one forward and one input gradient."""
     return _GivenAbar(net, cfg, abar).eps_and_logits(x, t, y, create_graph=create_graph)
+
+
+def first_order_eps_and_logits(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor,
+                               y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Functional form of :meth:`EnergyModel.first_order_eps_and_logits` (abar [B] given)."""
+    return _GivenAbar(net, cfg, abar).first_order_eps_and_logits(x, t, y)
 
 
 def _eps_and_logits_func(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor,

@@ -28,7 +28,7 @@ import torch.nn.functional as tfn
 from torch import nn
 
 from ..config import LossConfig, ModelConfig
-from .energy import NULL, classify, direct_eps, eps_and_logits, net_labels
+from .energy import NULL, classify, direct_eps, eps_and_logits, first_order_eps_and_logits, net_labels
 from .schedule import Schedule
 
 
@@ -45,6 +45,7 @@ class LossParts:
     clean_acc: torch.Tensor | None = None
     recon: torch.Tensor | None = None
     kl: torch.Tensor | None = None
+    mse_first_order: torch.Tensor | None = None  # a first-order step's eps-MSE (loss.energy_step_share)
 
     def scalars(self) -> dict[str, float]:
         return {f.name: float(v.detach()) for f in fields(self) if (v := getattr(self, f.name)) is not None}
@@ -95,6 +96,10 @@ def egc_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedul
              shard: Shard = (0, 1), eps_fn: TrainEpsFn | None = None) -> LossParts:
     """x0 [B, C, H, W] in [-1, 1], y [B] int64 -> LossParts. Randomness (t, eps) comes from ``gen``.
 
+    With loss.energy_step_share p < 1 a step fits the energy's gradient with probability p, else the
+    first-order eps of the denoiser channels (one backward, no input gradient; its MSE is logged as
+    mse_first_order, not mse). The classification terms are the same in both kinds of step.
+
     A conditional model (model.conditioning != none) fits the diffusion loss to E(x_t | y), with a
     share loss.null_prob of the labels replaced by the null label; classification always goes through
     the null label. An unsupervised model (model.supervised false) has the diffusion loss only.
@@ -104,6 +109,9 @@ def egc_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedul
     passes energy.CompiledEps here)."""
     t, eps = _draw(sched, x0, gen)
     y_energy = _null_labels(lcfg, y, gen) if mcfg.conditioning != "none" else None  # drawn only then: unconditional runs keep their stream
+    # loss.energy_step_share p < 1: an energy step with probability p, else a first-order step; one draw
+    # from the shared generator (only then: p = 1 keeps the stream), so all data-parallel ranks agree.
+    first_order = lcfg.energy_step_share < 1 and float(torch.rand((), generator=gen, device=gen.device if gen is not None else None)) >= lcfg.energy_step_share
     n_clean = int(round(lcfg.clean_fraction * x0.shape[0]))  # of the global batch: its first n_clean rows
     rank, world = shard
     x0, y, t, eps = _rows(shard, x0, y, t, eps)
@@ -111,13 +119,16 @@ def egc_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedul
         (y_energy,) = _rows(shard, y_energy)
     abar = sched.abar(t)
     xt = sched.add_noise(x0, t, eps)
-    if eps_fn is None:
+    if first_order:
+        eps_hat, logits = first_order_eps_and_logits(net, mcfg, xt, t, abar, y_energy)
+    elif eps_fn is None:
         eps_hat, logits, _ = eps_and_logits(net, mcfg, xt, t, abar, create_graph=True, y=y_energy)
     else:
         eps_hat, logits, _ = eps_fn(net, mcfg, xt, t, abar, y_energy)
     mse = (eps_hat.float() - eps.float()).pow(2).mean()
+    logged = {"mse_first_order": mse.detach()} if first_order else {"mse": mse.detach()}
     if not mcfg.supervised:
-        return LossParts(mse, mse.detach())
+        return LossParts(mse, **logged)
     if mcfg.conditioning == "embedding" and lcfg.noisy_ce_weight > 0:
         logits = classify(net, mcfg, xt, t)  # the label forward's logits are not the classifier's: a null-label forward
     ce = tfn.cross_entropy(logits, y, label_smoothing=lcfg.label_smoothing, reduction="none")
@@ -138,7 +149,7 @@ def egc_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedul
     else:
         clean_ce = clean_acc = torch.zeros((), device=x0.device)
     noisy_acc = (logits.argmax(1) == y).float().mean()
-    return LossParts(total, mse.detach(), noisy_ce.detach(), clean_ce.detach(), noisy_acc, clean_acc)
+    return LossParts(total, noisy_ce=noisy_ce.detach(), clean_ce=clean_ce.detach(), noisy_acc=noisy_acc, clean_acc=clean_acc, **logged)
 
 
 def classifier_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedule, x0: torch.Tensor, y: torch.Tensor,
