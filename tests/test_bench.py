@@ -127,6 +127,14 @@ def test_eps_by_t_and_denormal_benches(run28):
         assert row["mse"] == pytest.approx(float((m.eps(xt, t) - eps).pow(2).mean()), abs=2e-4), (t, row)
         assert row["mse_gaussian_baseline"] == pytest.approx(float((base - eps).pow(2).mean()), abs=2e-4), (t, row)
         assert row["acc"] == pytest.approx(float((m.logits(xt, t).argmax(1) == y).float().mean()), abs=2e-4), (t, row)
+        # the denoiser channels' first-order eps (x_t - sqrt(abar) x0_hat) / sqrt(1 - abar), written out
+        assert m.config.model.energy_prior == "denoiser"
+        r = m.energy_model.fmap(xt, torch.full((4,), t))[:, m.config.model.num_classes:].detach()
+        sd = m.config.model.sigma_data
+        d = 1 - ab + ab * sd**2
+        x0_hat = ab.sqrt() * sd**2 / d * xt + sd * (1 - ab).sqrt() / d.sqrt() * r
+        e1 = (xt - ab.sqrt() * x0_hat) / (1 - ab).sqrt()
+        assert row["mse_first_order"] == pytest.approx(float((e1 - eps).pow(2).mean()), abs=2e-4), (t, row)
     # near t = 1 the optimum predicts ~0 noise from an almost clean image: its MSE is E[eps^2] ~ 1
     assert abs(doc["by_t"]["1"]["mse_gaussian_baseline"] - 1) < 0.1
     d = _bench("denormal.py", str(run28), "--batch", "2", "--reps", "1")[-1]
