@@ -31,7 +31,8 @@ judge = json.loads((out / "judge.json").read_text())
 train = json.loads((out / "train.json").read_text() or "{}")
 acc = json.loads((out / "acc.json").read_text())["metrics"]
 row = next(r for r in map(json.loads, (out / "sample.jsonl").read_text().splitlines()) if r.get("benchmark") == "sample")
-keep = {k: v for k, v in row.items() if k.endswith("_digitcnn") or k in ("guidance", "cfg", "guidance_interval", "cpu", "n", "steps")}
+keep = {k: v for k, v in row.items() if k.endswith("_digitcnn") or k in ("guidance", "cfg", "guidance_interval", "cpu", "n")}
+keep["sample_steps"] = row.get("steps")  # the sampler's steps; "steps" is the training's
 print(json.dumps({"benchmark": "new_user_run", "judge_test_accuracy": judge.get("test_accuracy"), "steps": train.get("step"),
                   "elapsed_s": train.get("elapsed_s"), "accuracy": acc.get("accuracy"), "ece": acc.get("ece"), **keep}))
 PY
