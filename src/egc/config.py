@@ -194,6 +194,8 @@ class LossConfig:
     # ~2.4x a ddpm step on CPU); the other steps fit only the first-order eps of the denoiser channels
     # (x_t - sqrt(abar) x0_hat) / sqrt(1 - abar), one backward, ddpm-priced (model.energy_prior
     # "denoiser" only). Sampling always uses the energy's gradient. 1 = every step (the EGC objective).
+    # Measured at equal time (10 min, Fashion-MNIST, BENCHMARKS.md 7): 0.5 and 0.25 give 1.33x / 1.53x
+    # the steps but a worse energy eps-MSE and worse samples (fd 47.9 -> 59.6 at 0.25): keep 1.
     energy_step_share: float = 1.0
     # kind "autoencoder": recon ("l1" | "mse", per-element mean) + kl_weight * KL (per latent element mean)
     recon: str = "l1"
