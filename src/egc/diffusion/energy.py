@@ -84,16 +84,17 @@ def prior_coef(abar: torch.Tensor, sigma_data: float) -> torch.Tensor:
     return (1 - abar).sqrt() / (abar * sigma_data**2 + 1 - abar)
 
 
-def _denoiser_coefs(abar: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, ...]:
-    """(clean [B] bool, a, c_skip, c_out, k [B, 1, 1, 1]) of the denoiser term for abar [B]; clean rows
-    (abar = 1) get a stand-in a < 1 and must be zeroed by the caller (their limit would be inf * 0)."""
+def _denoiser_residual(x: torch.Tensor, r: torch.Tensor, abar: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, ...]:
+    """(clean [B] bool, a, k [B, 1, 1, 1], u = x - sqrt(a) x0_hat [B, C, H, W]) with the EDM-preconditioned
+    x0_hat = c_skip x + c_out r. Clean rows (abar = 1) get a stand-in a < 1 and must be zeroed by the
+    caller (their limit would be inf * 0)."""
     clean = abar >= 1
     a = torch.where(clean, torch.full_like(abar, 0.5), abar).view(-1, 1, 1, 1)
     d = 1 - a + a * sigma_data**2
     c_skip = a.sqrt() * sigma_data**2 / d
     c_out = sigma_data * (1 - a).sqrt() / d.sqrt()
     k = d / (1 - a) ** 1.5
-    return clean, a, c_skip, c_out, k
+    return clean, a, k, x - a.sqrt() * (c_skip * x + c_out * r)
 
 
 def denoiser_term(x: torch.Tensor, r: torch.Tensor, abar: torch.Tensor, sigma_data: float) -> torch.Tensor:
@@ -101,8 +102,7 @@ def denoiser_term(x: torch.Tensor, r: torch.Tensor, abar: torch.Tensor, sigma_da
 
     A clean input (abar = 1, the clean token) has no noise to remove: the term is 0 there, so the
     clean energy is the logit energy alone."""
-    clean, a, c_skip, c_out, k = _denoiser_coefs(abar, sigma_data)
-    u = x - a.sqrt() * (c_skip * x + c_out * r)
+    clean, _, k, u = _denoiser_residual(x, r, abar, sigma_data)
     term = 0.5 * (k * u.pow(2)).sum(dim=(1, 2, 3))
     return torch.where(clean, torch.zeros_like(term), term)
 
@@ -113,9 +113,8 @@ def denoiser_eps(x: torch.Tensor, r: torch.Tensor, abar: torch.Tensor, sigma_dat
     = 1 / sqrt(1 - a)). The full gradient adds a term through the Jacobian of r (and the logit
     energy's gradient); this part needs no input gradient, so fitting it costs one backward.
     Clean rows (abar = 1) get 0."""
-    clean, a, c_skip, c_out, _ = _denoiser_coefs(abar, sigma_data)
-    eps = (x - a.sqrt() * (c_skip * x + c_out * r)) / (1 - a).sqrt()
-    return torch.where(clean.view(-1, 1, 1, 1), torch.zeros_like(eps), eps)
+    clean, a, _, u = _denoiser_residual(x, r, abar, sigma_data)
+    return torch.where(clean.view(-1, 1, 1, 1), torch.zeros_like(u), u / (1 - a).sqrt())
 
 
 NULL = -1  # the label value that means "no label" (the null label of a conditional model)
