@@ -96,7 +96,10 @@ def table(out: Path) -> str:
             judge = judge or _judge(r)
             bold = "**" if (r in final or (not final and setting(r) == chosen)) else ""
             lead = head if i == 0 else "| | | | | "
-            lines.append(lead + f"| {r['n']} | {_scale(r)} | {r['cfg']:g} | {bold}{_f(_key(r, 'cond_acc'), 2)}{bold} | "
+            cond = _key(r, "cond_acc")
+            # unconditional samples (no conditional accuracy): the model's stored s and w did not act
+            sw = f"{_scale(r)} | {r['cfg']:g}" if cond is not None else "- | -"
+            lines.append(lead + f"| {r['n']} | {sw} | {bold if cond is not None else ''}{_f(cond, 2)}{bold if cond is not None else ''} | "
                          f"{bold}{_f(_key(r, 'fd'), 1)}{bold} | {_f(_key(r, 'kid'), 3)} | {_f(_key(r, 'precision'), 2)} | {_f(_key(r, 'recall'), 2)} |")
     return "\n".join(lines) + f"\n\nCPU: {cpu}. fd, KID, precision, recall in the {judge or 'judge'}'s features (not Inception FID); " \
         "test acc of egc-unsup is cluster purity; bold: the chosen setting on the final sample count; (t/T a-b): guidance only at those steps.\n"

@@ -338,3 +338,33 @@ def test_make_examples_picks_the_first_test_images_of_each_class(tmp_path):
         want = np.concatenate([np.flatnonzero(src["labels"] == c)[:2] for c in range(k)])
         assert row["n"] == 2 * k and ex["labels"].tolist() == src["labels"][want].tolist()
         assert np.array_equal(ex["images"], src["images"][want]) and len(ex["class_names"]) == k
+
+
+def test_gen_table_picks_by_the_stated_rule_and_blanks_guidance_of_unconditional_rows(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_table", ROOT / "bench" / "gen_table.py")
+    gt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gt)
+
+    def row(s, w, fd, cond=None, n=500):
+        r = {"benchmark": "sample", "sampler": "ddim", "steps": 20, "eta": 1.0, "guidance": s, "cfg": w, "n": n, "cpu": "test cpu",
+             "fd_judge": fd, "kid_judge": 0.1, "precision_judge": 0.5, "recall_judge": 0.4}
+        if cond is not None:
+            r["cond_acc_judge"] = cond
+        return json.dumps(r)
+
+    for m, sweep in (("cond", [row(0, 0, 9.0, 0.50), row(100, 0, 8.0, 0.95), row(30, 0, 7.0, 0.86), row(300, 0, 6.0, 0.80)]),
+                     ("unsup", [row(100, 1, 5.0)])):
+        (tmp_path / m).mkdir()
+        (tmp_path / m / "config.yaml").write_text("train:\n  batch_size: 32\n")
+        (tmp_path / f"{m}.train.json").write_text(json.dumps({"step": 100, "elapsed_s": 50.0}))
+        (tmp_path / f"{m}.sweep.jsonl").write_text("\n".join(sweep) + "\n")
+    # the lowest fd among rows with cond. acc >= 0.9 x the best (0.95 -> >= 0.855): s 30, not s 300
+    assert gt.setting(gt.pick(gt._rows(tmp_path / "cond.sweep.jsonl"))) == "ddim:20:1:30:0"
+    lines = gt.table(tmp_path).splitlines()
+    cond = [ln for ln in lines if "| 30 | 0 |" in ln]
+    assert len(cond) == 1 and "**0.86**" in cond[0] and "**7.0**" in cond[0]
+    unsup = next(ln for ln in lines if ln.startswith("| unsup |"))
+    assert "| 64 |" in unsup  # img/s = 100 steps x batch 32 (the run's own config) / 50 s
+    assert "| 500 | - | - | - |" in unsup  # no class was asked: the stored s 100, w 1 did not act
