@@ -98,8 +98,8 @@ def table(out: Path) -> str:
             lead = head if i == 0 else "| | | | | "
             cond = _key(r, "cond_acc")
             # unconditional samples (no conditional accuracy): the model's stored s and w did not act
-            sw = f"{_scale(r)} | {r['cfg']:g}" if cond is not None else "- | -"
-            lines.append(lead + f"| {r['n']} | {sw} | {bold if cond is not None else ''}{_f(cond, 2)}{bold if cond is not None else ''} | "
+            sw, cbold = (f"{_scale(r)} | {r['cfg']:g}", bold) if cond is not None else ("- | -", "")
+            lines.append(lead + f"| {r['n']} | {sw} | {cbold}{_f(cond, 2)}{cbold} | "
                          f"{bold}{_f(_key(r, 'fd'), 1)}{bold} | {_f(_key(r, 'kid'), 3)} | {_f(_key(r, 'precision'), 2)} | {_f(_key(r, 'recall'), 2)} |")
     return "\n".join(lines) + f"\n\nCPU: {cpu}. fd, KID, precision, recall in the {judge or 'judge'}'s features (not Inception FID); " \
         "test acc of egc-unsup is cluster purity; bold: the chosen setting on the final sample count; (t/T a-b): guidance only at those steps.\n"
