@@ -3,7 +3,9 @@ noise) and noisy-input accuracy on test images, for the EMA weights of an EGC or
 The MSE of the trivial predictor (eps_hat = x_t scaled, the Gaussian-data optimum) is printed
 beside it so a number can be read without knowing the schedule. For an EGC with the denoiser prior,
 mse_first_order is the MSE of its denoiser channels' first-order eps alone (what the cheap steps of
-loss.energy_step_share fit; not what it samples with). Prints one JSON line.
+loss.energy_step_share fit; not what it samples with). For a label-conditioned model (EGC joint or
+embedding, conditional ddpm) mse_label is the eps-MSE of the energy given the image's own label
+(mse: the null label). Prints one JSON line.
 
     python bench/eps_by_t.py RUN_OR_CKPT [--n 256] [--ts 1,10,50,100,250,500,750,999]
 """
@@ -43,6 +45,9 @@ def main() -> None:
         # Gaussian-data optimum (per pixel, zero mean, std of this batch): eps_hat = c_t x_t, the library's prior coefficient
         base = prior_coef(m.schedule.abar(tt[:1]), sd2**0.5).view(1, 1, 1, 1) * xt
         row = {"mse": float((eh - eps).pow(2).mean()), "mse_gaussian_baseline": float((base - eps).pow(2).mean())}
+        if m.config.model.conditioning != "none":
+            # a label-conditioned model: also the eps of E(x_t | y) for the image's own label (no guidance)
+            row["mse_label"] = float((m.eps(xt, t, y) - eps).pow(2).mean())
         if m.config.model.kind == "egc" and m.config.model.energy_prior == "denoiser":
             with torch.no_grad():
                 e1, _ = m.energy_model.first_order_eps_and_logits(xt.to(m.device), tt.to(m.device))

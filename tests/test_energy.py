@@ -243,3 +243,33 @@ def test_a_run_with_first_order_steps_trains_logs_both_and_samples(tmp_path):
     m = EGC.load(run)
     assert m.config.loss.energy_step_share == 0.5  # recorded in the checkpoint's config
     assert torch.isfinite(m.sample(2, steps=2)[0]).all()  # sampling is the energy's gradient as always
+
+
+def test_logit_scale_scales_the_classifier_not_the_energy():
+    import dataclasses
+
+    import pytest
+
+    from egc.errors import ConfigError
+
+    net, cfg = _net("denoiser")
+    scaled = dataclasses.replace(cfg.model, logit_scale=4.0)
+    sched = Schedule.make("ldm-linear")
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    t = torch.tensor([100, 500])
+    abar = sched.abar(t).double()
+    y = torch.tensor([1, 2])
+    e1, l1 = en.energy_and_logits(net, cfg.model, x, t, abar)
+    e4, l4 = en.energy_and_logits(net, scaled, x, t, abar)
+    torch.testing.assert_close(e4, e1)  # the energy (and so the unguided eps) does not see the scale
+    torch.testing.assert_close(l4, 4.0 * l1)
+    assert float(l1.detach().abs().max()) > 1e-3  # not a zero map, where any scale would pass
+    torch.testing.assert_close(en.classify(net, scaled, x, t), 4.0 * en.classify(net, cfg.model, x, t))
+    # classifier guidance follows the classifier: grad_x [E - s sqrt(1 - a) log_softmax(4 l)[y]]
+    xg = x.clone().requires_grad_(True)
+    e, lg = en.energy_and_logits(net, cfg.model, xg, t, abar)
+    logp = torch.log_softmax(4.0 * lg, 1)[torch.arange(2), y]
+    (want,) = torch.autograd.grad((e - 2.0 * (1 - abar).sqrt() * logp).sum(), xg)
+    torch.testing.assert_close(en.guided_eps(net, scaled, x, t, abar, y, 2.0), want, rtol=1e-9, atol=1e-10)
+    with pytest.raises(ConfigError, match="logit_scale must be > 0"):
+        load_config(None, ["model.logit_scale=0"])

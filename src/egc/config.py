@@ -92,6 +92,9 @@ class ModelConfig:
     norm: str = "none"  # "group" | "none": GroupNorm costs ~40 % of a double-backprop step on CPU
     dropout: float = 0.0
     pool: str = "attention"  # how F is pooled into class logits: "attention" (as released) | "mean"
+    # Classifier logits = logit_scale * pool_hw F (kind egc): > 1 lets the class channels stay small in
+    # the energy, whose gradient is the eps, for the same classifier confidence (BENCHMARKS.md 7).
+    logit_scale: float = 1.0
     # Class-independent term added to every logit (see diffusion/energy.py): "none" = as released,
     # "gaussian" = exact energy of Gaussian data, "denoiser" = that plus a learned denoiser residual.
     # (energy_prior and sigma_data matter for kind "egc" only.)
@@ -144,6 +147,7 @@ class ModelConfig:
         _check(self.kind == AUTOENCODER or self.image_size % self.patch == 0, f"model.image_size {self.image_size} not divisible by model.patch {self.patch}")
         _check(self.norm in ("group", "none"), f"model.norm must be 'group' or 'none', got '{self.norm}'")
         _check(self.pool in ("attention", "mean"), f"model.pool must be 'attention' or 'mean', got '{self.pool}'")
+        _check(self.logit_scale > 0, f"model.logit_scale must be > 0, got {self.logit_scale}")
         _check(self.conditioning in CONDITIONINGS + ("auto",), f"model.conditioning must be auto or one of {', '.join(CONDITIONINGS)}, got '{self.conditioning}'")
         if self.conditioning == "auto":
             self.conditioning = "joint" if self.kind == "egc" and self.supervised else "none"

@@ -168,6 +168,13 @@ class EnergyModel:
             return denoiser_term(_wide(x), fmap[:, c.num_classes:], abar.to(fmap.dtype), c.sigma_data)
         return 0.0
 
+    def _logits_from_map(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Classifier logits [B, K] = model.logit_scale * pool_hw F of an output map [B, K (+ C), H, W].
+        The scale lets the classifier reach its confidence with a c times smaller logit map, so the
+        class channels disturb the energy's gradient (the eps) less; 1 = as released."""
+        lg = pool_logits(fmap[:, : self.cfg.num_classes], self.cfg.pool)
+        return lg if self.cfg.logit_scale == 1 else lg * self.cfg.logit_scale
+
     def _energy_from_map(self, x: torch.Tensor, fmap: torch.Tensor, abar: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         k = self.cfg.num_classes
         logit_map = fmap[:, :k]
@@ -183,7 +190,7 @@ class EnergyModel:
         not the classifier's (use :meth:`logits`)."""
         fmap = self.fmap(x, t, y)
         abar = self.abar(t)
-        return self._energy_from_map(x, fmap, abar, y), pool_logits(fmap[:, : self.cfg.num_classes], self.cfg.pool)
+        return self._energy_from_map(x, fmap, abar, y), self._logits_from_map(fmap)
 
     def energy(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.energy_and_logits(x, t, y)[0]
@@ -192,7 +199,7 @@ class EnergyModel:
         """Classifier logits [B, K] (null label; no input gradient). t defaults to CLEAN_T (clean input)."""
         if t is None:
             t = torch.full((x.shape[0],), CLEAN_T, dtype=torch.long, device=x.device)
-        return pool_logits(self.fmap(x, t)[:, : self.cfg.num_classes], self.cfg.pool)
+        return self._logits_from_map(self.fmap(x, t))
 
     def eps_and_logits(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, create_graph: bool = False
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -217,7 +224,7 @@ class EnergyModel:
         fmap = self.fmap(x, t, y)
         k = self.cfg.num_classes
         eps = denoiser_eps(_wide(x), fmap[:, k:], self.abar(t).to(fmap.dtype), self.cfg.sigma_data)
-        return eps, pool_logits(fmap[:, :k], self.cfg.pool)
+        return eps, self._logits_from_map(fmap)
 
     def guided_energy(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, guidance: float | torch.Tensor = 0.0,
                       cfg_scale: float | torch.Tensor = 0.0) -> torch.Tensor:
@@ -247,7 +254,7 @@ class EnergyModel:
             w = _rows_like(cfg_scale, e)
             e = (1 + w) * e - w * self._energy_from_map(x, null_map, abar, None)
         if _on(guidance):
-            logp = torch.log_softmax(pool_logits(null_map[:, : c.num_classes], c.pool), dim=1).gather(1, y.clamp(min=0)[:, None])[:, 0]
+            logp = torch.log_softmax(self._logits_from_map(null_map), dim=1).gather(1, y.clamp(min=0)[:, None])[:, 0]
             e = e - _rows_like(guidance, logp) * (1 - abar).sqrt() * logp
         return e
 
