@@ -166,12 +166,13 @@ def test_clean_token_energy_is_finite_and_score_refuses_it():
 
 def test_old_configs_load_as_what_they_were(tmp_path):
     old = load_config(None).to_dict()
-    for sec, key in (("model", "conditioning"), ("model", "supervised"), ("model", "clusters")):
+    for sec, key in (("model", "conditioning"), ("model", "supervised"), ("model", "clusters"), ("model", "logit_scale")):
         del old[sec][key]
     del old["sample"]
     old["train"]["guidance"] = 42.0
     cfg = RunConfig.from_dict(old)
     assert cfg.model.conditioning == "none" and cfg.model.supervised and cfg.sample.guidance == 42.0 and cfg.sample.cfg == 0.0
+    assert cfg.model.logit_scale == 1.0  # written before the scale existed: unscaled logits, whatever today's default
     # A checkpoint file written before conditioning existed: a tiny run's file with its config made old.
     from safetensors import safe_open
     from safetensors.torch import save_file

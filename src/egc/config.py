@@ -375,6 +375,7 @@ LEGACY: tuple[tuple[str, str, Any], ...] = (
     ("model", "clusters", 0),
     ("sample", "cfg", 0.0),
     ("model", "sigma_data", 0.5),
+    ("model", "logit_scale", 1.0),
 )
 
 
