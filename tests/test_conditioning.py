@@ -23,7 +23,7 @@ K = 3
 
 def _model(cond: str, kind: str = "egc", prior: str = "denoiser", seed: int = 0) -> tuple[torch.nn.Module, RunConfig]:
     cfg = load_config(None, ["model.size=tiny", "model.image_size=8", f"model.num_classes={K}", f"model.kind={kind}",
-                             f"model.conditioning={cond}", f"model.energy_prior={prior}"])
+                             f"model.conditioning={cond}", f"model.energy_prior={prior}", "model.logit_scale=1"])  # hand-written logits below are unscaled
     torch.manual_seed(seed)
     net = build_net(cfg.model).double()
     torch.nn.init.normal_(net.out.weight, std=0.3)  # a non-flat energy
@@ -318,14 +318,24 @@ def test_sigma_data_follows_the_space_the_model_lives_in():
 
 
 def test_default_recipe_is_the_measured_one_per_kind():
-    """No --config: a supervised EGC gets the joint energy, the denoiser prior, noisy-CE weight 0.5 and
-    clean-CE weight 0.1 (BENCHMARKS.md 2 and 7); the baselines keep what they are (an unconditional ddpm,
-    a classifier)."""
+    """No --config: a supervised EGC gets the joint energy, the denoiser prior, logit scale 10, noisy-CE
+    weight 0.1 and clean-CE weight 0.02 (BENCHMARKS.md 2 and 7); the baselines keep what they are (an
+    unconditional ddpm, a classifier with unscaled logits); an explicit scale is kept."""
     egc = load_config(None)
-    assert (egc.model.conditioning, egc.model.energy_prior, egc.loss.noisy_ce_weight, egc.loss.clean_ce_weight) == ("joint", "denoiser", 0.5, 0.1)
+    got = (egc.model.conditioning, egc.model.energy_prior, egc.model.logit_scale, egc.loss.noisy_ce_weight, egc.loss.clean_ce_weight)
+    assert got == ("joint", "denoiser", 10.0, 0.1, 0.02)
     assert load_config(None, ["model.kind=ddpm"]).model.conditioning == "none"
     assert load_config(None, ["model.kind=classifier"]).model.conditioning == "none"
+    assert load_config(None, ["model.kind=classifier"]).model.logit_scale == 1.0
     assert load_config(None, ["model.supervised=false"]).model.conditioning == "none"
+    assert load_config(None, ["model.supervised=false"]).model.logit_scale == 1.0
+    assert load_config(None, ["model.logit_scale=3"]).model.logit_scale == 3.0
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    assert load_config(configs / "fashion-mnist.yaml").model.logit_scale == 1.0  # the shipped model's recipe, pinned
+    assert load_config(configs / "cifar10.yaml").model.logit_scale == 10.0  # the new recipe, with its CE weights
+    assert load_config(configs / "cifar10.yaml").loss.noisy_ce_weight == 0.1
 
 
 @pytest.mark.parametrize("kind", ["egc", "ddpm"])
@@ -355,12 +365,17 @@ def test_guidance_interval_turns_both_guidances_off_outside_it(kind):
         assert (s, w) == ((5.0, 2.0) if 0.3 <= t / T <= 0.8 else (0.0, 0.0)), (t, s, w)
     assert {s for _, s, _ in seen} == {0.0, 5.0}  # the 4 DDIM steps straddle the interval
     assert not torch.allclose(guided, base)
-    # An interval that holds no step is the unguided sampler, bit for bit; the default is every step.
+    # An interval that holds no step is the unguided sampler, bit for bit; the default is the kind's:
+    # t / T <= 0.6 for an EGC, every step for a ddpm (SampleConfig).
     off = m.sample(3, class_balanced=True, steps=4, guidance=5.0, cfg=2.0, seed=1, guidance_interval=(1.0, 1.0))[0]
     assert torch.equal(off, base)
     seen.clear()
     m.sample(3, class_balanced=True, steps=4, guidance=5.0, cfg=2.0, seed=1)
-    assert all((s, w) == (5.0, 2.0) for _, s, w in seen)
+    tmax = 0.6 if kind == "egc" else 1.0
+    assert (m.config.sample.guidance_tmin, m.config.sample.guidance_tmax) == (0.0, tmax)
+    for t, s, w in seen:
+        assert (s, w) == ((5.0, 2.0) if t / T <= tmax else (0.0, 0.0)), (t, s, w)
+    assert any(s == 5.0 for _, s, _ in seen)
 
 
 def test_guidance_interval_is_validated_stored_and_refused_in_one_line(tmp_path, capsys):

@@ -13,7 +13,7 @@ from egc.nets import build_net
 
 def _net(prior: str = "gaussian"):
     cfg = load_config(None, ["model.size=tiny", "model.image_size=8", "model.num_classes=3", f"model.energy_prior={prior}",
-                             "model.conditioning=none"])
+                             "model.conditioning=none", "model.logit_scale=1"])  # the hand-written logits below are unscaled
     torch.manual_seed(0)
     net = build_net(cfg.model).double()
     torch.nn.init.normal_(net.out.weight, std=0.3)  # non-zero output so the energy is not flat
@@ -272,4 +272,4 @@ def test_logit_scale_scales_the_classifier_not_the_energy():
     (want,) = torch.autograd.grad((e - 2.0 * (1 - abar).sqrt() * logp).sum(), xg)
     torch.testing.assert_close(en.guided_eps(net, scaled, x, t, abar, y, 2.0), want, rtol=1e-9, atol=1e-10)
     with pytest.raises(ConfigError, match="logit_scale must be > 0"):
-        load_config(None, ["model.logit_scale=0"])
+        load_config(None, ["model.logit_scale=-1"])
