@@ -241,7 +241,7 @@ def test_eval_then_report(tmp_path, trained, monkeypatch, capsys):
     gen = m["generation"]
     assert {"fd_tinyjudge", "kid_tinyjudge", "precision_tinyjudge", "recall_tinyjudge", "cond_acc_tinyjudge"} <= set(gen)
     assert not any(k.startswith("fid") for k in gen)
-    assert gen["guidance_interval"] == [0.0, 1.0]  # the model's own: every step
+    assert gen["guidance_interval"] == [0.0, 0.6]  # the model's own: an EGC's default interval
     assert Path(doc["artifacts"]["samples_png"]).is_file() and Path(doc["artifacts"]["reliability_png"]).is_file()
     assert doc["skipped"] == {} and doc["wall_time_s"]["total"] > 0
 
