@@ -188,8 +188,8 @@ class LossConfig:
     # The loss follows model.kind (diffusion/losses.py); a legacy ``loss.kind: egc`` is ignored (_upgrade).
     # w in  mse + w * mean(sqrt(abar_t) * CE(x_t)); the released 0.005 is for ImageNet latents. With the
     # automatic model.logit_scale 10 the classifier learns fast enough at 0.1 (BENCHMARKS.md 7: 45 minutes
-    # on Fashion-MNIST, fd_fashioncnn 13.0 -> 6.5 and test accuracy 0.870 -> 0.878 against scale 1 with
-    # 0.5 / 0.1); configs that pin logit_scale 1 should keep 0.5 (BENCHMARKS.md 2).
+    # on Fashion-MNIST, fd_fashioncnn 13.0 -> 5.1 with the sampling defaults below and test accuracy
+    # 0.870 -> 0.878, against scale 1 with 0.5 / 0.1); configs that pin logit_scale 1 keep 0.5 (BENCHMARKS.md 2).
     noisy_ce_weight: float = 0.1
     # The clean-image CE (through the clean token) slows the eps fit most: at 1.0 its gradient sets Adam's
     # step and the eps-MSE after 300 steps is 1.35x that at 0.1 (BENCHMARKS.md 7, "what is in the way");

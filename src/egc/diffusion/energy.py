@@ -142,7 +142,7 @@ class EnergyModel:
         eps_hat         = grad_x E ,  so  E = -sqrt(1 - abar_t) log p(x_t) + const  and
         score           = grad_x log p(x_t) = -eps_hat / sqrt(1 - abar_t)
     i.e. E is the log-density scaled by sqrt(1 - abar_t) (the network learns that scale, as released).
-    The classifier logits l(x_t, t) = pool_hw F always come from the null-label forward, so
+    The classifier logits l(x_t, t) = model.logit_scale * pool_hw F always come from the null-label forward, so
     classification means the same for every conditioning.
     """
 
