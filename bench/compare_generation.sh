@@ -15,6 +15,8 @@
 #   then: python bench/gen_table.py OUT          # the markdown table of BENCHMARKS.md section 7
 # EGC_FLAGS (environment): extra `egc train` flags for the EGC models only, for example
 #   EGC_FLAGS="--set loss.noisy_ce_weight=0.05 --set loss.clean_ce_weight=0.1"
+# (the config pins the shipped model's logit scale 1 and CE 0.5 / 1.0; the default recipe of new runs is
+#   EGC_FLAGS="--set model.logit_scale=10 --set loss.noisy_ce_weight=0.1 --set loss.clean_ce_weight=0.02")
 set -euo pipefail
 MIN=${1:-45}
 OUT=${2:-runs/gen45}
@@ -42,8 +44,9 @@ flags() {
 # SAMPLER:STEPS:ETA:S:W (s = classifier guidance from the null-label head, w = classifier-free guidance)
 sweep() {
   case $1 in
-    # the 45-minute run of 2026-11-29 put the best region at s 30-100, w 0-1 (w >= 3 lost): sweep that
-    egc-joint) echo "ddim:20:1:0:0,ddim:20:1:0:1,ddim:20:1:30:0,ddim:20:1:100:0,ddim:20:1:100:1,ddim:20:1:0:3" ;;
+    # the 45-minute runs of 2026-11-29: s 30-100, w 0-1 for logit scale 1; s 10-30, w 0, guidance at t/T <= 0.6
+    # for the scale-10 default recipe (w >= 2 lost in both): sweep both regions
+    egc-joint) echo "ddim:20:1:0:0,ddim:20:1:0:1,ddim:20:1:10:0,ddim:20:1:30:0,ddim:20:1:30:0:0-0.6,ddim:20:1:100:0" ;;
     egc-embedding) echo "ddim:20:1:0:0,ddim:20:1:0:3,ddim:20:1:30:0,ddim:20:1:100:0,ddim:20:1:300:0,ddim:20:1:100:1" ;;
     egc-none) echo "ddim:20:1:0:0,ddim:20:1:30:0,ddim:20:1:100:0,ddim:20:1:300:0" ;;
     ddpm-cond) echo "ddim:20:1:0:0,ddim:20:1:0:1,ddim:20:1:0:3" ;;
