@@ -172,8 +172,7 @@ class EnergyModel:
         """Classifier logits [B, K] = model.logit_scale * pool_hw F of an output map [B, K (+ C), H, W].
         The scale lets the classifier reach its confidence with a c times smaller logit map, so the
         class channels disturb the energy's gradient (the eps) less; 1 = as released."""
-        lg = pool_logits(fmap[:, : self.cfg.num_classes], self.cfg.pool)
-        return lg if self.cfg.logit_scale == 1 else lg * self.cfg.logit_scale
+        return pool_logits(fmap[:, : self.cfg.num_classes], self.cfg.pool) * self.cfg.logit_scale
 
     def _energy_from_map(self, x: torch.Tensor, fmap: torch.Tensor, abar: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         k = self.cfg.num_classes
