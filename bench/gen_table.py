@@ -4,6 +4,10 @@
     python bench/gen_table.py OUT            # one row per model and sweep setting, the chosen one in bold
     python bench/gen_table.py OUT --pick M   # prints SAMPLER:STEPS:ETA:S:W of model M's chosen setting
 
+Files per model M in OUT: M.train.json, M.acc.json, M.sweep.jsonl (the sweep, 500 samples), any
+M.extra*.jsonl (more settings at the sweep's sample count, added later: they join the sweep) and any
+M.final*.jsonl (settings judged on the final sample count).
+
 Choice rule (stated once, here): for a model that samples classes, the lowest fd among the sweep's
 settings whose conditional accuracy is at least 0.9 x the best conditional accuracy of the sweep; for an
 unconditional model, the lowest fd. Distances are in the judge's features (fd_fashioncnn for the
@@ -24,6 +28,14 @@ def _rows(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("benchmark") == "sample"]
+
+
+def _files(out: Path, m: str, kind: str) -> list[dict]:
+    """The sample rows of model ``m``: kind "sweep" = M.sweep.jsonl + M.extra*.jsonl, "final" = M.final*.jsonl,
+    files in name order (a later sweep's rows after the first's)."""
+    names = [f"{m}.sweep.jsonl", *sorted(p.name for p in out.glob(f"{m}.extra*.jsonl"))] if kind == "sweep" \
+        else sorted(p.name for p in out.glob(f"{m}.final*.jsonl"))
+    return [r for name in names for r in _rows(out / name)]
 
 
 def _judge(r: dict) -> str:
@@ -86,15 +98,16 @@ def table(out: Path) -> str:
         if accp.exists():
             met = json.loads(accp.read_text())["metrics"]
             acc, ece = met.get("accuracy", met.get("cluster_purity")), met.get("ece")
-        sweep, final = _rows(out / f"{m}.sweep.jsonl"), _rows(out / f"{m}.final.jsonl")
-        chosen = setting(pick(sweep)) if sweep else None
+        sweep, final = _files(out, m, "sweep"), _files(out, m, "final")
+        # bold: the chosen row on the final sample count (the same rule over the final rows), else the sweep's pick
+        chosen = pick(final) if final else (pick(sweep) if sweep else None)
         head = f"| {m} | {steps} | {_f(ips, 0)} | {_f(acc, 3)} | {_f(ece, 3)} "
         if not sweep:
             lines.append(head + "| - | - | - | - | - | - | - | - |")
         for i, r in enumerate(sweep + final):
             cpu = cpu or r.get("cpu")
             judge = judge or _judge(r)
-            bold = "**" if (r in final or (not final and setting(r) == chosen)) else ""
+            bold = "**" if r is chosen else ""
             lead = head if i == 0 else "| | | | | "
             cond = _key(r, "cond_acc")
             # unconditional samples (no conditional accuracy): the model's stored s and w did not act
@@ -112,7 +125,7 @@ def main() -> None:
     a = p.parse_args()
     out = Path(a.out)
     if a.pick:
-        print(setting(pick(_rows(out / f"{a.pick}.sweep.jsonl"))))
+        print(setting(pick(_files(out, a.pick, "sweep"))))
         return
     sys.stdout.write(table(out))
 

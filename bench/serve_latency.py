@@ -68,10 +68,11 @@ def main() -> None:
     c, size, _ = m.image_shape
     rng = np.random.default_rng(0)
     pngs = []
-    if a.model == "zoo:fashion-mnist":
-        from egc.demo import EXAMPLES
+    from egc.demo import examples_file
 
-        with np.load(EXAMPLES) as z:
+    shipped = examples_file(m.config.data.name)
+    if shipped is not None and shipped.is_file():  # real test images of the model's data set ship with egc
+        with np.load(shipped) as z:
             imgs = z["images"]
     else:
         imgs = rng.integers(0, 256, (20, size, size, c), dtype=np.uint8)

@@ -368,3 +368,13 @@ def test_gen_table_picks_by_the_stated_rule_and_blanks_guidance_of_unconditional
     unsup = next(ln for ln in lines if ln.startswith("| unsup |"))
     assert "| 64 |" in unsup  # img/s = 100 steps x batch 32 (the run's own config) / 50 s
     assert "| 500 | - | - | - |" in unsup  # no class was asked: the stored s 100, w 1 did not act
+    # later files: M.extra*.jsonl join the sweep (and its pick), M.final*.jsonl are the final rows; the bold
+    # final row is chosen by the same rule
+    (tmp_path / "cond.extra.jsonl").write_text(row(10, 0, 6.5, 0.94) + "\n")
+    assert gt.setting(gt.pick(gt._files(tmp_path, "cond", "sweep"))) == "ddim:20:1:10:0"
+    (tmp_path / "cond.final.jsonl").write_text(row(10, 0, 6.0, 0.95, n=1000) + "\n")
+    (tmp_path / "cond.final2.jsonl").write_text(row(30, 0, 5.0, 0.70, n=1000) + "\n" + row(100, 0, 5.5, 0.96, n=1000) + "\n")
+    lines = gt.table(tmp_path).splitlines()
+    finals = [ln for ln in lines if "| 1000 |" in ln]
+    assert len(finals) == 3 and [("**" in ln) for ln in finals] == [False, False, True]  # 5.0 fails the accuracy rule
+    assert any("| 10 | 0 |" in ln and "| 500 |" in ln for ln in lines)  # the extra row is in the table

@@ -24,7 +24,7 @@ def test_demo_writes_pngs_and_summary(tmp_path, capsys):
     ck.config.data.name = "fashion-mnist"
     fm = save_checkpoint(tmp_path / "fm.safetensors", ck.config, ck.step, {"ema": ck.inference_weights()}, kind="weights")
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--checkpoint", str(fm), "--quick"]) == 0
+    assert main(["demo", "--out", str(out), "--model", str(fm), "--quick"]) == 0  # --model: the issue's spelling of --checkpoint
     summary = json.loads((out / "summary.json").read_text())
     assert summary["classified"]["images"] == 20 and summary["samples"]["n"] == 20
     assert summary["precision"] in ("bf16", "fp32")  # "auto" resolved, never left as "auto"
@@ -34,3 +34,26 @@ def test_demo_writes_pngs_and_summary(tmp_path, capsys):
 def test_shipped_zoo_files_present():
     assert (ZOO_DIR / "fashion-mnist-examples.npz").is_file()
     assert (ZOO_DIR / "fashioncnn.safetensors").is_file()
+
+
+def test_demo_runs_a_cifar10_model_on_the_shipped_cifar10_images(tmp_path, capsys):
+    """zoo:cifar10 (issue 18) will demo like zoo:fashion-mnist: its 20 real test images (32 x 32 RGB) ship."""
+    import numpy as np
+
+    with np.load(ZOO_DIR / "cifar10-examples.npz") as z:
+        assert z["images"].shape == (20, 32, 32, 3) and z["images"].dtype == np.uint8
+        assert sorted(z["labels"].tolist()) == sorted(list(range(10)) * 2) and len(z["class_names"]) == 10
+    grey = make_npz(tmp_path / "g.npz", n=20, size=32, classes=10)
+    with np.load(grey) as z:
+        np.savez(tmp_path / "rgb.npz", images=np.repeat(z["images"], 3, axis=-1), labels=z["labels"], class_names=z["class_names"])
+    run = tmp_path / "run"
+    assert main(tiny_train_argv(run, tmp_path / "rgb.npz", 1)) == 0
+    ck = load_checkpoint(str(run))
+    ck.config.data.name = "cifar10"
+    c10 = save_checkpoint(tmp_path / "c10.safetensors", ck.config, ck.step, {"ema": ck.inference_weights()}, kind="weights")
+    out = tmp_path / "demo"
+    capsys.readouterr()
+    assert main(["demo", "--out", str(out), "--model", str(c10), "--quick"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classified"]["images"] == 20 and summary["samples"]["n"] == 20
+    assert (out / "samples.png").stat().st_size > 0

@@ -281,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="classify real test images and draw a class-balanced grid with the shipped model")
     d.add_argument("--out", default="egc-demo", help="output folder")
-    d.add_argument("--checkpoint", default="zoo:fashion-mnist")
+    d.add_argument("--checkpoint", "--model", dest="checkpoint", default="zoo:fashion-mnist",
+                   help="zoo:NAME, run folder or checkpoint file of a model of a data set whose demo images ship "
+                        "(egc/zoo/<data set>-examples.npz); default zoo:fashion-mnist")
     d.add_argument("--quick", action="store_true", help="fewer samples and steps (for tests)")
     d.add_argument("--device", default="auto", help=DEVICE_HELP)
     d.add_argument("--threads", type=_positive_int)

@@ -33,7 +33,6 @@ def examples_file(data_name: str) -> Path | None:
     return ZOO_DIR / f"{name}-examples.npz"
 
 
-EXAMPLES: Path = ZOO_DIR / "fashion-mnist-examples.npz"  # also the web app's example strip
 
 
 def _annotated(images: np.ndarray, truth: list[str], pred: list[str], probs: list[float], scale: int = 4) -> Image.Image:

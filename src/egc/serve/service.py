@@ -42,7 +42,7 @@ SAMPLER_NAMES: tuple[str, ...] = ("ddim", "ddpm", "dpm++2m")
 REFERENCE_N = 500  # test images (a seeded subset) whose energies a classified image is placed among
 UNUSUAL_PERCENTILE = 95.0  # energy above this share of the reference: "unusual"
 FRAME_INTERVAL = 0.05  # seconds between streamed frames (the first and the last are always sent)
-ZOO_EXAMPLES_SPEC = "zoo:fashion-mnist"
+ZOO_PREFIX = "zoo:"  # a shipped model: its data set's shipped test images are its reference
 
 
 class RequestError(Exception):
@@ -176,20 +176,25 @@ class ClassifierEntry:
 
 
 def _reference(spec: str, m: Any) -> tuple[np.ndarray | None, str]:
-    """Energies of real test images (sorted) and what they are, for placing a classified image."""
+    """Energies of real test images (sorted) and what they are, for placing a classified image.
+
+    A zoo model uses the test images that ship beside it (egc/zoo/<data set>-examples.npz: no data set
+    needed); any other model a seeded subset of its data set's test split, falling back to the shipped
+    images of its data set when the split is not installed."""
     from ..data import load_dataset, to_model_range
-    from ..demo import EXAMPLES
+    from ..demo import examples_file
 
     if not m.has_energy:
         return None, "none: this model has no energy"
     name = m.config.data.name
+    shipped = examples_file(name)
+    shipped = shipped if shipped is not None and shipped.is_file() else None
     imgs: np.ndarray | None = None
     desc = ""
-    examples_fit = name.lower().replace("_", "-") in ("fashion-mnist", "fashionmnist") and tuple(m.image_shape) == (1, 28, 28) and EXAMPLES.is_file()
-    if spec.strip().lower() == ZOO_EXAMPLES_SPEC and EXAMPLES.is_file():
-        with np.load(EXAMPLES) as z:
+    if spec.strip().lower().startswith(ZOO_PREFIX) and shipped is not None:
+        with np.load(shipped) as z:
             imgs = z["images"]
-        desc = f"the {len(imgs)} real Fashion-MNIST test images shipped with egc (src/egc/zoo/fashion-mnist-examples.npz)"
+        desc = f"the {len(imgs)} real {name} test images shipped with egc (egc/zoo/{shipped.name})"
     else:
         try:
             ds = load_dataset(name, "test", m.config.data.root)
@@ -199,12 +204,11 @@ def _reference(spec: str, m: Any) -> tuple[np.ndarray | None, str]:
             imgs = ds.images[torch.from_numpy(idx)].numpy()
             desc = f"{k} images of the {name} test set (a subset drawn with seed 0)"
         except EgcError as e:
-            if examples_fit:
-                with np.load(EXAMPLES) as z:
-                    imgs = z["images"]
-                desc = f"the {len(imgs)} real Fashion-MNIST test images shipped with egc (the test set is not installed)"
-            else:
+            if shipped is None:
                 return None, f"none: the model's test set could not be loaded ({' '.join(str(e).split())[:160]})"
+            with np.load(shipped) as z:
+                imgs = z["images"]
+            desc = f"the {len(imgs)} real {name} test images shipped with egc (the test set is not installed)"
     if imgs is None or len(imgs) == 0 or tuple(imgs.shape[1:]) != (m.image_shape[1], m.image_shape[2], m.image_shape[0]):
         return None, "none: the test images do not have the model's shape"
     x = to_model_range(torch.from_numpy(np.ascontiguousarray(imgs)))
