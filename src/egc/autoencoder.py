@@ -62,8 +62,14 @@ class Autoencoder:
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels [B, C, H, W] in [-1, 1] -> scale * posterior mean [B, c, h, w] (float32, on x's device)."""
+        return self.encode_differentiable(x)
+
+    def encode_differentiable(self, x: torch.Tensor) -> torch.Tensor:
+        """``encode`` with the graph kept, so input gradients pass through the (frozen) encoder: CaG
+        optimises pixels against a latent model's classifier head."""
         self.check_pixels(x)
-        mean, _ = self.net.encode(x.float().to(self._device()))
+        w = next(self.net.parameters())  # the encoder's dtype (float32 as shipped) and device
+        mean, _ = self.net.encode(x.to(device=w.device, dtype=w.dtype))
         return (mean * self.scale).to(x.device)
 
     @torch.no_grad()

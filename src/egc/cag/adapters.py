@@ -172,23 +172,26 @@ class EGCClassifier(nn.Module):
 
     Logits come from :func:`egc.diffusion.energy.classify` (not ``EGC.logits``, which runs under
     no_grad), so input gradients can pass. Features: "mid" = the UNet's middle block output
-    [B, C', h, w] average-pooled to [B, C'] (a richer embedding than K logits), or "logits".
+    [B, C', h, w] average-pooled to [B, C'] (a richer embedding than K logits), or "logits". A latent
+    model takes pixel images too: they pass through its frozen encoder (gradients included).
     """
 
     def __init__(self, model: Any, name: str, features: str = "mid") -> None:
         super().__init__()
         if features not in ("mid", "logits"):
             raise EgcError(f"EGC features must be 'mid' or 'logits', got '{features}'")
-        if getattr(model.config.model, "latent", False):
-            raise EgcError(f"{name} is a latent model (model.autoencoder): CaG from latent models is not supported yet")
         if getattr(model.config.model, "kind", "egc") == "ddpm":
             raise EgcError(f"{name} is a ddpm checkpoint: it predicts noise and has no classifier to generate from")
         self.model = model
         self.net = model.net.float().eval()
         self.name = name
         self.class_names = list(model.class_names)
-        self.channels = int(model.config.model.in_channels)
-        self.input_size: int | None = int(model.config.model.image_size)
+        # a latent model's head sees the encoder's latents of the pixels (model.autoencoder): CaG paints
+        # pixels, and its gradient passes back through the frozen encoder
+        self.autoencoder = getattr(model, "autoencoder", None)
+        c, size, _ = model.image_shape
+        self.channels = int(c)
+        self.input_size: int | None = int(size)
         self.preferred_size = self.input_size
         self._mid: torch.Tensor | None = None
         self._feature_kind = features
@@ -209,7 +212,10 @@ class EGCClassifier(nn.Module):
         check_images(self, x)
         self._mid = None
         t = torch.full((x.shape[0],), CLEAN_T, dtype=torch.long, device=x.device)
-        logits = classify(self.net, self.model.config.model, x * 2 - 1, t)
+        z = x * 2 - 1
+        if self.autoencoder is not None:
+            z = self.autoencoder.encode_differentiable(z)
+        logits = classify(self.net, self.model.config.model, z, t)
         if self._feature_kind == "mid" and self._mid is not None:
             feats = self._mid.float().mean(dim=(2, 3))
         else:

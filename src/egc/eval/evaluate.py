@@ -100,10 +100,7 @@ def _latents(m: Any, x: torch.Tensor) -> torch.Tensor:
     """Pixels [B, C, H, W] in [-1, 1] -> what m's network sees: the scaled posterior mean of a latent
     model (differentiable, unlike ``Autoencoder.encode``, so attacks go through the encoder), else x."""
     ae = _autoencoder(m)
-    if ae is None:
-        return x
-    mean, _ = ae.net.encode(x.float())
-    return mean * ae.scale
+    return x if ae is None else ae.encode_differentiable(x)
 
 
 def model_logits_fn(m: Any, t: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -240,8 +240,8 @@ class Service:
         self.classifiers: dict[str, ClassifierEntry] = {}
         for e in self.models.values():
             m = e.model
-            if m.can_classify and not m.config.model.latent:
-                s = int(m.config.model.image_size)
+            if m.can_classify:  # a latent model's head too: CaG's gradient passes through its encoder
+                s = int(m.image_shape[1])
                 cid = f"egc:{e.id}"
                 self.classifiers[cid] = ClassifierEntry(cid, f"{e.id} (the EGC model's classifier head)", list(m.class_names), [s], s, self.device)
         if _efficientnet_available():
