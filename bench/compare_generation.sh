@@ -7,8 +7,8 @@
 #   - a guidance sweep: `bench/sample.py` with DDIM-20 (eta 1) on N_SWEEP class-balanced samples;
 #   - the chosen setting (bench/gen_table.py --pick: the lowest fd among the settings whose conditional
 #     accuracy is at least 0.9 x the sweep's best; the lowest fd for unconditional models) on N_FINAL.
-# Frechet distances are in the judge's features ($JUDGE, default zoo:fashioncnn: fd_fashioncnn), not
-# Inception FID. CIFAR-10: CONFIG=configs/cifar10.yaml JUDGE=runs/compare-c10/cifarcnn.safetensors.
+# Frechet distances are in the judge's features ($JUDGE, default the data set's shipped judge: zoo:fashioncnn,
+# fd_fashioncnn; zoo:cifarcnn for CIFAR-10), not Inception FID. CIFAR-10: CONFIG=configs/cifar10.yaml.
 #
 #   bash bench/compare_generation.sh [MINUTES] [OUT] [MODEL ...]
 #   MODEL: egc-joint egc-embedding egc-none egc-unsup ddpm-cond ddpm classifier (default: all, in that order)
@@ -26,7 +26,7 @@ N_SWEEP=${N_SWEEP:-500}
 N_FINAL=${N_FINAL:-1000}
 BIN=${BIN:-.venv/bin}
 CONFIG=${CONFIG:-configs/fashion-mnist.yaml}
-JUDGE=${JUDGE:-zoo:fashioncnn}
+JUDGE=${JUDGE:-}   # empty: bench/sample.py takes the data set's shipped judge
 mkdir -p "$OUT"
 
 flags() {
@@ -70,10 +70,10 @@ for m in $MODELS; do
   fi
   cfgs=$(sweep "$m")
   [ -n "$cfgs" ] || continue
-  [ -f "$OUT/$m.sweep.jsonl" ] || "$BIN/python" bench/sample.py "$OUT/$m" --n "$N_SWEEP" --configs "$cfgs" --judge "$JUDGE" > "$OUT/$m.sweep.jsonl"
+  [ -f "$OUT/$m.sweep.jsonl" ] || "$BIN/python" bench/sample.py "$OUT/$m" --n "$N_SWEEP" --configs "$cfgs" ${JUDGE:+--judge "$JUDGE"} > "$OUT/$m.sweep.jsonl"
   if [ ! -f "$OUT/$m.final.jsonl" ]; then
     pick=$("$BIN/python" bench/gen_table.py "$OUT" --pick "$m")
-    "$BIN/python" bench/sample.py "$OUT/$m" --n "$N_FINAL" --configs "$pick" --judge "$JUDGE" > "$OUT/$m.final.jsonl"
+    "$BIN/python" bench/sample.py "$OUT/$m" --n "$N_FINAL" --configs "$pick" ${JUDGE:+--judge "$JUDGE"} > "$OUT/$m.final.jsonl"
   fi
 done
 "$BIN/python" bench/gen_table.py "$OUT"

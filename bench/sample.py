@@ -12,7 +12,9 @@ Every configuration runs once per entry of --precisions (auto = bf16 on CPUs wit
 fp32; bf16 = autocast of the network, the samplers' arithmetic stays float64/float32), same seed.
 
 Prints one JSON line per sampler configuration, then a summary line. Frechet distances are in the
-features of the judge named in the key (for example fd_fashioncnn), not Inception features.
+features of the judge named in the key (for example fd_fashioncnn), not Inception features. --judge
+defaults to the data set's shipped judge (zoo:fashioncnn for fashion-mnist, zoo:cifarcnn for cifar10);
+any other data set needs --judge FILE.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import torch
 from egc import EGC
 from egc.config import PRECISIONS, parse_guidance_interval
 from egc.data import load_dataset, to_model_range
-from egc.eval.judge import judge_samples, load_judge
+from egc.eval.evaluate import resolve_judge
+from egc.eval.judge import judge_samples
 
 
 def _cpu() -> str:
@@ -52,7 +55,7 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=None, help="default: the model's own (sample.guidance)")
     p.add_argument("--cfg", type=float, default=None, help="default: the model's own (sample.cfg)")
     p.add_argument("--configs", default="ddpm:1000,ddpm:250,ddim:100,ddim:50,ddim:20,dpm++2m:20,dpm++2m:10")
-    p.add_argument("--judge", default="zoo:fashioncnn")
+    p.add_argument("--judge", default=None, help="zoo:NAME or file; default: the data set's shipped judge")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precisions", default="auto", help="comma list of auto, fp32, bf16")
@@ -65,7 +68,9 @@ def main() -> None:
     models = {prec: EGC.load(a.checkpoint, precision=prec) for prec in precisions}
     m = models[precisions[0]]
     test = to_model_range(load_dataset(m.config.data.name, "test", m.config.data.root).images)
-    judge = load_judge(a.judge)
+    judge, why = resolve_judge(m, m.config.data.name, a.judge)
+    if judge is None:
+        raise SystemExit(f"sample.py: {why}")
     rows = []
     for item, prec in [(c, q) for c in a.configs.split(",") for q in precisions]:
         m = models[prec]

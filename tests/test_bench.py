@@ -84,7 +84,7 @@ def test_train_step_bench():
 
 def test_sample_and_quick_eval_benches(run28):
     rows = _bench("sample.py", str(run28), "--n", "4", "--configs", "ddim:2,dpm++2m:2,ddim:2:0.5:7:0:0.2-0.6", "--threads", "1",
-                  "--precisions", "fp32,bf16")
+                  "--precisions", "fp32,bf16", "--judge", "zoo:fashioncnn")
     per = [r for r in rows if "sampler" in r]
     assert [(r["sampler"], r["steps"], r["eta"], r["precision"]) for r in per] == [
         (s, n, e, p) for s, n, e in [("ddim", 2, 0.0), ("dpm++2m", 2, 0.0), ("ddim", 2, 0.5)] for p in ("fp32", "bf16")]
@@ -378,3 +378,16 @@ def test_gen_table_picks_by_the_stated_rule_and_blanks_guidance_of_unconditional
     finals = [ln for ln in lines if "| 1000 |" in ln]
     assert len(finals) == 3 and [("**" in ln) for ln in finals] == [False, False, True]  # 5.0 fails the accuracy rule
     assert any("| 10 | 0 |" in ln and "| 500 |" in ln for ln in lines)  # the extra row is in the table
+
+
+def test_sample_bench_takes_the_data_sets_judge_or_asks_for_one(run28):
+    """No --judge: the data set's shipped judge; a data set without one (this npz run) gets a one-line refusal."""
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "sample.py"), str(run28), "--n", "2", "--configs", "ddim:2", "--threads", "1"],
+                       capture_output=True, text=True, env=ENV, timeout=240, cwd=ROOT)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "--judge" in r.stderr.strip().splitlines()[-1]
+    from egc.eval.evaluate import DEFAULT_JUDGES
+    from egc.eval.judge import load_judge
+
+    for data, shape in (("fashion-mnist", [1, 28, 28]), ("cifar10", [3, 32, 32])):
+        j = load_judge(DEFAULT_JUDGES[data])  # shipped in the package, never downloaded
+        assert j.meta["dataset"] == data and j.meta["image_shape"] == shape and j.meta["test_accuracy"] >= 0.8
