@@ -8,8 +8,8 @@
 #   bash bench/compare_latent_cifar10.sh [MINUTES] [AE_MINUTES] [OUT] [PIXEL_RUN]
 #
 # PIXEL_RUN reuses a pixel EGC run trained with configs/cifar10.yaml for MINUTES (for example the one
-# of bench/compare_cifar10.sh, runs/compare-c10/egc); without it one is trained here. The judge is
-# reused from runs/compare-c10/cifarcnn.safetensors when present. One training at a time (2 cores).
+# of bench/compare_cifar10.sh, runs/compare-c10/egc); without it one is trained here. The judge is the
+# shipped zoo:cifarcnn (83.0 %) unless JUDGE=FILE. One training at a time (2 cores).
 # The latent UNet drops the 2x2 patch stem (model.patch=1): its 8x8 latents are already small.
 set -euo pipefail
 MIN=${1:-45}
@@ -17,14 +17,9 @@ AE_MIN=${2:-15}
 OUT=${3:-runs/compare-latent}
 PIXEL=${4:-$OUT/pixel}
 EGC=${EGC:-.venv/bin/egc}
-PY=${PY:-.venv/bin/python}
-JUDGE=${JUDGE:-runs/compare-c10/cifarcnn.safetensors}
+JUDGE=${JUDGE:-zoo:cifarcnn}
 EVAL_FLAGS=${EVAL_FLAGS:---metrics acc,ece,gen --n-test 10000 --n-samples 500 --sampler ddim --steps 50}
 mkdir -p "$OUT"
-if [ ! -f "$JUDGE" ]; then
-  JUDGE="$OUT/cifarcnn.safetensors"
-  [ -f "$JUDGE" ] || $PY bench/train_feature_classifier.py --data cifar10 --name cifarcnn --threads 2 --max-shift 3 --epochs 5 --out "$JUDGE" > "$OUT/judge.json"
-fi
 [ -d "$OUT/ae/checkpoints" ] || $EGC train --model autoencoder --data cifar10 --out "$OUT/ae" --minutes "$AE_MIN" --quiet \
   --set model.ae.downsample=4 --set model.ae.latent_channels=4 > "$OUT/ae.train.json"
 [ -d "$OUT/latent/checkpoints" ] || $EGC train --config configs/cifar10.yaml --out "$OUT/latent" --minutes "$MIN" --quiet \
