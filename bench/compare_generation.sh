@@ -41,14 +41,16 @@ flags() {
     *) echo "compare_generation.sh: unknown model '$1'" >&2; exit 2 ;;
   esac
 }
-# SAMPLER:STEPS:ETA:S:W (s = classifier guidance from the null-label head, w = classifier-free guidance)
+# SAMPLER:STEPS:ETA:S:W[:LO-HI] (s = classifier guidance from the null-label head, w = classifier-free guidance,
+# LO-HI the steps t/T they act at; without it the model's own default, t/T <= 0.6 for an EGC since 2026-11-29,
+# so the EGC rows that mean "every step" say :0-1)
 sweep() {
   case $1 in
     # the 45-minute runs of 2026-11-29: s 30-100, w 0-1 for logit scale 1; s 10-30, w 0, guidance at t/T <= 0.6
     # for the scale-10 default recipe (w >= 2 lost in both): sweep both regions
-    egc-joint) echo "ddim:20:1:0:0,ddim:20:1:0:1,ddim:20:1:10:0,ddim:20:1:30:0,ddim:20:1:30:0:0-0.6,ddim:20:1:100:0" ;;
-    egc-embedding) echo "ddim:20:1:0:0,ddim:20:1:0:3,ddim:20:1:30:0,ddim:20:1:100:0,ddim:20:1:300:0,ddim:20:1:100:1" ;;
-    egc-none) echo "ddim:20:1:0:0,ddim:20:1:30:0,ddim:20:1:100:0,ddim:20:1:300:0" ;;
+    egc-joint) echo "ddim:20:1:0:0,ddim:20:1:0:1:0-1,ddim:20:1:10:0:0-1,ddim:20:1:30:0:0-1,ddim:20:1:30:0:0-0.6,ddim:20:1:100:0:0-1" ;;
+    egc-embedding) echo "ddim:20:1:0:0,ddim:20:1:0:3:0-1,ddim:20:1:30:0:0-1,ddim:20:1:100:0:0-1,ddim:20:1:300:0:0-1,ddim:20:1:100:1:0-1" ;;
+    egc-none) echo "ddim:20:1:0:0,ddim:20:1:30:0:0-1,ddim:20:1:100:0:0-1,ddim:20:1:300:0:0-1" ;;
     ddpm-cond) echo "ddim:20:1:0:0,ddim:20:1:0:1,ddim:20:1:0:3" ;;
     ddpm | egc-unsup) echo "ddim:20:1" ;;
     classifier) echo "" ;;

@@ -391,3 +391,26 @@ def test_sample_bench_takes_the_data_sets_judge_or_asks_for_one(run28):
     for data, shape in (("fashion-mnist", [1, 28, 28]), ("cifar10", [3, 32, 32])):
         j = load_judge(DEFAULT_JUDGES[data])  # shipped in the package, never downloaded
         assert j.meta["dataset"] == data and j.meta["image_shape"] == shape and j.meta["test_accuracy"] >= 0.8
+
+
+def test_zoo_release_script_sweeps_exports_the_pick_and_judges_it(run28, tmp_path):
+    """bench/zoo_release.sh on a tiny run: the exported file carries the picked setting as its default."""
+    from egc import EGC
+
+    env = {**ENV, "BIN": str(Path(sys.executable).parent), "N_SWEEP": "4", "N_FINAL": "4", "JUDGE": "zoo:fashioncnn",
+           "SWEEP": "ddim:2:1:3:0:0-0.6,ddim:2:1:7:0:0-1", "THREADS": "1", "EVAL_FLAGS": "--metrics acc,ece --n-test 8"}
+    out = tmp_path / "rel"
+    r = subprocess.run(["bash", str(ROOT / "bench" / "zoo_release.sh"), str(run28), str(out), "tiny"], capture_output=True, text=True,
+                       env=env, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    sweep = [json.loads(ln) for ln in (out / "tiny.sweep.jsonl").read_text().splitlines() if '"sampler"' in ln]
+    assert [(s["guidance"], s["guidance_interval"]) for s in sweep] == [(3.0, [0.0, 0.6]), (7.0, [0.0, 1.0])]
+    picked = min((s for s in sweep if s["cond_acc_fashioncnn"] >= 0.9 * max(x["cond_acc_fashioncnn"] for x in sweep)),
+                 key=lambda s: s["fd_fashioncnn"])
+    m = EGC.load(str(out / "tiny.safetensors"))
+    assert (m.config.sample.guidance, [m.config.sample.guidance_tmin, m.config.sample.guidance_tmax]) == \
+        (picked["guidance"], picked["guidance_interval"])
+    final = [json.loads(ln) for ln in (out / "tiny.final.jsonl").read_text().splitlines() if '"sampler"' in ln]
+    assert [(f["steps"], f["eta"], f["n"]) for f in final] == [(50, 1.0, 4), (50, 0.0, 4)]
+    assert "accuracy" in json.loads((out / "tiny.eval.json").read_text())["metrics"]
+    assert "no demo grid" in r.stderr and not (out / "demo.json").exists()  # an npz run has no shipped demo images

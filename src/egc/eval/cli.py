@@ -129,7 +129,7 @@ def add_eval_parsers(sub) -> None:
                    help="guidance acts only at sampler steps with LO <= t/T <= HI (default: the model's own)")
     e.add_argument("--eta", type=float, default=None, help="DDIM noise (default 0: deterministic; 1 = DDPM variance); ddim only")
     e.add_argument("--device", default="auto", help="auto (cuda when available, the default) | cpu | cuda[:N]")
-    e.add_argument("--judge", help="feature network for generation metrics (zoo:NAME or file; default zoo:fashioncnn for fashion-mnist)")
+    e.add_argument("--judge", help="feature network for generation metrics (zoo:NAME or file; default zoo:fashioncnn for fashion-mnist, zoo:cifarcnn for cifar10)")
     e.add_argument("--inception", metavar="WEIGHTS", help="pytorch-fid's Inception-v3 weights file pt_inception-2015-12-05-6726825d.pth "
                    "(downloaded by you; egc never downloads): adds the standard fid_inception and kid_inception to the generation metrics")
     e.add_argument("--json", help="write the result here (default OUT_DIR/eval.json when there is an --out-dir)")
