@@ -22,7 +22,6 @@ from .imageio import atomic_write_bytes, save_grid
 from .model import EGC
 
 
-
 def examples_file(data_name: str) -> Path | None:
     """The package's real test images for models of the registered data set ``data_name``:
     egc/zoo/<name>-examples.npz (uint8 images [N, H, W, C], int64 labels [N], class_names [K]);
@@ -31,8 +30,6 @@ def examples_file(data_name: str) -> Path | None:
     if not name or ":" in name or "/" in name or "\\" in name:
         return None
     return ZOO_DIR / f"{name}-examples.npz"
-
-
 
 
 def _annotated(images: np.ndarray, truth: list[str], pred: list[str], probs: list[float], scale: int = 4) -> Image.Image:
