@@ -57,3 +57,14 @@ def test_demo_runs_a_cifar10_model_on_the_shipped_cifar10_images(tmp_path, capsy
     summary = json.loads((out / "summary.json").read_text())
     assert summary["classified"]["images"] == 20 and summary["samples"]["n"] == 20
     assert (out / "samples.png").stat().st_size > 0
+
+
+def test_zoo_lists_models_not_judges_and_names_them_when_asked_for_a_missing_one(capsys):
+    from egc.checkpoint import zoo_models
+
+    names = zoo_models()
+    assert "fashion-mnist" in names and "fashioncnn" not in names and "cifarcnn" not in names  # judges are not models
+    assert main(["sample", "zoo:no-such-model", "--n", "1", "--out", "x.png"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no model 'no-such-model' in the zoo" in err and "fashion-mnist" in err and "cifarcnn" not in err
+    assert main(["sample", "zoo:../zoo/fashion-mnist", "--n", "1", "--out", "x.png"]) == 2  # no paths through zoo:

@@ -146,15 +146,28 @@ def remove_stale_tmp(folder: str | Path, names: tuple[str, ...] | None = None) -
     return gone
 
 
+def zoo_models() -> list[str]:
+    """Names of the EGC checkpoints shipped in egc/zoo (``zoo:NAME``), sorted; the judges that ship
+    beside them (feature networks, another format tag) are not models."""
+    names = []
+    for q in sorted(ZOO_DIR.glob("*.safetensors")):
+        try:
+            with safe_open(str(q), framework="pt") as f:
+                if (f.metadata() or {}).get("format") == FORMAT:
+                    names.append(q.stem)
+        except (SafetensorError, OSError):
+            continue
+    return names
+
+
 def resolve(spec: str | Path) -> Path:
     """Checkpoint path from ``zoo:NAME``, a run folder (its newest checkpoint) or a file."""
     s = str(spec)
     if s.startswith("zoo:"):
         name = s[4:]
         p = ZOO_DIR / f"{name}.safetensors"
-        if not p.is_file():
-            have = sorted(q.stem for q in ZOO_DIR.glob("*.safetensors") if q.stem != "fashioncnn")
-            raise CheckpointError(f"no model '{name}' in the zoo (have: {', '.join(have) or 'none'})")
+        if not p.is_file() or "/" in name or "\\" in name:
+            raise CheckpointError(f"no model '{name}' in the zoo (have: {', '.join(zoo_models()) or 'none'})")
         return p
     p = Path(s)
     if p.is_dir():

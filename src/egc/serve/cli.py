@@ -17,7 +17,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p = sub.add_parser("serve", help="a local web app: classify, generate live, and CaG in the browser",
                        description="Serve a local web page to classify uploaded or drawn images, watch denoising live, and generate "
                                    "from a classifier (CaG). Everything is served by egc itself; no network is used.")
-    p.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT", help="run folder, checkpoint file or zoo:NAME (default zoo:fashion-mnist)")
+    p.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT", help="run folder, checkpoint file or zoo:NAME (default: every model in the zoo)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
     p.add_argument("--device", default="auto", help="auto (cuda when available, the default) | cpu | cuda[:N]: where the networks run")
@@ -81,7 +81,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
         if a.threads < 1:
             raise EgcError(f"--threads must be >= 1, got {a.threads}")
         torch.set_num_threads(a.threads)
-    specs = a.checkpoints or ["zoo:fashion-mnist"]
+    if a.checkpoints:
+        specs = a.checkpoints
+    else:
+        from ..checkpoint import zoo_models
+
+        specs = [f"zoo:{n}" for n in zoo_models()]
     sock = bind(a.host, a.port)  # before loading: a busy port should not cost the model loading
     try:
         service = Service(specs, device=a.device, precision=a.precision)
