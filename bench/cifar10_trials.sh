@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Issue 18's first question, measured rather than assumed: which CIFAR-10 EGC form learns fastest per
+# CPU-minute? Each trial trains for the same MINUTES with configs/cifar10.yaml (the default recipe: joint
+# energy, logit scale 10, CE 0.1 / 0.02), one after the other (never two at once), and is judged the same
+# way by bench/compare_generation.sh: test accuracy and ECE, a guidance sweep on N_SWEEP samples (DDIM 20),
+# the chosen setting on N_FINAL, all in the features of zoo:cifarcnn (fd_cifarcnn, not Inception FID).
+#   pixel/egc-joint    EGC on 32 x 32 x 3 pixels (2 x 2 patch stem)
+#   pixel/ddpm-cond    the conditional diffusion model of the same UNet (the generation yardstick)
+#   latent/egc-joint   EGC on the 8 x 8 x 4 latents of a KL autoencoder trained here first for AE_MIN
+#                      minutes (not counted in MINUTES: quote both); its test reconstruction error is in
+#                      OUT/ae.recon.json, the floor under any latent model's samples
+#
+#   bash bench/cifar10_trials.sh [MINUTES] [OUT]        (default 15 minutes each, runs/c10-trials)
+#   then: python bench/gen_table.py OUT/pixel; python bench/gen_table.py OUT/latent
+set -euo pipefail
+MIN=${1:-15}
+OUT=${2:-runs/c10-trials}
+AE_MIN=${AE_MIN:-10}
+B=${BIN:-.venv/bin}
+export BIN=$B CONFIG=configs/cifar10.yaml N_SWEEP=${N_SWEEP:-200} N_FINAL=${N_FINAL:-500}
+mkdir -p "$OUT"
+log() { echo "$(date +%T) $*" >&2; }
+
+log "autoencoder ($AE_MIN min)"
+[ -d "$OUT/ae/checkpoints" ] || "$B/egc" train --model autoencoder --data cifar10 --out "$OUT/ae" --minutes "$AE_MIN" --quiet \
+  --set model.ae.downsample=4 --set model.ae.latent_channels=4 > "$OUT/ae.train.json"
+[ -s "$OUT/ae.recon.json" ] || "$B/python" - "$OUT/ae" > "$OUT/ae.recon.json" <<'PY'
+import json, sys
+import torch
+from egc.autoencoder import load_autoencoder
+from egc.data import load_dataset, to_model_range
+ae = load_autoencoder(sys.argv[1])
+x = to_model_range(load_dataset("cifar10", "test").images[:2000])
+with torch.no_grad():
+    err = torch.cat([(ae.reconstruct(x[i:i + 250]) - x[i:i + 250]).pow(2).flatten(1).mean(1) for i in range(0, len(x), 250)])
+print(json.dumps({"benchmark": "ae_recon", "test_images": len(x), "mse_minus1_1": float(err.mean()),
+                  "psnr_db": float(10 * torch.log10(4 / err.mean()))}))
+PY
+log "pixel EGC and the conditional ddpm ($MIN min each)"
+bash bench/compare_generation.sh "$MIN" "$OUT/pixel" egc-joint ddpm-cond
+log "latent EGC ($MIN min)"
+EGC_FLAGS="--set model.autoencoder=$OUT/ae --set model.patch=1" bash bench/compare_generation.sh "$MIN" "$OUT/latent" egc-joint
+log "done"
