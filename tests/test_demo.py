@@ -68,3 +68,13 @@ def test_zoo_lists_models_not_judges_and_names_them_when_asked_for_a_missing_one
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no model 'no-such-model' in the zoo" in err and "fashion-mnist" in err and "cifarcnn" not in err
     assert main(["sample", "zoo:../zoo/fashion-mnist", "--n", "1", "--out", "x.png"]) == 2  # no paths through zoo:
+
+
+def test_egc_zoo_lists_models_and_judges(capsys):
+    capsys.readouterr()
+    assert main(["zoo", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    fm = rows["zoo:fashion-mnist"]
+    assert fm["role"] == "model" and fm["data"] == "fashion-mnist" and fm["image_shape"] == [1, 28, 28] and fm["card"].endswith("fashion-mnist.md")
+    assert rows["zoo:fashioncnn"]["role"] == rows["zoo:cifarcnn"]["role"] == "judge" and rows["zoo:cifarcnn"]["data"] == "cifar10"
+    assert main(["zoo"]) == 0 and "zoo:fashion-mnist" in capsys.readouterr().out

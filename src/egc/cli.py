@@ -188,6 +188,44 @@ def cmd_classify(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo(a: argparse.Namespace) -> int:
+    """What ships in egc/zoo: the models (zoo:NAME) with their data set and sampling defaults, and the judges."""
+    from .checkpoint import ZOO_DIR, load_checkpoint, zoo_models
+    from .eval.judge import load_judge
+
+    rows = []
+    for name in zoo_models():
+        ck = load_checkpoint(f"zoo:{name}")
+        c, smp = ck.config, ck.config.sample
+        card = ZOO_DIR / f"{name}.md"
+        rows.append({"name": f"zoo:{name}", "role": "model", "kind": c.model.kind, "data": c.data.name,
+                     "image_shape": list(c.model.pixel_shape), "latent": bool(c.model.latent), "conditioning": c.model.conditioning,
+                     "steps": ck.step, "guidance": smp.guidance, "cfg": smp.cfg, "guidance_interval": [smp.guidance_tmin, smp.guidance_tmax],
+                     "mb": round((ZOO_DIR / f"{name}.safetensors").stat().st_size / 2**20, 1),
+                     "card": str(card) if card.is_file() else None})
+    for q in sorted(ZOO_DIR.glob("*.safetensors")):
+        if q.stem in {r["name"][4:] for r in rows}:
+            continue
+        try:
+            j = load_judge(f"zoo:{q.stem}")
+        except EgcError:
+            continue
+        rows.append({"name": f"zoo:{q.stem}", "role": "judge", "data": j.meta.get("dataset"), "image_shape": j.meta.get("image_shape"),
+                     "test_accuracy": j.meta.get("test_accuracy"), "mb": round(q.stat().st_size / 2**20, 1)})
+    if a.json:
+        print(json.dumps(rows))
+        return 0
+    for r in rows:
+        shape = "x".join(map(str, r["image_shape"] or []))
+        if r["role"] == "model":
+            iv = r["guidance_interval"]
+            print(f"{r['name']:<20} {r['kind']} on {r['data']} ({shape}{', latent' if r['latent'] else ''}), {r['steps']} steps, "
+                  f"samples with s {r['guidance']:g} w {r['cfg']:g} at t/T {iv[0]:g}-{iv[1]:g}; {r['mb']} MB; card: {r['card'] or '-'}")
+        else:
+            print(f"{r['name']:<20} judge for {r['data']} ({shape}), test accuracy {r['test_accuracy']}; {r['mb']} MB")
+    return 0
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     import torch
 
@@ -278,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cfg", type=_nonneg_float, help="record this measured classifier-free guidance scale as the model's default for sampling")
     e.add_argument("--guidance-interval", type=_interval, metavar="LO,HI", help="record this measured guidance interval (fractions t/T) as the model's default")
     e.set_defaults(fn=cmd_export)
+
+    z = sub.add_parser("zoo", help="list the models and judges that ship with egc (zoo:NAME)")
+    z.add_argument("--json", action="store_true", help="one JSON list instead of lines")
+    z.set_defaults(fn=cmd_zoo)
 
     d = sub.add_parser("demo", help="classify real test images and draw a class-balanced grid with the shipped model")
     d.add_argument("--out", default="egc-demo", help="output folder")
