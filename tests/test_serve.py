@@ -329,7 +329,7 @@ def test_reference_of_a_zoo_model_is_its_data_sets_shipped_images(tmp_path):
     run = tmp_path / "run"
     assert main(tiny_train_argv(run, tmp_path / "rgb.npz", 1)) == 0
     ck = load_checkpoint(str(run))
-    for name, want in (("cifar10", "the 20 real cifar10 test images shipped with egc (egc/zoo/cifar10-examples.npz)"),
+    for name, want in (("cifar10", "the 20 real CIFAR-10 test images shipped with egc (egc/zoo/cifar10-examples.npz)"),
                        ("fashion-mnist", "none: the test images do not have the model's shape")):  # 28 x 28 grey vs a 32 x 32 RGB model
         ck.config.data.name = name
         f = save_checkpoint(tmp_path / f"{name}.safetensors", ck.config, ck.step, {"ema": ck.inference_weights()}, kind="weights")

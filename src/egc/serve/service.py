@@ -43,6 +43,7 @@ REFERENCE_N = 500  # test images (a seeded subset) whose energies a classified i
 UNUSUAL_PERCENTILE = 95.0  # energy above this share of the reference: "unusual"
 FRAME_INTERVAL = 0.05  # seconds between streamed frames (the first and the last are always sent)
 ZOO_PREFIX = "zoo:"  # a shipped model: its data set's shipped test images are its reference
+DATA_NAMES = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10"}  # as the page writes them
 
 
 class RequestError(Exception):
@@ -187,6 +188,7 @@ def _reference(spec: str, m: Any) -> tuple[np.ndarray | None, str]:
     if not m.has_energy:
         return None, "none: this model has no energy"
     name = m.config.data.name
+    shown = DATA_NAMES.get(name.strip().lower(), name)
     shipped = examples_file(name)
     shipped = shipped if shipped is not None and shipped.is_file() else None
     imgs: np.ndarray | None = None
@@ -194,7 +196,7 @@ def _reference(spec: str, m: Any) -> tuple[np.ndarray | None, str]:
     if spec.strip().lower().startswith(ZOO_PREFIX) and shipped is not None:
         with np.load(shipped) as z:
             imgs = z["images"]
-        desc = f"the {len(imgs)} real {name} test images shipped with egc (egc/zoo/{shipped.name})"
+        desc = f"the {len(imgs)} real {shown} test images shipped with egc (egc/zoo/{shipped.name})"
     else:
         try:
             ds = load_dataset(name, "test", m.config.data.root)
@@ -208,7 +210,7 @@ def _reference(spec: str, m: Any) -> tuple[np.ndarray | None, str]:
                 return None, f"none: the model's test set could not be loaded ({' '.join(str(e).split())[:160]})"
             with np.load(shipped) as z:
                 imgs = z["images"]
-            desc = f"the {len(imgs)} real {name} test images shipped with egc (the test set is not installed)"
+            desc = f"the {len(imgs)} real {shown} test images shipped with egc (the test set is not installed)"
     if imgs is None or len(imgs) == 0 or tuple(imgs.shape[1:]) != (m.image_shape[1], m.image_shape[2], m.image_shape[0]):
         return None, "none: the test images do not have the model's shape"
     x = to_model_range(torch.from_numpy(np.ascontiguousarray(imgs)))
