@@ -38,6 +38,18 @@ def tiny_overrides(tiny_npz: Path) -> list[str]:
     return TINY + [f"data.name=npz:{tiny_npz}"]
 
 
+def tiny_rgb32_run(tmp: Path):
+    """A tiny EGC run (1 step) on 32 x 32 RGB images of 10 classes; returns its loaded Checkpoint, so a test can
+    relabel its data set (as a CIFAR-10 model, say) and save it with egc.checkpoint.save_checkpoint."""
+    from egc.checkpoint import load_checkpoint
+    from egc.cli import main
+
+    with np.load(make_npz(tmp / "g.npz", n=20, size=32, classes=10)) as z:
+        np.savez(tmp / "rgb.npz", images=np.repeat(z["images"], 3, axis=-1), labels=z["labels"], class_names=z["class_names"])
+    assert main(tiny_train_argv(tmp / "rgb-run", tmp / "rgb.npz", 1)) == 0
+    return load_checkpoint(str(tmp / "rgb-run"))
+
+
 def tiny_train_argv(run: Path, npz: Path, steps: int, *extra: str) -> list[str]:
     """``egc train`` arguments for a tiny run on ``npz`` (the TINY config), as a user would type them."""
     args = ["train", "--out", str(run), "--data", f"npz:{npz}", "--steps", str(steps), "--quiet", *extra]

@@ -7,7 +7,7 @@ import json
 from egc.checkpoint import ZOO_DIR, load_checkpoint, save_checkpoint
 from egc.cli import main
 
-from .conftest import make_npz, tiny_train_argv
+from .conftest import make_npz, tiny_rgb32_run, tiny_train_argv
 
 
 def test_demo_writes_pngs_and_summary(tmp_path, capsys):
@@ -43,12 +43,7 @@ def test_demo_runs_a_cifar10_model_on_the_shipped_cifar10_images(tmp_path, capsy
     with np.load(ZOO_DIR / "cifar10-examples.npz") as z:
         assert z["images"].shape == (20, 32, 32, 3) and z["images"].dtype == np.uint8
         assert sorted(z["labels"].tolist()) == sorted(list(range(10)) * 2) and len(z["class_names"]) == 10
-    grey = make_npz(tmp_path / "g.npz", n=20, size=32, classes=10)
-    with np.load(grey) as z:
-        np.savez(tmp_path / "rgb.npz", images=np.repeat(z["images"], 3, axis=-1), labels=z["labels"], class_names=z["class_names"])
-    run = tmp_path / "run"
-    assert main(tiny_train_argv(run, tmp_path / "rgb.npz", 1)) == 0
-    ck = load_checkpoint(str(run))
+    ck = tiny_rgb32_run(tmp_path)
     ck.config.data.name = "cifar10"
     c10 = save_checkpoint(tmp_path / "c10.safetensors", ck.config, ck.step, {"ema": ck.inference_weights()}, kind="weights")
     out = tmp_path / "demo"

@@ -16,7 +16,7 @@ from PIL import Image
 
 from egc.cli import main
 
-from .conftest import make_npz, tiny_train_argv
+from .conftest import make_npz, tiny_rgb32_run, tiny_train_argv
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
@@ -319,16 +319,11 @@ def test_cag_callback_is_behaviour_neutral(tiny_run):
 
 def test_reference_of_a_zoo_model_is_its_data_sets_shipped_images(tmp_path):
     """A zoo model places a classified image among the test images that ship for ITS data set (cifar10 too)."""
-    from egc.checkpoint import load_checkpoint, save_checkpoint
+    from egc.checkpoint import save_checkpoint
     from egc.model import EGC
     from egc.serve.service import _reference
 
-    grey = make_npz(tmp_path / "g.npz", n=20, size=32, classes=10)
-    with np.load(grey) as z:
-        np.savez(tmp_path / "rgb.npz", images=np.repeat(z["images"], 3, axis=-1), labels=z["labels"], class_names=z["class_names"])
-    run = tmp_path / "run"
-    assert main(tiny_train_argv(run, tmp_path / "rgb.npz", 1)) == 0
-    ck = load_checkpoint(str(run))
+    ck = tiny_rgb32_run(tmp_path)
     for name, want in (("cifar10", "the 20 real CIFAR-10 test images shipped with egc (egc/zoo/cifar10-examples.npz)"),
                        ("fashion-mnist", "none: the test images do not have the model's shape")):  # 28 x 28 grey vs a 32 x 32 RGB model
         ck.config.data.name = name
