@@ -15,7 +15,7 @@
 #   then: python bench/gen_table.py OUT          # the markdown table of BENCHMARKS.md section 7
 # EGC_FLAGS (environment): extra `egc train` flags for the EGC models only, for example
 #   EGC_FLAGS="--set loss.noisy_ce_weight=0.05 --set loss.clean_ce_weight=0.1"
-# (the config pins the shipped model's logit scale 1 and CE 0.5 / 1.0; the default recipe of new runs is
+# (the config pins the first shipped model's (zoo-v1) logit scale 1 and CE 0.5 / 1.0; the default recipe of new runs is
 #   EGC_FLAGS="--set model.logit_scale=10 --set loss.noisy_ce_weight=0.1 --set loss.clean_ce_weight=0.02")
 set -euo pipefail
 MIN=${1:-45}

@@ -333,7 +333,7 @@ def test_default_recipe_is_the_measured_one_per_kind():
     from pathlib import Path
 
     configs = Path(__file__).resolve().parent.parent / "configs"
-    assert load_config(configs / "fashion-mnist.yaml").model.logit_scale == 1.0  # the shipped model's recipe, pinned
+    assert load_config(configs / "fashion-mnist.yaml").model.logit_scale == 1.0  # zoo-v1's recipe, pinned
     assert load_config(configs / "cifar10.yaml").model.logit_scale == 10.0  # the new recipe, with its CE weights
     assert load_config(configs / "cifar10.yaml").loss.noisy_ce_weight == 0.1
 

@@ -193,8 +193,9 @@ def cmd_zoo(a: argparse.Namespace) -> int:
     from .checkpoint import ZOO_DIR, load_checkpoint, zoo_models
     from .eval.judge import load_judge
 
+    models = zoo_models()
     rows = []
-    for name in zoo_models():
+    for name in models:
         ck = load_checkpoint(f"zoo:{name}")
         c, smp = ck.config, ck.config.sample
         card = ZOO_DIR / f"{name}.md"
@@ -204,7 +205,7 @@ def cmd_zoo(a: argparse.Namespace) -> int:
                      "mb": round((ZOO_DIR / f"{name}.safetensors").stat().st_size / 2**20, 1),
                      "card": str(card) if card.is_file() else None})
     for q in sorted(ZOO_DIR.glob("*.safetensors")):
-        if q.stem in {r["name"][4:] for r in rows}:
+        if q.stem in models:
             continue
         try:
             j = load_judge(f"zoo:{q.stem}")
