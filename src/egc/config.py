@@ -196,6 +196,10 @@ class LossConfig:
     # 0.02 with logit scale 10 (above). The shipped zoo:fashion-mnist was trained with 1.0 (v1), 0.1 (v2).
     clean_ce_weight: float = 0.02
     clean_fraction: float = 0.25  # share of the batch also used for the clean CE term
+    # Random translation of up to this many pixels (reflect padding) of the clean-CE view only (EGC; the
+    # classifier baseline: its whole batch), as the released code augments its clean images; the
+    # diffusion loss keeps the unshifted images. Latent runs shift pixels before encoding. 0 = off.
+    clean_shift: int = 0
     label_smoothing: float = 0.2  # of the noisy CE (egc) and of the classifier baseline's CE
     # Conditional models (model.conditioning != none): share of the diffusion loss's labels replaced
     # by the null label, so one network learns E(x | y) and E(x | null) (0.1 as released).
@@ -216,6 +220,7 @@ class LossConfig:
         _check(0 <= self.kl_weight <= 1, f"loss.kl_weight must be in [0, 1], got {self.kl_weight}")
         _check(self.noisy_ce_weight >= 0 and self.clean_ce_weight >= 0, "loss weights must be >= 0")
         _check(0 <= self.clean_fraction <= 1, f"loss.clean_fraction must be in [0, 1], got {self.clean_fraction}")
+        _check(0 <= self.clean_shift <= 16, f"loss.clean_shift must be an integer in [0, 16] (pixels), got {self.clean_shift}")
         _check(0 <= self.label_smoothing < 1, f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         _check(0 <= self.null_prob <= 1, f"loss.null_prob must be in [0, 1], got {self.null_prob}")
         _check(0 < self.energy_step_share <= 1, f"loss.energy_step_share must be in (0, 1], got {self.energy_step_share}")

@@ -93,7 +93,7 @@ TrainEpsFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def egc_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedule, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None,
-             shard: Shard = (0, 1), eps_fn: TrainEpsFn | None = None) -> LossParts:
+             shard: Shard = (0, 1), eps_fn: TrainEpsFn | None = None, x0_clean: torch.Tensor | None = None) -> LossParts:
     """x0 [B, C, H, W] in [-1, 1], y [B] int64 -> LossParts. Randomness (t, eps) comes from ``gen``.
 
     With loss.energy_step_share p < 1 a step fits the energy's gradient with probability p, else the
@@ -106,7 +106,10 @@ def egc_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedul
 
     ``eps_fn(net, mcfg, x_t, t, abar, y) -> (eps_hat, logits, energy)``, differentiable in the weights,
     replaces the default double-backprop ``eps_and_logits(..., create_graph=True)`` (train.compile
-    passes energy.CompiledEps here)."""
+    passes energy.CompiledEps here).
+
+    ``x0_clean`` [n_clean, C, H, W] (the global batch's first n_clean rows, augmented: loss.clean_shift)
+    replaces those rows as the clean-CE input; None = the rows themselves."""
     t, eps = _draw(sched, x0, gen)
     y_energy = _null_labels(lcfg, y, gen) if mcfg.conditioning != "none" else None  # drawn only then: unconditional runs keep their stream
     # loss.energy_step_share p < 1: an energy step with probability p, else a first-order step; one draw
@@ -114,6 +117,10 @@ def egc_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedul
     first_order = lcfg.energy_step_share < 1 and float(torch.rand((), generator=gen, device=gen.device if gen is not None else None)) >= lcfg.energy_step_share
     n_clean = int(round(lcfg.clean_fraction * x0.shape[0]))  # of the global batch: its first n_clean rows
     rank, world = shard
+    if x0_clean is not None and x0_clean.shape[0] != n_clean:
+        raise ValueError(f"x0_clean has {x0_clean.shape[0]} rows, the batch's clean share is {n_clean}")
+    # The clean view before sharding: rank r's clean rows are global rows r, r + world, ... (as for x0)
+    clean_view = None if x0_clean is None else x0_clean[own_rows(shard)] if world > 1 else x0_clean
     x0, y, t, eps = _rows(shard, x0, y, t, eps)
     if y_energy is not None:
         (y_energy,) = _rows(shard, y_energy)
@@ -136,13 +143,13 @@ def egc_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedul
     total = mse + lcfg.noisy_ce_weight * noisy_ce
     mine = len(range(rank, n_clean, world))  # global rows rank, rank + world, ... below n_clean: my first `mine` rows
     if n_clean > 0 and lcfg.clean_ce_weight > 0 and world == 1:
-        clean_logits = classify(net, mcfg, x0[:n_clean])
+        clean_logits = classify(net, mcfg, x0[:n_clean] if clean_view is None else clean_view)
         clean_ce = tfn.cross_entropy(clean_logits, y[:n_clean])
         clean_acc = (clean_logits.argmax(1) == y[:n_clean]).float().mean()
         total = total + lcfg.clean_ce_weight * clean_ce
     elif n_clean > 0 and lcfg.clean_ce_weight > 0 and mine > 0:
         # Sum over my clean rows scaled by world / n_clean: the mean over ranks is the global mean.
-        clean_logits = classify(net, mcfg, x0[:mine])
+        clean_logits = classify(net, mcfg, x0[:mine] if clean_view is None else clean_view)
         clean_ce = tfn.cross_entropy(clean_logits, y[:mine], reduction="sum") * (world / n_clean)
         clean_acc = (clean_logits.argmax(1) == y[:mine]).float().sum() * (world / n_clean)
         total = total + lcfg.clean_ce_weight * clean_ce

@@ -68,7 +68,9 @@ def ddim(eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: in
          gen: torch.Generator | None = None, progress: bool = False, callback: Callback | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021, Eq. 12). eta = 0 is deterministic; eta = 1 is DDPM's posterior variance."""
     ts = timesteps(alphas_cumprod.shape[0], steps)
-    for i in _bar(range(len(ts)), progress, "ddim" if eta == 0 else "ddpm"):
+    # ddpm() is ddim(eta=1) at the full step count; a strided run with eta > 0 is still DDIM (eta shown)
+    label = "ddpm" if eta == 1.0 and steps >= len(alphas_cumprod) else ("ddim" if eta == 0 else f"ddim eta={eta:g}")
+    for i in _bar(range(len(ts)), progress, label):
         t = ts[i]
         a = float(alphas_cumprod[t])
         a_prev = float(alphas_cumprod[ts[i + 1]]) if i + 1 < len(ts) else 1.0

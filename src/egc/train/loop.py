@@ -28,6 +28,7 @@ from ..autoencoder import AE_PREFIX, Autoencoder, embedded_autoencoder, load_aut
 from ..checkpoint import Checkpoint, latest_in, load_checkpoint, optimizer_tensors, remove_stale_tmp, restore_optimizer, save_checkpoint
 from ..config import AUTOENCODER, RunConfig
 from ..data import DEFAULT_FLIP, BatchLoader, load_dataset, to_model_range, to_uint8
+from ..data.augment import random_shift
 from ..diffusion.energy import CompiledEps
 from ..diffusion.losses import loss_for, own_rows
 from ..diffusion.schedule import Schedule
@@ -189,6 +190,9 @@ def _fit_model_to_data(cfg: RunConfig, ds: Any) -> None:
     m.in_channels, m.num_classes, m.image_size = channels, k, size
     if m.kind != AUTOENCODER and m.image_size % m.patch:
         raise EgcError(f"image size {m.image_size} is not divisible by model.patch {m.patch}")
+    if cfg.loss.clean_shift >= ds.image_size // 2:
+        raise EgcError(f"loss.clean_shift {cfg.loss.clean_shift} is too large for {ds.image_size} x {ds.image_size} images "
+                       f"(at most {ds.image_size // 2 - 1} pixels)")
 
 
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False, stop_at_step: int | None = None) -> dict[str, Any]:
@@ -227,15 +231,15 @@ def _resume_config(cfg: RunConfig, run_dir: Path) -> tuple[RunConfig, Checkpoint
 
 def forward_backward(model: torch.nn.Module, net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: Any, cfg: RunConfig, sched: Schedule,
                      x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, precision: str, shard: tuple[int, int] = (0, 1),
-                     all_true: Any = bool) -> tuple[Any, str, torch.Tensor | None]:
+                     all_true: Any = bool, **loss_kwargs: Any) -> tuple[Any, str, torch.Tensor | None]:
     """The gradient half of one training step (what ``egc train`` and bench/train_step.py both run):
     the loss under the run's precision, backward, gradient clipping. Returns (loss parts, "" or what
     was non-finite ("loss" | "gradient"), the gradient norm); the optimiser step is the caller's.
     ``model`` is what the loss calls (DDP-wrapped or not), ``net`` the weights; ``all_true`` agrees a
-    flag across processes (plain ``bool`` for one)."""
+    flag across processes (plain ``bool`` for one); ``loss_kwargs`` go to the loss (EGC's x0_clean)."""
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     with autocast:
-        parts = loss_fn(model, cfg.model, cfg.loss, sched, x, y, gen, shard=shard)
+        parts = loss_fn(model, cfg.model, cfg.loss, sched, x, y, gen, shard=shard, **loss_kwargs)
     if not all_true(torch.isfinite(parts.total)):  # every rank sees it, or none does
         return parts, "loss", None
     opt.zero_grad(set_to_none=True)
@@ -418,16 +422,36 @@ class _Trainer:
         dist, tc, cfg = self.dist, self.tc, self.cfg
         x, y = next(self.loader)
         x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
+        x, clean = self._clean_view(x)
         if self.ae is not None:  # latent run: the frozen encoder's scaled posterior mean (augmentation happened in pixels)
             x = _encode_own_rows(self.ae, x, dist.shard)
+            clean = None if clean is None else self.ae.encode(clean)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+            clean = None if clean is None else clean.contiguous(memory_format=torch.channels_last)
         for g in self.opt.param_groups:
             g["lr"] = tc.lr * self.lr_scale * lr_factor(cfg, self.step, self.elapsed)
         self.net.train()
+        extra = {} if clean is None else {"x0_clean": clean}
         parts, bad, gnorm = forward_backward(self.model, self.net, self.opt, self.loss_fn, cfg, self.sched, x, y, self.gen,
-                                             self.precision, dist.shard, dist.all_true)
+                                             self.precision, dist.shard, dist.all_true, **extra)
         return parts, bad, gnorm, x.shape[0]
+
+    def _clean_view(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """loss.clean_shift: (the batch, the shifted clean-CE rows or None), in pixels. A classifier's
+        whole batch is its clean view, so it is shifted in place; an EGC's first n_clean rows get a
+        shifted copy and the diffusion loss keeps the originals. Shifts are drawn from the loss
+        generator (checkpointed, the same on every rank), only when the option is on."""
+        cfg = self.cfg
+        s = cfg.loss.clean_shift
+        if s == 0 or cfg.model.kind not in ("egc", "classifier"):
+            return x, None
+        if cfg.model.kind == "classifier":
+            return random_shift(x, s, self.gen), None
+        n_clean = int(round(cfg.loss.clean_fraction * x.shape[0]))
+        if not cfg.model.supervised or cfg.loss.clean_ce_weight == 0 or n_clean == 0:
+            return x, None
+        return x, random_shift(x[:n_clean], s, self.gen)
 
     def _nonfinite(self, bad: str) -> None:
         """The weights are untouched: skip the step, or return to the last checkpoint with a lower lr;
