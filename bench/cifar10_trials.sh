@@ -36,8 +36,11 @@ with torch.no_grad():
 print(json.dumps({"benchmark": "ae_recon", "test_images": len(x), "mse_minus1_1": float(err.mean()),
                   "psnr_db": float(10 * torch.log10(4 / err.mean()))}))
 PY
-log "pixel EGC and the conditional ddpm ($MIN min each)"
-bash bench/compare_generation.sh "$MIN" "$OUT/pixel" egc-joint ddpm-cond
+# The two EGC forms first, the yardstick last: a session that ends early has the comparison that decides.
 log "latent EGC ($MIN min)"
 EGC_FLAGS="--set model.autoencoder=$OUT/ae --set model.patch=1" bash bench/compare_generation.sh "$MIN" "$OUT/latent" egc-joint
+log "pixel EGC ($MIN min)"
+bash bench/compare_generation.sh "$MIN" "$OUT/pixel" egc-joint
+log "the conditional ddpm ($MIN min)"
+bash bench/compare_generation.sh "$MIN" "$OUT/pixel" ddpm-cond
 log "done"
