@@ -83,3 +83,29 @@ def test_wrong_architecture_is_reported(tmp_path, tiny_overrides):
     ck.config.model.channels = 16  # the config now describes another size than the weights
     with pytest.raises(CheckpointError, match="do not fit"):
         EGC.from_checkpoint(ck)
+
+
+def test_stop_after_trains_a_piece_of_the_budget_and_resume_continues(tmp_path, tiny_npz, capsys):
+    """--stop-after: a short piece of a long budget; the schedule is the whole budget's (lr barely decayed)."""
+    import json
+
+    from egc.cli import main
+
+    from .conftest import tiny_train_argv
+
+    run = tmp_path / "r"
+    argv = tiny_train_argv(run, tiny_npz, 100000, "--stop-after", "0.005")  # 0.3 s of a 100,000-step budget
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 1 <= first["step"] < 100000 and first["budget_left"] and not first["interrupted"]
+    assert load_checkpoint(run).step == first["step"]
+    with open(run / "log.csv") as f:
+        lr = [float(r["lr"]) for r in csv.DictReader(f) if r.get("lr")]
+    cfg = load_config(run / "config.yaml")
+    assert lr[-1] > 0.99 * cfg.train.lr  # cosine over 100,000 steps, not over this piece
+    assert main(argv + ["--resume"]) == 0
+    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert second["step"] > first["step"] and second["budget_left"]
+    with pytest.raises(SystemExit) as bad:
+        main(argv[:-2] + ["--stop-after", "0"])
+    assert bad.value.code == 2 and "--stop-after: expected a number > 0" in capsys.readouterr().err

@@ -38,6 +38,13 @@ def _nonneg_float(s: str) -> float:
     return v
 
 
+def _positive_float(s: str) -> float:
+    v = _nonneg_float(s)
+    if v == 0:
+        raise argparse.ArgumentTypeError("expected a number > 0, got 0")
+    return v
+
+
 def _interval(s: str) -> tuple[float, float]:
     """LO,HI with 0 <= LO <= HI <= 1 (a guidance interval in fractions t / T of the noise schedule)."""
     try:
@@ -90,7 +97,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         have = load_checkpoint(found).config.model.size if found is not None else a.model_size
         if have != a.model_size:
             raise EgcError(f"--resume: {found} is a model size '{have}' run; --model-size {a.model_size} cannot change it (drop the flag or use another --out)")
-    summary = train(cfg, a.out, resume=a.resume, quiet=a.quiet)
+    summary = train(cfg, a.out, resume=a.resume, quiet=a.quiet, stop_after_minutes=a.stop_after)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line (rank 0's)
         print(json.dumps(summary))
     return 0
@@ -267,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-root", help="where the data set lives (default: $EGC_DATA or the system location)")
     t.add_argument("--steps", type=_positive_int, help="total optimiser steps")
     t.add_argument("--minutes", type=_nonneg_float, help="total training time budget")
+    t.add_argument("--stop-after", type=_positive_float, metavar="MINUTES", help="train this many minutes now, then checkpoint and stop; "
+                   "the learning-rate schedule still follows the whole --minutes/--steps budget, and --resume continues")
     t.add_argument("--batch-size", type=_positive_int)
     t.add_argument("--lr", type=_nonneg_float)
     t.add_argument("--seed", type=int)

@@ -195,24 +195,28 @@ def _fit_model_to_data(cfg: RunConfig, ds: Any) -> None:
                        f"(at most {ds.image_size // 2 - 1} pixels)")
 
 
-def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False, stop_at_step: int | None = None) -> dict[str, Any]:
+def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False, stop_at_step: int | None = None,
+          stop_after_minutes: float | None = None) -> dict[str, Any]:
     """Train until the step or time budget is spent (or SIGINT/SIGTERM); returns a summary dict.
 
-    ``stop_at_step`` ends this invocation early, exactly as an interruption would (checkpoint and
-    return) without changing the budgets that shape the learning-rate schedule.
+    ``stop_at_step`` and ``stop_after_minutes`` (of training time in this invocation, rank 0's clock)
+    end this invocation early, exactly as an interruption would (checkpoint and return) without
+    changing the budgets that shape the learning-rate schedule: a multi-hour budget can be trained
+    in pieces with --resume.
 
     Under torchrun (WORLD_SIZE > 1) every process calls this: the global batch is train.batch_size x
     world size, gradients are averaged by DDP, and only rank 0 writes (see train/dist.py).
     """
     dist = start_dist(cfg.train.device)
     try:
-        return _train(cfg, run_dir, resume, quiet, stop_at_step, dist)
+        return _train(cfg, run_dir, resume, quiet, stop_at_step, dist, stop_after_minutes)
     finally:
         dist.close()
 
 
-def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_at_step: int | None, dist: Dist) -> dict[str, Any]:
-    return _Trainer(cfg, Path(run_dir), resume, quiet, dist).run(stop_at_step)
+def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_at_step: int | None, dist: Dist,
+           stop_after_minutes: float | None = None) -> dict[str, Any]:
+    return _Trainer(cfg, Path(run_dir), resume, quiet, dist).run(stop_at_step, stop_after_minutes)
 
 
 def _resume_config(cfg: RunConfig, run_dir: Path) -> tuple[RunConfig, Checkpoint, Path]:
@@ -516,14 +520,16 @@ class _Trainer:
         path = self.checkpoint() if final else latest_in(self.run_dir)
         summary = {"run_dir": str(self.run_dir), "step": self.step, "elapsed_s": round(self.elapsed, 1), "checkpoint": str(path),
                    "precision": self.precision, "channels_last": self.channels_last,
-                   "interrupted": self.stop.requested or self.stopping, "skipped_steps": self.skipped, "rollbacks": self.rollbacks,
+                   "interrupted": self.stop.requested or self.stopping, "budget_left": self.budget_left(), "skipped_steps": self.skipped, "rollbacks": self.rollbacks,
                    "lr_scale": self.lr_scale, **{k: round(v, 5) for k, v in self.stats.items()}}
         if self.dist.is_main:
             atomic_write_bytes(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
         return summary
 
-    def run(self, stop_at_step: int | None) -> dict[str, Any]:
+    def run(self, stop_at_step: int | None, stop_after_minutes: float | None = None) -> dict[str, Any]:
         tc, dist = self.tc, self.dist
+        # this invocation's share of the budget, on the agreed training clock (self.elapsed), so every rank stops together
+        self.session_end = self.elapsed + 60 * stop_after_minutes if stop_after_minutes else float("inf")
         self.bar = tqdm(total=tc.steps or None, initial=self.step, disable=self.quiet or not dist.is_main, dynamic_ncols=True, desc="train")
         self.last_ckpt_t, self.last_ckpt_step = time.time(), self.step
         self.window_imgs, self.window_t = 0, time.time()
@@ -536,7 +542,7 @@ class _Trainer:
         self.stopping = False  # several processes: the stop request as agreed after the last step (a signal may reach one rank only)
         with self.stop:
             while (self.budget_left() and not (self.stopping or dist.world == 1 and self.stop.requested)
-                   and (stop_at_step is None or self.step < stop_at_step)):
+                   and (stop_at_step is None or self.step < stop_at_step) and self.elapsed < self.session_end):
                 t0 = time.time()
                 parts, bad, gnorm, images = self._forward_backward()
                 if bad:
