@@ -16,6 +16,9 @@
 # EGC and the ddpm then both run on its latents with the same UNet (model.patch=1: the latents are
 # already small); the classifier stays on pixels. The autoencoder's own minutes are not in MINUTES:
 # quote them beside the table.
+# EGC_FLAGS, CLASSIFIER_FLAGS, DDPM_FLAGS (environment): extra `egc train` flags per model, e.g. the recipe
+# chosen by bench/cifar10_trials.sh (EGC_FLAGS="--set loss.clean_shift=4" with CLASSIFIER_FLAGS the same, so
+# the baseline gets the augmentation EGC's classifier got).
 set -euo pipefail
 MIN=${1:-45}
 OUT=${2:-runs/compare-c10}
@@ -34,8 +37,11 @@ JUDGE_ARGS=${JUDGE_ARGS:---epochs 10 --width 64 --max-shift 4 --pad reflect --hf
 [ "${JUDGE#zoo:}" != "$JUDGE" ] || [ -f "$JUDGE" ] || $PY bench/train_feature_classifier.py --data cifar10 --name cifarcnn --threads 2 $JUDGE_ARGS --out "$JUDGE" > "$OUT/judge.json"
 for kind in egc classifier ddpm; do
   if [ ! -d "$OUT/$kind/checkpoints" ]; then
-    extra=""
-    [ "$kind" = ddpm ] && extra="--set model.conditioning=embedding"
+    case $kind in
+      egc) extra="${EGC_FLAGS:-}" ;;
+      classifier) extra="${CLASSIFIER_FLAGS:-}" ;;
+      ddpm) extra="--set model.conditioning=embedding ${DDPM_FLAGS:-}" ;;
+    esac
     if [ -n "${LATENT_AE:-}" ] && [ "$kind" != classifier ]; then
       extra="$extra --set model.autoencoder=$LATENT_AE --set model.patch=1"
     fi
