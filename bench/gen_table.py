@@ -57,9 +57,10 @@ def _interval(r: dict) -> str | None:
 
 
 def setting(r: dict) -> str:
-    base = f"{r['sampler']}:{r['steps']}:{r['eta']:g}:{r['guidance']:g}:{r['cfg']:g}"
-    iv = _interval(r)
-    return base if iv is None else f"{base}:{iv}"
+    """The row's bench/sample.py setting, interval always written: without one, sample.py takes the
+    model's own default interval (t/T <= 0.6 for an EGC), which is not what an every-step row ran."""
+    lo, hi = r.get("guidance_interval", (0.0, 1.0))
+    return f"{r['sampler']}:{r['steps']}:{r['eta']:g}:{r['guidance']:g}:{r['cfg']:g}:{lo:g}-{hi:g}"
 
 
 def pick(rows: list[dict]) -> dict:

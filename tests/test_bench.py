@@ -361,7 +361,9 @@ def test_gen_table_picks_by_the_stated_rule_and_blanks_guidance_of_unconditional
         (tmp_path / f"{m}.train.json").write_text(json.dumps({"step": 100, "elapsed_s": 50.0}))
         (tmp_path / f"{m}.sweep.jsonl").write_text("\n".join(sweep) + "\n")
     # the lowest fd among rows with cond. acc >= 0.9 x the best (0.95 -> >= 0.855): s 30, not s 300
-    assert gt.setting(gt.pick(gt._rows(tmp_path / "cond.sweep.jsonl"))) == "ddim:20:1:30:0"
+    # the interval is always written: without it bench/sample.py would take the model's own (t/T <= 0.6)
+    assert gt.setting(gt.pick(gt._rows(tmp_path / "cond.sweep.jsonl"))) == "ddim:20:1:30:0:0-1"
+    assert gt.setting({**json.loads(row(30, 0, 7.0)), "guidance_interval": [0.0, 0.6]}) == "ddim:20:1:30:0:0-0.6"
     lines = gt.table(tmp_path).splitlines()
     cond = [ln for ln in lines if "| 30 | 0 |" in ln]
     assert len(cond) == 1 and "**0.86**" in cond[0] and "**7.0**" in cond[0]
@@ -371,7 +373,7 @@ def test_gen_table_picks_by_the_stated_rule_and_blanks_guidance_of_unconditional
     # later files: M.extra*.jsonl join the sweep (and its pick), M.final*.jsonl are the final rows; the bold
     # final row is chosen by the same rule
     (tmp_path / "cond.extra.jsonl").write_text(row(10, 0, 6.5, 0.94) + "\n")
-    assert gt.setting(gt.pick(gt._files(tmp_path, "cond", "sweep"))) == "ddim:20:1:10:0"
+    assert gt.setting(gt.pick(gt._files(tmp_path, "cond", "sweep"))) == "ddim:20:1:10:0:0-1"
     (tmp_path / "cond.final.jsonl").write_text(row(10, 0, 6.0, 0.95, n=1000) + "\n")
     (tmp_path / "cond.final2.jsonl").write_text(row(30, 0, 5.0, 0.70, n=1000) + "\n" + row(100, 0, 5.5, 0.96, n=1000) + "\n")
     lines = gt.table(tmp_path).splitlines()
