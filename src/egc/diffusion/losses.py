@@ -71,6 +71,11 @@ def _null_labels(lcfg: LossConfig, y: torch.Tensor, gen: torch.Generator | None)
     return torch.where(drop, torch.full_like(y, NULL), y)
 
 
+def clean_rows(lcfg: LossConfig, batch: int) -> int:
+    """How many of a global batch's first rows also feed the clean CE (loss.clean_fraction)."""
+    return int(round(lcfg.clean_fraction * batch))
+
+
 def own_rows(shard: Shard) -> slice:
     """The rows of a global batch that process ``shard = (rank, world)`` keeps: rank::world."""
     rank, world = shard
@@ -115,12 +120,12 @@ def egc_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: Schedul
     # loss.energy_step_share p < 1: an energy step with probability p, else a first-order step; one draw
     # from the shared generator (only then: p = 1 keeps the stream), so all data-parallel ranks agree.
     first_order = lcfg.energy_step_share < 1 and float(torch.rand((), generator=gen, device=gen.device if gen is not None else None)) >= lcfg.energy_step_share
-    n_clean = int(round(lcfg.clean_fraction * x0.shape[0]))  # of the global batch: its first n_clean rows
+    n_clean = clean_rows(lcfg, x0.shape[0])  # of the global batch: its first n_clean rows
     rank, world = shard
     if x0_clean is not None and x0_clean.shape[0] != n_clean:
         raise ValueError(f"x0_clean has {x0_clean.shape[0]} rows, the batch's clean share is {n_clean}")
     # The clean view before sharding: rank r's clean rows are global rows r, r + world, ... (as for x0)
-    clean_view = None if x0_clean is None else x0_clean[own_rows(shard)] if world > 1 else x0_clean
+    clean_view = None if x0_clean is None else x0_clean[own_rows(shard)]
     x0, y, t, eps = _rows(shard, x0, y, t, eps)
     if y_energy is not None:
         (y_energy,) = _rows(shard, y_energy)

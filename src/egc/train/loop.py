@@ -30,7 +30,7 @@ from ..config import AUTOENCODER, RunConfig
 from ..data import DEFAULT_FLIP, BatchLoader, load_dataset, to_model_range, to_uint8
 from ..data.augment import random_shift
 from ..diffusion.energy import CompiledEps
-from ..diffusion.losses import loss_for, own_rows
+from ..diffusion.losses import clean_rows, loss_for, own_rows
 from ..diffusion.schedule import Schedule
 from ..errors import CheckpointError, EgcError
 from ..imageio import atomic_write_bytes, save_grid
@@ -452,7 +452,7 @@ class _Trainer:
             return x, None
         if cfg.model.kind == "classifier":
             return random_shift(x, s, self.gen), None
-        n_clean = int(round(cfg.loss.clean_fraction * x.shape[0]))
+        n_clean = clean_rows(cfg.loss, x.shape[0])
         if not cfg.model.supervised or cfg.loss.clean_ce_weight == 0 or n_clean == 0:
             return x, None
         return x, random_shift(x[:n_clean], s, self.gen)
@@ -529,7 +529,7 @@ class _Trainer:
     def run(self, stop_at_step: int | None, stop_after_minutes: float | None = None) -> dict[str, Any]:
         tc, dist = self.tc, self.dist
         # this invocation's share of the budget, on the agreed training clock (self.elapsed), so every rank stops together
-        self.session_end = self.elapsed + 60 * stop_after_minutes if stop_after_minutes else float("inf")
+        session_end = self.elapsed + 60 * stop_after_minutes if stop_after_minutes else float("inf")
         self.bar = tqdm(total=tc.steps or None, initial=self.step, disable=self.quiet or not dist.is_main, dynamic_ncols=True, desc="train")
         self.last_ckpt_t, self.last_ckpt_step = time.time(), self.step
         self.window_imgs, self.window_t = 0, time.time()
@@ -542,7 +542,7 @@ class _Trainer:
         self.stopping = False  # several processes: the stop request as agreed after the last step (a signal may reach one rank only)
         with self.stop:
             while (self.budget_left() and not (self.stopping or dist.world == 1 and self.stop.requested)
-                   and (stop_at_step is None or self.step < stop_at_step) and self.elapsed < self.session_end):
+                   and (stop_at_step is None or self.step < stop_at_step) and self.elapsed < session_end):
                 t0 = time.time()
                 parts, bad, gnorm, images = self._forward_backward()
                 if bad:
