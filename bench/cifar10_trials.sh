@@ -7,8 +7,8 @@
 #   pixel/egc-joint    EGC on 32 x 32 x 3 pixels (2 x 2 patch stem)
 #   pixel/ddpm-cond    the conditional diffusion model of the same UNet (the generation yardstick)
 #   latent/egc-joint   EGC on the 8 x 8 x 4 latents of a KL autoencoder trained here first for AE_MIN
-#                      minutes (not counted in MINUTES: quote both); its test reconstruction error is in
-#                      OUT/ae.recon.json, the floor under any latent model's samples
+#                      minutes (not counted in MINUTES: quote both); OUT/ae.floor.jsonl has the judge's
+#                      view of its reconstructions (bench/ae_floor.py), the floor under any latent sample
 #
 #   bash bench/cifar10_trials.sh [MINUTES] [OUT]        (default 15 minutes each, runs/c10-trials)
 #   then: python bench/gen_table.py OUT/pixel; python bench/gen_table.py OUT/latent
@@ -24,18 +24,8 @@ log() { echo "$(date +%T) $*" >&2; }
 log "autoencoder ($AE_MIN min)"
 [ -d "$OUT/ae/checkpoints" ] || "$B/egc" train --model autoencoder --data cifar10 --out "$OUT/ae" --minutes "$AE_MIN" --quiet \
   --set model.ae.downsample=4 --set model.ae.latent_channels=4 > "$OUT/ae.train.json"
-[ -s "$OUT/ae.recon.json" ] || "$B/python" - "$OUT/ae" > "$OUT/ae.recon.json" <<'PY'
-import json, sys
-import torch
-from egc.autoencoder import load_autoencoder
-from egc.data import load_dataset, to_model_range
-ae = load_autoencoder(sys.argv[1])
-x = to_model_range(load_dataset("cifar10", "test").images[:2000])
-with torch.no_grad():
-    err = torch.cat([(ae.reconstruct(x[i:i + 250]) - x[i:i + 250]).pow(2).flatten(1).mean(1) for i in range(0, len(x), 250)])
-print(json.dumps({"benchmark": "ae_recon", "test_images": len(x), "mse_minus1_1": float(err.mean()),
-                  "psnr_db": float(10 * torch.log10(4 / err.mean()))}))
-PY
+# the floor under latent samples: 1,000 training images and their reconstructions judged like samples
+[ -s "$OUT/ae.floor.jsonl" ] || "$B/python" bench/ae_floor.py "$OUT/ae" --n 1000 > "$OUT/ae.floor.jsonl"
 # The two EGC forms first, the yardstick last: a session that ends early has the comparison that decides.
 log "latent EGC ($MIN min)"
 EGC_FLAGS="--set model.autoencoder=$OUT/ae --set model.patch=1" bash bench/compare_generation.sh "$MIN" "$OUT/latent" egc-joint

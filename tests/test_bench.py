@@ -416,3 +416,28 @@ def test_zoo_release_script_sweeps_exports_the_pick_and_judges_it(run28, tmp_pat
     assert [(f["steps"], f["eta"], f["n"]) for f in final] == [(50, 1.0, 4), (50, 0.0, 4)]
     assert "accuracy" in json.loads((out / "tiny.eval.json").read_text())["metrics"]
     assert "no demo grid" in r.stderr and not (out / "demo.json").exists()  # an npz run has no shipped demo images
+
+
+def test_ae_floor_judges_real_images_and_their_reconstructions(tmp_path):
+    """bench/ae_floor.py: a real row and a reconstructed row, judged alike; balanced rows per class."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from ae_floor import balanced_rows
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    labels = torch.tensor([0, 1, 2] * 5 + [0] * 10)
+    rows = balanced_rows(labels, 7, seed=0)
+    assert len(set(rows.tolist())) == 7 and torch.bincount(labels[rows]).tolist() == [3, 2, 2]
+    npz = make_npz(tmp_path / "g28.npz", size=28)
+    ae = tmp_path / "ae"
+    ae_sets = ["model.ae.downsample=2", "model.ae.channels=8", "model.ae.latent_channels=2", "model.ae.num_res_blocks=0"]
+    argv = ["train", "--model", "autoencoder", "--out", str(ae), "--data", f"npz:{npz}", "--steps", "2", "--quiet"]
+    for s in ["train.batch_size=8", "train.threads=1", "train.sample_n=3", *ae_sets]:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    real, rec = _bench("ae_floor.py", str(ae), "--data", f"npz:{npz}", "--n", "12", "--judge", "zoo:fashioncnn", "--threads", "1")
+    assert (real["images"], rec["images"]) == ("real", "reconstructed") and real["n"] == rec["n"] == 12
+    assert "fd_fashioncnn" in real and "psnr_db" not in real
+    # a 2-step autoencoder reconstructs badly: its images are farther from the test set than the real ones
+    assert rec["fd_fashioncnn"] > real["fd_fashioncnn"]
+    assert rec["psnr_db"] == pytest.approx(10 * torch.log10(torch.tensor(4.0 / rec["mse_minus1_1"])).item(), rel=1e-5)
