@@ -16,6 +16,7 @@ set -euo pipefail
 MIN=${1:-15}
 OUT=${2:-runs/c10-trials}
 AE_MIN=${AE_MIN:-10}
+AE_CH=${AE_CH:-4}  # latent channels (8 x 8 x AE_CH); zoo:cifar10 uses 8 and AE_MIN 30 (configs/cifar10-ae.yaml)
 B=${BIN:-.venv/bin}
 export BIN=$B CONFIG=configs/cifar10.yaml N_SWEEP=${N_SWEEP:-200} N_FINAL=${N_FINAL:-500}
 mkdir -p "$OUT"
@@ -23,7 +24,7 @@ log() { echo "$(date +%T) $*" >&2; }
 
 log "autoencoder ($AE_MIN min)"
 [ -d "$OUT/ae/checkpoints" ] || "$B/egc" train --model autoencoder --data cifar10 --out "$OUT/ae" --minutes "$AE_MIN" --quiet \
-  --set model.ae.downsample=4 --set model.ae.latent_channels=4 > "$OUT/ae.train.json"
+  --set model.ae.downsample=4 --set model.ae.latent_channels="$AE_CH" > "$OUT/ae.train.json"
 # the floor under latent samples: 1,000 training images and their reconstructions judged like samples
 [ -s "$OUT/ae.floor.jsonl" ] || "$B/python" bench/ae_floor.py "$OUT/ae" --n 1000 > "$OUT/ae.floor.jsonl"
 # The two EGC forms first, the yardstick last: a session that ends early has the comparison that decides.

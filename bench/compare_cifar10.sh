@@ -19,6 +19,9 @@
 # EGC_FLAGS, CLASSIFIER_FLAGS, DDPM_FLAGS (environment): extra `egc train` flags per model, e.g. the recipe
 # chosen by bench/cifar10_trials.sh (EGC_FLAGS="--set loss.clean_shift=4" with CLASSIFIER_FLAGS the same, so
 # the baseline gets the augmentation EGC's classifier got).
+# zoo:cifar10's form (configs/cifar10-latent.yaml) at equal minutes:
+#   LATENT_AE=runs/cifar10-ae EGC_FLAGS="--set loss.clean_shift=4" CLASSIFIER_FLAGS="--set loss.clean_shift=4" \
+#     bash bench/compare_cifar10.sh 45 runs/compare-c10-45
 set -euo pipefail
 MIN=${1:-45}
 OUT=${2:-runs/compare-c10}
