@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from egc.checkpoint import ZOO_DIR, load_checkpoint, save_checkpoint
 from egc.cli import main
 
@@ -73,3 +75,33 @@ def test_egc_zoo_lists_models_and_judges(capsys):
     assert fm["role"] == "model" and fm["data"] == "fashion-mnist" and fm["image_shape"] == [1, 28, 28] and fm["card"].endswith("fashion-mnist.md")
     assert rows["zoo:fashioncnn"]["role"] == rows["zoo:cifarcnn"]["role"] == "judge" and rows["zoo:cifarcnn"]["data"] == "cifar10"
     assert main(["zoo"]) == 0 and "zoo:fashion-mnist" in capsys.readouterr().out
+
+
+def _shipped_models() -> list[str]:
+    from egc.checkpoint import zoo_models
+
+    return zoo_models()
+
+
+@pytest.mark.parametrize("name", _shipped_models())
+def test_every_shipped_model_has_a_card_classifies_its_examples_and_samples(name):
+    """Each zoo:NAME: a model card beside it, well above chance on its data set's 20 shipped test images
+    (every shipped model measured >= 75 % on the whole test set), and two samples of its image shape."""
+    import numpy as np
+    import torch
+
+    from egc import EGC
+    from egc.data import to_model_range
+    from egc.demo import examples_file
+
+    card = ZOO_DIR / f"{name}.md"
+    assert card.is_file() and f"zoo:{name}" in card.read_text()
+    torch.manual_seed(0)
+    m = EGC.load(f"zoo:{name}", precision="fp32")
+    with np.load(examples_file(m.config.data.name)) as z:
+        x, y = to_model_range(torch.from_numpy(z["images"])), torch.from_numpy(z["labels"])
+    with torch.no_grad():
+        acc = float((m.logits(x).argmax(1) == y).float().mean())
+    assert acc >= 0.6, f"zoo:{name}: {acc:.2f} on its 20 shipped examples"
+    imgs, labels = m.sample(2, labels=[0, 1], sampler="ddim", steps=2, seed=0)
+    assert tuple(imgs.shape) == (2, *m.image_shape) and torch.isfinite(imgs).all() and labels.tolist() == [0, 1]
