@@ -14,6 +14,8 @@
 #
 #   bash bench/zoo_release.sh RUN OUT [NAME]          (NAME: default the run folder's name)
 #   SWEEP="ddim:20:1:30:0:0-0.6,..."  N_SWEEP=500 N_FINAL=1000  EVAL_FLAGS="..."  THREADS=2 (environment)
+#   HALF=1: the file stores the network in float16 (half the size; a latent model's autoencoder stays float32);
+#   every figure after the export is of that file
 #   (a setting without :LO-HI takes the model's own guidance interval; :0-1 = guidance at every step)
 #   CIFAR-10: EVAL_FLAGS="$CIFAR_EVAL" with the L-inf 8/255 and L2 0.5 budgets (see below)
 set -euo pipefail
@@ -43,7 +45,7 @@ log "picked $pick"
 IFS=: read -r _ _ _ S W IV <<< "$pick"
 IV=${IV:-0-1}
 [ -s "$OUT/$NAME.safetensors" ] || "$B/egc" export "$RUN" --out "$OUT/$NAME.safetensors" --guidance "$S" --cfg "$W" \
-  --guidance-interval "${IV%-*},${IV#*-}" > "$OUT/$NAME.export.json"
+  --guidance-interval "${IV%-*},${IV#*-}" ${HALF:+--half} > "$OUT/$NAME.export.json"
 log "final: DDIM 50 on $N_FINAL"
 # shellcheck disable=SC2086
 [ -s "$OUT/$NAME.final.jsonl" ] || "$B/python" bench/sample.py "$OUT/$NAME.safetensors" --n "$N_FINAL" --configs ddim:50:1,ddim:50:0 $JUDGE_FLAG --threads "$THREADS" \

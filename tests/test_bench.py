@@ -400,7 +400,7 @@ def test_zoo_release_script_sweeps_exports_the_pick_and_judges_it(run28, tmp_pat
     from egc import EGC
 
     env = {**ENV, "BIN": str(Path(sys.executable).parent), "N_SWEEP": "4", "N_FINAL": "4", "JUDGE": "zoo:fashioncnn",
-           "SWEEP": "ddim:2:1:3:0:0-0.6,ddim:2:1:7:0:0-1", "THREADS": "1", "EVAL_FLAGS": "--metrics acc,ece --n-test 8"}
+           "SWEEP": "ddim:2:1:3:0:0-0.6,ddim:2:1:7:0:0-1", "THREADS": "1", "EVAL_FLAGS": "--metrics acc,ece --n-test 8", "HALF": "1"}
     out = tmp_path / "rel"
     r = subprocess.run(["bash", str(ROOT / "bench" / "zoo_release.sh"), str(run28), str(out), "tiny"], capture_output=True, text=True,
                        env=env, timeout=300, cwd=ROOT)
@@ -410,6 +410,10 @@ def test_zoo_release_script_sweeps_exports_the_pick_and_judges_it(run28, tmp_pat
     picked = min((s for s in sweep if s["cond_acc_fashioncnn"] >= 0.9 * max(x["cond_acc_fashioncnn"] for x in sweep)),
                  key=lambda s: s["fd_fashioncnn"])
     m = EGC.load(str(out / "tiny.safetensors"))
+    from safetensors import safe_open
+
+    with safe_open(str(out / "tiny.safetensors"), framework="pt") as f:  # HALF=1: the network in float16
+        assert {f.get_slice(k).get_dtype() for k in f.keys() if k.startswith("ema.")} == {"F16"}
     assert (m.config.sample.guidance, [m.config.sample.guidance_tmin, m.config.sample.guidance_tmax]) == \
         (picked["guidance"], picked["guidance_interval"])
     final = [json.loads(ln) for ln in (out / "tiny.final.jsonl").read_text().splitlines() if '"sampler"' in ln]
