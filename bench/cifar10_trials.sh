@@ -6,7 +6,7 @@
 # the chosen setting on N_FINAL, all in the features of zoo:cifarcnn (fd_cifarcnn, not Inception FID).
 #   pixel/egc-joint    EGC on 32 x 32 x 3 pixels (2 x 2 patch stem)
 #   pixel/ddpm-cond    the conditional diffusion model of the same UNet (the generation yardstick)
-#   latent/egc-joint   EGC on the 8 x 8 x 4 latents of a KL autoencoder trained here first for AE_MIN
+#   latent/egc-joint   EGC on the 8 x 8 x AE_CH latents of a KL autoencoder trained here first for AE_MIN
 #                      minutes (not counted in MINUTES: quote both); OUT/ae.floor.jsonl has the judge's
 #                      view of its reconstructions (bench/ae_floor.py), the floor under any latent sample
 #

@@ -17,7 +17,9 @@
 #   HALF=1: the file stores the network in float16 (half the size; a latent model's autoencoder stays float32);
 #   every figure after the export is of that file
 #   (a setting without :LO-HI takes the model's own guidance interval; :0-1 = guidance at every step)
-#   CIFAR-10: EVAL_FLAGS="$CIFAR_EVAL" with the L-inf 8/255 and L2 0.5 budgets (see below)
+#   CIFAR-10: EVAL_FLAGS="$CIFAR_EVAL" with the L-inf 8/255 and L2 0.5 budgets (see below), and a sweep with
+#   classifier-free guidance, where the latent CIFAR-10 EGC does best (BENCHMARKS.md 4, the zoo run's midpoint):
+#   SWEEP=ddim:20:1:0:1,ddim:20:1:30:0:0-0.6,ddim:20:1:0:2,ddim:20:1:10:1:0-0.6,ddim:20:1:0:0
 set -euo pipefail
 RUN=${1:?usage: bench/zoo_release.sh RUN OUT [NAME]}
 OUT=${2:?usage: bench/zoo_release.sh RUN OUT [NAME]}
