@@ -20,9 +20,8 @@ import torch
 
 from egc.autoencoder import load_autoencoder
 from egc.data import load_dataset, to_model_range
+from egc.eval.evaluate import DEFAULT_JUDGES
 from egc.eval.judge import judge_samples, load_judge
-
-DEFAULT_JUDGES = {"cifar10": "zoo:cifarcnn", "fashion-mnist": "zoo:fashioncnn"}
 
 
 def balanced_rows(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -54,9 +53,9 @@ def main() -> None:
     judge = load_judge(judge_name)
     train = load_dataset(a.data, "train")
     test = to_model_range(load_dataset(a.data, "test").images)
-    rows = balanced_rows(torch.as_tensor(train.labels), a.n, a.seed)
-    x = to_model_range(train.images[rows])
-    y = torch.as_tensor(train.labels)[rows]
+    labels = torch.as_tensor(train.labels)
+    rows = balanced_rows(labels, a.n, a.seed)
+    x, y = to_model_range(train.images[rows]), labels[rows]
     with torch.no_grad():
         rec = torch.cat([ae.reconstruct(x[i:i + 250]) for i in range(0, len(x), 250)]).clamp(-1, 1)
     mse = float((rec - x).pow(2).mean())

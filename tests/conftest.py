@@ -31,6 +31,8 @@ def tiny_npz(tmp_path: Path) -> Path:
 
 TINY = ["model.size=tiny", "train.batch_size=8", "train.sample_n=3", "train.sample_steps=2", "train.log_every=1",
         "train.warmup_steps=0", "train.ema_decay=0.9", "train.threads=1"]
+# the architecture of a tiny KL autoencoder (egc train --model autoencoder)
+TINY_AE = ["model.ae.downsample=2", "model.ae.channels=8", "model.ae.latent_channels=2", "model.ae.num_res_blocks=0"]
 
 
 @pytest.fixture

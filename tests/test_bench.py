@@ -18,7 +18,7 @@ import torch
 
 from egc.cli import main
 
-from .conftest import make_npz, tiny_train_argv
+from .conftest import TINY_AE, make_npz, tiny_train_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -434,9 +434,8 @@ def test_ae_floor_judges_real_images_and_their_reconstructions(tmp_path):
     assert len(set(rows.tolist())) == 7 and torch.bincount(labels[rows]).tolist() == [3, 2, 2]
     npz = make_npz(tmp_path / "g28.npz", size=28)
     ae = tmp_path / "ae"
-    ae_sets = ["model.ae.downsample=2", "model.ae.channels=8", "model.ae.latent_channels=2", "model.ae.num_res_blocks=0"]
     argv = ["train", "--model", "autoencoder", "--out", str(ae), "--data", f"npz:{npz}", "--steps", "2", "--quiet"]
-    for s in ["train.batch_size=8", "train.threads=1", "train.sample_n=3", *ae_sets]:
+    for s in ["train.batch_size=8", "train.threads=1", "train.sample_n=3", *TINY_AE]:
         argv += ["--set", s]
     assert main(argv) == 0
     real, rec = _bench("ae_floor.py", str(ae), "--data", f"npz:{npz}", "--n", "12", "--judge", "zoo:fashioncnn", "--threads", "1")

@@ -24,9 +24,9 @@ from egc.nets import build_net
 from egc.nets.autoencoder import KLAutoencoder
 from egc.train.loop import _encode_own_rows
 
-from .conftest import TINY, fit_fixed_batch, make_npz
+from .conftest import TINY, TINY_AE, fit_fixed_batch, make_npz
 
-AE = ["model.ae.downsample=2", "model.ae.channels=8", "model.ae.latent_channels=2", "model.ae.num_res_blocks=0"]
+AE = TINY_AE
 
 
 def _train(args: list[str], sets: list[str]) -> int:
