@@ -228,6 +228,26 @@ def test_cifar_cache_written_and_reused(tmp_path: Path, monkeypatch: pytest.Monk
         load_dataset("cifar10", root=zpath)
 
 
+def test_cifar_cache_drops_the_entry_of_an_older_copy(tmp_path: Path) -> None:
+    """A data file copied in afresh (a new mtime each session) replaces its cache entry instead of adding
+    one more beside it; the other split's entry and another copy's entries stay."""
+    zpath = write_cifar_zip(tmp_path / "cifar10-jpeg.zip")
+    (tmp_path / "elsewhere").mkdir()
+    other = write_cifar_zip(tmp_path / "elsewhere" / "cifar10-jpeg.zip")
+    load_dataset("cifar10", root=zpath)
+    load_dataset("cifar10", "test", root=zpath)
+    load_dataset("cifar10", root=other)
+    cache = tmp_path / "cache"
+    before = sorted(p.name for p in cache.iterdir())
+    assert len(before) == 6
+    os.utime(zpath, ns=(0, 12345))
+    again = load_dataset("cifar10", root=zpath)
+    after = sorted(p.name for p in cache.iterdir())
+    assert len(after) == 6 and sum("-12345-" in n for n in after) == 2
+    assert sum("-test-" in n for n in after) == 2  # the test split's entry is another tag: kept
+    assert again.labels.tolist() == [3, 3, 8]
+
+
 def test_cifar_found_in_shared_beside_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "shared" / "data").mkdir(parents=True)
     write_cifar_zip(tmp_path / "shared" / "data" / "cifar10-jpeg.zip")

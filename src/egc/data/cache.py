@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -21,12 +22,25 @@ _FORMAT = 1
 Arrays = tuple[np.ndarray, np.ndarray]
 
 
+def _where(source: Path) -> str:
+    return hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:10]
+
+
 def _key(source: Path, tag: str) -> str:
     # Size + mtime detect a replaced file without hashing 65+ MB; the path hash keeps two copies
     # that happen to agree on both apart.
     st = source.stat()
-    where = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:10]
-    return f"{tag}-{st.st_size}-{st.st_mtime_ns}-{where}-v{_FORMAT}"
+    return f"{tag}-{st.st_size}-{st.st_mtime_ns}-{_where(source)}-v{_FORMAT}"
+
+
+def _drop_stale(folder: Path, source: Path, tag: str, key: str) -> None:
+    """Delete the entries of the same tag and source path made from an older version of the file (or by
+    an older cache format). A source that is copied in afresh gets a new mtime each time (a shared data
+    folder restored per session): without this the cache grew by the whole decoded data set each time."""
+    stale = re.compile(re.escape(tag) + r"-\d+-\d+-" + _where(source) + r"-v\d+\.(images|labels)\.npy")
+    for p in folder.iterdir():
+        if stale.fullmatch(p.name) and not p.name.startswith(key + "."):
+            p.unlink(missing_ok=True)  # a reader that opened it keeps its data (np.load reads it whole)
 
 
 def _load(images_path: Path, labels_path: Path) -> Arrays | None:
@@ -79,6 +93,7 @@ def cached_arrays(source: Path, tag: str, build: Callable[[], Arrays]) -> Arrays
         # Labels first: _load needs both files, so a crash between the two writes is a miss.
         _save_atomic(labels, labels_path)
         _save_atomic(images, images_path)
+        _drop_stale(folder, source, tag, key)
     except OSError as exc:
         # An unwritable cache only costs time on the next run; it must not stop this one.
         warnings.warn(f"egc: not caching {tag} in {folder} ({one_line(exc)})", stacklevel=2)
