@@ -38,8 +38,15 @@ mkdir -p "$OUT"
 JUDGE_ARGS=${JUDGE_ARGS:---epochs 10 --width 64 --max-shift 4 --pad reflect --hflip}
 # shellcheck disable=SC2086
 [ "${JUDGE#zoo:}" != "$JUDGE" ] || [ -f "$JUDGE" ] || $PY bench/train_feature_classifier.py --data cifar10 --name cifarcnn --threads 2 $JUDGE_ARGS --out "$JUDGE" > "$OUT/judge.json"
+# A table longer than a session: a training killed with its session (no OUT/KIND.train.json yet, which the
+# trainer writes only when it finishes) resumes from its last checkpoint to the same budget (the run's own
+# clock: the minutes lost since that checkpoint are trained again); a finished one is skipped.
 for kind in egc classifier ddpm; do
-  if [ ! -d "$OUT/$kind/checkpoints" ]; then
+  if [ -s "$OUT/$kind.train.json" ]; then
+    continue
+  elif [ -d "$OUT/$kind/checkpoints" ]; then
+    $EGC train --out "$OUT/$kind" --resume --quiet > "$OUT/$kind.train.json"
+  else
     case $kind in
       egc) extra="${EGC_FLAGS:-}" ;;
       classifier) extra="${CLASSIFIER_FLAGS:-}" ;;

@@ -444,3 +444,34 @@ def test_ae_floor_judges_real_images_and_their_reconstructions(tmp_path):
     # a 2-step autoencoder reconstructs badly: its images are farther from the test set than the real ones
     assert rec["fd_fashioncnn"] > real["fd_fashioncnn"]
     assert rec["psnr_db"] == pytest.approx(10 * torch.log10(torch.tensor(4.0 / rec["mse_minus1_1"])).item(), rel=1e-5)
+
+
+def test_compare_cifar10_resumes_a_killed_training_and_skips_finished_work(tmp_path):
+    """The 45-minute table spans sessions: a model whose training was killed (checkpoints, an empty
+    KIND.train.json) is resumed, never evaluated half-trained; a finished one is neither retrained nor
+    re-evaluated. The trainer is a stand-in that logs its arguments (the real ones are tested elsewhere)."""
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "egc"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> {calls}\n'
+        'case $1 in\n'
+        '  train) out=""; while [ $# -gt 0 ]; do [ "$1" = --out ] && out=$2; shift; done; mkdir -p "$out/checkpoints"; echo "{}" ;;\n'
+        '  eval) while [ $# -gt 0 ]; do [ "$1" = --json ] && echo "{}" > "$2"; shift; done ;;\n'
+        'esac\n')
+    fake.chmod(0o755)
+    out = tmp_path / "t"
+    (out / "egc" / "checkpoints").mkdir(parents=True)
+    (out / "egc.train.json").write_text("")  # killed with its session
+    (out / "classifier" / "checkpoints").mkdir(parents=True)
+    (out / "classifier.train.json").write_text('{"step": 10}\n')  # finished
+    (out / "classifier.json").write_text("{}")  # and evaluated
+    r = subprocess.run(["bash", str(ROOT / "bench" / "compare_cifar10.sh"), "45", str(out)], capture_output=True, text=True,
+                       env={**ENV, "EGC": str(fake), "LATENT_AE": "runs/ae"}, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    log = calls.read_text().splitlines()
+    assert log[0] == f"train --out {out}/egc --resume --quiet"
+    assert log[1].startswith("train --config configs/cifar10.yaml --model ddpm --set model.conditioning=embedding")
+    assert "--set model.autoencoder=runs/ae --set model.patch=1" in log[1] and log[1].endswith("--minutes 45 --quiet")
+    evals = [c.split()[1] for c in log if c.startswith("eval")]
+    assert evals == [f"{out}/egc", f"{out}/ddpm"] and log[-1].startswith("report")
