@@ -40,7 +40,10 @@ def _drop_stale(folder: Path, source: Path, tag: str, key: str) -> None:
     stale = re.compile(re.escape(tag) + r"-\d+-\d+-" + _where(source) + r"-v\d+\.(images|labels)\.npy")
     for p in folder.iterdir():
         if stale.fullmatch(p.name) and not p.name.startswith(key + "."):
-            p.unlink(missing_ok=True)  # a reader that opened it keeps its data (np.load reads it whole)
+            try:
+                p.unlink(missing_ok=True)  # a reader that opened it keeps its data (np.load reads it whole)
+            except OSError:
+                pass  # someone else's file in a shared cache: leaving it costs only disk
 
 
 def _load(images_path: Path, labels_path: Path) -> Arrays | None:
