@@ -26,8 +26,6 @@ from egc.train.loop import _encode_own_rows
 
 from .conftest import TINY, TINY_AE, fit_fixed_batch, make_npz
 
-AE = TINY_AE
-
 
 def _train(args: list[str], sets: list[str]) -> int:
     for s in sets:
@@ -48,7 +46,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("latent")
     npz = make_npz(root / "tiny.npz")
     ae_run, lat = root / "ae", root / "latent"
-    assert _train(["--model", "autoencoder", "--out", str(ae_run), "--data", f"npz:{npz}", "--steps", "3"], TINY + AE) == 0
+    assert _train(["--model", "autoencoder", "--out", str(ae_run), "--data", f"npz:{npz}", "--steps", "3"], TINY + TINY_AE) == 0
     keep = root / "ae-kept"
     shutil.copytree(ae_run, keep)
     assert _train(["--out", str(lat), "--data", f"npz:{npz}", "--steps", "3"], TINY + [f"model.autoencoder={ae_run}"]) == 0
@@ -57,7 +55,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_autoencoder_loss_decreases_on_a_fixed_tiny_batch():
-    cfg = load_config(None, ["model.kind=autoencoder", "model.ae.in_channels=1", "model.ae.image_size=8", *AE])
+    cfg = load_config(None, ["model.kind=autoencoder", "model.ae.in_channels=1", "model.ae.image_size=8", *TINY_AE])
     torch.manual_seed(0)
     net = build_net(cfg.model)
     assert isinstance(net, KLAutoencoder)

@@ -22,6 +22,10 @@ _FORMAT = 1
 Arrays = tuple[np.ndarray, np.ndarray]
 
 
+# An entry's name: the decoded tag, the source's size and mtime, a hash of its path, the cache format.
+_KEY = "{tag}-{size}-{mtime}-{where}-v{fmt}"
+
+
 def _where(source: Path) -> str:
     return hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:10]
 
@@ -30,14 +34,15 @@ def _key(source: Path, tag: str) -> str:
     # Size + mtime detect a replaced file without hashing 65+ MB; the path hash keeps two copies
     # that happen to agree on both apart.
     st = source.stat()
-    return f"{tag}-{st.st_size}-{st.st_mtime_ns}-{_where(source)}-v{_FORMAT}"
+    return _KEY.format(tag=tag, size=st.st_size, mtime=st.st_mtime_ns, where=_where(source), fmt=_FORMAT)
 
 
 def _drop_stale(folder: Path, source: Path, tag: str, key: str) -> None:
     """Delete the entries of the same tag and source path made from an older version of the file (or by
     an older cache format). A source that is copied in afresh gets a new mtime each time (a shared data
     folder restored per session): without this the cache grew by the whole decoded data set each time."""
-    stale = re.compile(re.escape(tag) + r"-\d+-\d+-" + _where(source) + r"-v\d+\.(images|labels)\.npy")
+    same_source = _KEY.format(tag=re.escape(tag), size=r"\d+", mtime=r"\d+", where=_where(source), fmt=r"\d+")
+    stale = re.compile(same_source + r"\.(images|labels)\.npy")
     for p in folder.iterdir():
         if stale.fullmatch(p.name) and not p.name.startswith(key + "."):
             try:
