@@ -12,15 +12,17 @@
 # The data is the JPEG re-encoding of CIFAR-10 in ../shared/data (artefacts: not comparable with
 # published CIFAR-10 figures). Results: OUT/{egc,classifier,ddpm}.json, OUT/report.html.
 #
-# LATENT_AE (environment): a trained autoencoder (run folder or file, `egc train --model autoencoder`):
+# LATENT_AE (environment): a trained autoencoder (run folder or file, `egc train --model autoencoder`, or a
+# latent model whose embedded autoencoder is shared, e.g. zoo:cifar10):
 # EGC and the ddpm then both run on its latents with the same UNet (model.patch=1: the latents are
 # already small); the classifier stays on pixels. The autoencoder's own minutes are not in MINUTES:
 # quote them beside the table.
 # EGC_FLAGS, CLASSIFIER_FLAGS, DDPM_FLAGS (environment): extra `egc train` flags per model, e.g. the recipe
 # chosen by bench/cifar10_trials.sh (EGC_FLAGS="--set loss.clean_shift=4" with CLASSIFIER_FLAGS the same, so
 # the baseline gets the augmentation EGC's classifier got).
-# zoo:cifar10's form (configs/cifar10-latent.yaml) at equal minutes:
-#   LATENT_AE=runs/cifar10-ae EGC_FLAGS="--set loss.clean_shift=4" CLASSIFIER_FLAGS="--set loss.clean_shift=4" \
+# zoo:cifar10's form (configs/cifar10-latent.yaml) at equal minutes, on zoo:cifar10's own autoencoder (the table
+# of BENCHMARKS.md 4):
+#   LATENT_AE=zoo:cifar10 EGC_FLAGS="--set loss.clean_shift=4" CLASSIFIER_FLAGS="--set loss.clean_shift=4" \
 #     bash bench/compare_cifar10.sh 45 runs/compare-c10-45
 set -euo pipefail
 MIN=${1:-45}
@@ -38,26 +40,21 @@ mkdir -p "$OUT"
 JUDGE_ARGS=${JUDGE_ARGS:---epochs 10 --width 64 --max-shift 4 --pad reflect --hflip}
 # shellcheck disable=SC2086
 [ "${JUDGE#zoo:}" != "$JUDGE" ] || [ -f "$JUDGE" ] || $PY bench/train_feature_classifier.py --data cifar10 --name cifarcnn --threads 2 $JUDGE_ARGS --out "$JUDGE" > "$OUT/judge.json"
-# A table longer than a session: a training killed with its session (no OUT/KIND.train.json yet, which the
-# trainer writes only when it finishes) resumes from its last checkpoint to the same budget (the run's own
-# clock: the minutes lost since that checkpoint are trained again); a finished one is skipped.
+# A table longer than a session: rerunning the command resumes a training killed with its session and
+# skips finished trainings and evaluations (bench/train_or_resume.sh).
+# shellcheck source=bench/train_or_resume.sh
+source "$(dirname "${BASH_SOURCE[0]}")/train_or_resume.sh"
 for kind in egc classifier ddpm; do
-  if [ -s "$OUT/$kind.train.json" ]; then
-    continue
-  elif [ -d "$OUT/$kind/checkpoints" ]; then
-    $EGC train --out "$OUT/$kind" --resume --quiet > "$OUT/$kind.train.json"
-  else
-    case $kind in
-      egc) extra="${EGC_FLAGS:-}" ;;
-      classifier) extra="${CLASSIFIER_FLAGS:-}" ;;
-      ddpm) extra="--set model.conditioning=embedding ${DDPM_FLAGS:-}" ;;
-    esac
-    if [ -n "${LATENT_AE:-}" ] && [ "$kind" != classifier ]; then
-      extra="$extra --set model.autoencoder=$LATENT_AE --set model.patch=1"
-    fi
-    # shellcheck disable=SC2086
-    $EGC train --config configs/cifar10.yaml --model "$kind" $extra --out "$OUT/$kind" --minutes "$MIN" --quiet > "$OUT/$kind.train.json"
+  case $kind in
+    egc) extra="${EGC_FLAGS:-}" ;;
+    classifier) extra="${CLASSIFIER_FLAGS:-}" ;;
+    ddpm) extra="--set model.conditioning=embedding ${DDPM_FLAGS:-}" ;;
+  esac
+  if [ -n "${LATENT_AE:-}" ] && [ "$kind" != classifier ]; then
+    extra="$extra --set model.autoencoder=$LATENT_AE --set model.patch=1"
   fi
+  # shellcheck disable=SC2086
+  train_or_resume "$OUT" "$kind" --config configs/cifar10.yaml --model "$kind" $extra --minutes "$MIN"
 done
 for kind in egc classifier ddpm; do
   # shellcheck disable=SC2086

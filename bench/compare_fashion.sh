@@ -19,14 +19,15 @@ EVAL_FLAGS=${EVAL_FLAGS:---n-test 10000 --n-robust 200 --pgd-steps 20 --restarts
 mkdir -p "$OUT"
 # shellcheck disable=SC2086
 [ -f "$OUT/egc.json" ] || $EGC eval "$EGC_RUN" $EVAL_FLAGS --quiet --out-dir "$OUT/egc-eval" --json "$OUT/egc.json" > /dev/null
+# Rerunning the command resumes a training killed with its session and skips finished work.
+# shellcheck source=bench/train_or_resume.sh
+source "$(dirname "${BASH_SOURCE[0]}")/train_or_resume.sh"
 for kind in classifier ddpm; do
-  if [ ! -d "$OUT/$kind/checkpoints" ]; then
-    $EGC train --config configs/fashion-mnist.yaml --model "$kind" --out "$OUT/$kind" --minutes "$MIN" --quiet > "$OUT/$kind.train.json"
-  fi
+  train_or_resume "$OUT" "$kind" --config configs/fashion-mnist.yaml --model "$kind" --minutes "$MIN"
 done
 for kind in classifier ddpm; do
   # shellcheck disable=SC2086
-  $EGC eval "$OUT/$kind" $EVAL_FLAGS --quiet --out-dir "$OUT/$kind-eval" --json "$OUT/$kind.json" > /dev/null
+  [ -f "$OUT/$kind.json" ] || $EGC eval "$OUT/$kind" $EVAL_FLAGS --quiet --out-dir "$OUT/$kind-eval" --json "$OUT/$kind.json" > /dev/null
 done
 $EGC report "$OUT/egc.json" "$OUT/classifier.json" "$OUT/ddpm.json" --out "$OUT/report.html" --title "Fashion-MNIST: EGC vs. baselines"
 echo "$OUT/report.html"

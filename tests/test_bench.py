@@ -446,10 +446,8 @@ def test_ae_floor_judges_real_images_and_their_reconstructions(tmp_path):
     assert rec["psnr_db"] == pytest.approx(10 * torch.log10(torch.tensor(4.0 / rec["mse_minus1_1"])).item(), rel=1e-5)
 
 
-def test_compare_cifar10_resumes_a_killed_training_and_skips_finished_work(tmp_path):
-    """The 45-minute table spans sessions: a model whose training was killed (checkpoints, an empty
-    KIND.train.json) is resumed, never evaluated half-trained; a finished one is neither retrained nor
-    re-evaluated. The trainer is a stand-in that logs its arguments (the real ones are tested elsewhere)."""
+def _stand_in_egc(tmp_path: Path) -> tuple[Path, Path]:
+    """An `egc` that logs its arguments to calls.txt: train makes OUT/checkpoints, eval writes its --json."""
     calls = tmp_path / "calls.txt"
     fake = tmp_path / "egc"
     fake.write_text(
@@ -460,6 +458,14 @@ def test_compare_cifar10_resumes_a_killed_training_and_skips_finished_work(tmp_p
         '  eval) while [ $# -gt 0 ]; do [ "$1" = --json ] && echo "{}" > "$2"; shift; done ;;\n'
         'esac\n')
     fake.chmod(0o755)
+    return fake, calls
+
+
+def test_compare_cifar10_resumes_a_killed_training_and_skips_finished_work(tmp_path):
+    """The 45-minute table spans sessions: a model whose training was killed (checkpoints, an empty
+    KIND.train.json) is resumed, never evaluated half-trained; a finished one is neither retrained nor
+    re-evaluated. The trainer is a stand-in that logs its arguments (the real ones are tested elsewhere)."""
+    fake, calls = _stand_in_egc(tmp_path)
     out = tmp_path / "t"
     (out / "egc" / "checkpoints").mkdir(parents=True)
     (out / "egc.train.json").write_text("")  # killed with its session
@@ -472,6 +478,24 @@ def test_compare_cifar10_resumes_a_killed_training_and_skips_finished_work(tmp_p
     log = calls.read_text().splitlines()
     assert log[0] == f"train --out {out}/egc --resume --quiet"
     assert log[1].startswith("train --config configs/cifar10.yaml --model ddpm --set model.conditioning=embedding")
-    assert "--set model.autoencoder=runs/ae --set model.patch=1" in log[1] and log[1].endswith("--minutes 45 --quiet")
+    assert "--set model.autoencoder=runs/ae --set model.patch=1 --minutes 45" in log[1]
+    assert log[1].endswith(f"--out {out}/ddpm --quiet")
     evals = [c.split()[1] for c in log if c.startswith("eval")]
     assert evals == [f"{out}/egc", f"{out}/ddpm"] and log[-1].startswith("report")
+
+
+def test_compare_fashion_shares_the_resume_rule(tmp_path):
+    """compare_fashion.sh: same rule through bench/train_or_resume.sh (it used to evaluate any run with
+    checkpoints, a killed one included)."""
+    fake, calls = _stand_in_egc(tmp_path)
+    out = tmp_path / "f"
+    (out / "classifier" / "checkpoints").mkdir(parents=True)
+    (out / "classifier.train.json").write_text("")  # killed with its session
+    (out / "egc.json").write_text("{}")  # the EGC run's evaluation is done
+    r = subprocess.run(["bash", str(ROOT / "bench" / "compare_fashion.sh"), "runs/egc", "30", str(out)], capture_output=True, text=True,
+                       env={**ENV, "EGC": str(fake)}, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    log = calls.read_text().splitlines()
+    assert log[0] == f"train --out {out}/classifier --resume --quiet"
+    assert log[1] == f"train --config configs/fashion-mnist.yaml --model ddpm --minutes 30 --out {out}/ddpm --quiet"
+    assert [c.split()[1] for c in log if c.startswith("eval")] == [f"{out}/classifier", f"{out}/ddpm"]

@@ -171,11 +171,29 @@ def test_resume_latent_run(runs, tmp_path):
     assert EGC.load(run, "fp32").sample(2, steps=2)[0].shape == (2, 1, 8, 8)
 
 
+def test_a_latent_model_lends_its_embedded_autoencoder(runs, tmp_path):
+    """model.autoencoder may name a latent model (its autoencoder's own run folder may be gone): the new
+    run gets the same frozen weights and measures its own latent scale."""
+    lent = load_autoencoder(runs["latent"])
+    assert lent.scale == 1.0 and lent.latent_shape == (2, 4, 4)
+    run = tmp_path / "ddpm"
+    assert _train(["--model", "ddpm", "--out", str(run), "--data", f"npz:{runs['npz']}", "--steps", "1"],
+                  TINY + [f"model.autoencoder={runs['latent']}"]) == 0
+    new, old = load_checkpoint(run), load_checkpoint(runs["latent"])
+    assert new.group("ae").keys() == old.group("ae").keys()
+    assert all(torch.equal(new.group("ae")[k], v) for k, v in old.group("ae").items())
+    assert new.config.model.latent_scale == pytest.approx(old.config.model.latent_scale, rel=1e-5)
+    # The shipped latent model lends its 8x8x8 autoencoder the same way (no file other than the package's).
+    assert load_autoencoder("zoo:cifar10").latent_shape == (8, 8, 8)
+
+
 def test_bad_autoencoder_errors(runs, tmp_path, capsys):
     npz = runs["npz"]
+    pixel = tmp_path / "pixel"
+    assert _train(["--model", "classifier", "--out", str(pixel), "--data", f"npz:{npz}", "--steps", "1"], TINY) == 0
     cases = [
         (f"model.autoencoder={tmp_path / 'nope'}", npz, "model.autoencoder: checkpoint not found"),
-        (f"model.autoencoder={runs['latent']}", npz, "not an autoencoder"),
+        (f"model.autoencoder={pixel}", npz, "on pixels, not an autoencoder"),
         (f"model.autoencoder={runs['ae']}", make_npz(tmp_path / "big.npz", size=16), "has 1x16x16 images (CxHxW) but the autoencoder"),
     ]
     for i, (setting, data, msg) in enumerate(cases):

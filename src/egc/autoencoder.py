@@ -98,17 +98,25 @@ def _build(cfg: AutoencoderConfig, weights: dict[str, torch.Tensor], path: Path 
 
 
 def load_autoencoder(spec: str | Path) -> Autoencoder:
-    """A trained autoencoder from its checkpoint file or run folder (EMA weights when present).
+    """A trained autoencoder from its checkpoint file or run folder (EMA weights when present), or the
+    autoencoder embedded in a latent model's checkpoint (e.g. ``zoo:cifar10``).
 
     Anything else (a missing path, a foreign file, an EGC or baseline checkpoint) is one EgcError line."""
     try:
         ck = load_checkpoint(spec)
     except CheckpointError as e:
         raise CheckpointError(f"model.autoencoder: {e}") from None
-    if ck.config.model.kind != AUTOENCODER:
-        raise CheckpointError(f"model.autoencoder: {ck.path} is a model.kind '{ck.config.model.kind}' checkpoint, not an autoencoder "
-                              "(train one with: egc train --model autoencoder)")
-    return Autoencoder(_build(ck.config.model.ae, ck.inference_weights(), ck.path, "autoencoder"))
+    if ck.config.model.kind == AUTOENCODER:
+        return Autoencoder(_build(ck.config.model.ae, ck.inference_weights(), ck.path, "autoencoder"))
+    if ck.config.model.latent:
+        # A latent model carries its frozen autoencoder: a new run can share it (same latents, so
+        # runs compare at equal autoencoder) even when the autoencoder's own run folder is gone.
+        # The scale is left to the new run, which measures its own (unit-variance latents).
+        ae = embedded_autoencoder(ck)
+        ae.scale = 1.0
+        return ae
+    raise CheckpointError(f"model.autoencoder: {ck.path} is a model.kind '{ck.config.model.kind}' checkpoint on pixels, not an autoencoder "
+                          "(train one with: egc train --model autoencoder, or name a latent model to share its autoencoder)")
 
 
 def embedded_autoencoder(ck: Checkpoint) -> Autoencoder:

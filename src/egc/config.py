@@ -112,7 +112,8 @@ class ModelConfig:
     supervised: bool = True
     clusters: int = 0
     # Latent runs (kinds egc/classifier/ddpm): a trained autoencoder (checkpoint file or run folder of
-    # ``egc train --model autoencoder``). Images are encoded (posterior mean) and multiplied by
+    # ``egc train --model autoencoder``, or a latent model such as zoo:cifar10, whose embedded
+    # autoencoder is shared). Images are encoded (posterior mean) and multiplied by
     # latent_scale (0 = measure 1/std of the latents when a new run starts; then recorded here).
     # in_channels/image_size are then the latent shape; model.ae holds the autoencoder's architecture.
     autoencoder: str | None = None
