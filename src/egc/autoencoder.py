@@ -101,7 +101,7 @@ def load_autoencoder(spec: str | Path) -> Autoencoder:
     """A trained autoencoder from its checkpoint file or run folder (EMA weights when present), or the
     autoencoder embedded in a latent model's checkpoint (e.g. ``zoo:cifar10``).
 
-    Anything else (a missing path, a foreign file, an EGC or baseline checkpoint) is one EgcError line."""
+    Anything else (a missing path, a foreign file, a checkpoint on pixels) is one EgcError line."""
     try:
         ck = load_checkpoint(spec)
     except CheckpointError as e:
