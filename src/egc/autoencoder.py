@@ -112,7 +112,10 @@ def load_autoencoder(spec: str | Path) -> Autoencoder:
         # A latent model carries its frozen autoencoder: a new run can share it (same latents, so
         # runs compare at equal autoencoder) even when the autoencoder's own run folder is gone.
         # The scale is left to the new run, which measures its own (unit-variance latents).
-        ae = embedded_autoencoder(ck)
+        try:
+            ae = embedded_autoencoder(ck)
+        except CheckpointError as e:
+            raise CheckpointError(f"model.autoencoder: {e}") from None
         ae.scale = 1.0
         return ae
     raise CheckpointError(f"model.autoencoder: {ck.path} is a model.kind '{ck.config.model.kind}' checkpoint on pixels, not an autoencoder "
