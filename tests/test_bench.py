@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from egc.cli import main
+from egc.config import load_config
 
 from .conftest import TINY_AE, make_npz, tiny_train_argv
 
@@ -499,3 +500,34 @@ def test_compare_fashion_shares_the_resume_rule(tmp_path):
     assert log[0] == f"train --out {out}/classifier --resume --quiet"
     assert log[1] == f"train --config configs/fashion-mnist.yaml --model ddpm --minutes 30 --out {out}/ddpm --quiet"
     assert [c.split()[1] for c in log if c.startswith("eval")] == [f"{out}/classifier", f"{out}/ddpm"]
+
+
+def test_cifar10_arch_trials_train_each_variant_in_zoo_form_with_a_valid_config(tmp_path):
+    """bench/cifar10_arch_trials.sh: every variant is trained in zoo:cifar10's form plus its own change,
+    each into its own folder, and every variant's settings make a valid config (the stand-in trainer and
+    python log their arguments; the real ones are tested elsewhere). An unknown variant is one line."""
+    fake, calls = _stand_in_egc(tmp_path)
+    py = tmp_path / "python"
+    py.write_text("#!/usr/bin/env bash\n"
+                  f'echo "py $*" >> {calls}\n'
+                  'case "$*" in *--pick*) echo ddim:20:1:0:1 ;; esac\n')
+    py.chmod(0o755)
+    out = tmp_path / "a"
+    script = str(ROOT / "bench" / "cifar10_arch_trials.sh")
+    r = subprocess.run(["bash", script, "3", str(out)], capture_output=True, text=True,
+                       env={**ENV, "BIN": str(tmp_path)}, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    trains = [c.split() for c in calls.read_text().splitlines() if c.startswith("train")]
+    variants = ["base", "lr2e-3", "ch64", "res1", "mult122"]
+    assert [t[t.index("--out") + 1] for t in trains] == [f"{out}/{v}/egc-joint" for v in variants]
+    nets = []
+    for t in trains:
+        assert t[t.index("--config") + 1] == "configs/cifar10.yaml" and t[t.index("--minutes") + 1] == "3"
+        sets = [t[i + 1] for i, a in enumerate(t) if a == "--set"]
+        assert {"model.autoencoder=zoo:cifar10", "model.patch=1", "loss.clean_shift=4"} <= set(sets)
+        cfg = load_config(ROOT / "configs" / "cifar10.yaml", [s for s in sets if not s.startswith("model.autoencoder")])
+        nets.append((cfg.model.channels, cfg.model.num_res_blocks, tuple(cfg.model.channel_mult), cfg.train.lr))
+    assert nets == [(48, 2, (1, 2), 1e-3), (48, 2, (1, 2), 2e-3), (64, 2, (1, 2), 1e-3), (48, 1, (1, 2), 1e-3), (48, 2, (1, 2, 2), 1e-3)]
+    bad = subprocess.run(["bash", script, "3", str(out), "huge"], capture_output=True, text=True,
+                         env={**ENV, "BIN": str(tmp_path)}, cwd=ROOT, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("cifar10_arch_trials.sh: unknown variant 'huge'")
