@@ -12,6 +12,7 @@
 #   ch64      64 channels instead of 48 (about 1.8x the weights)
 #   res1      one res block per level instead of two (fewer weights, more steps in the same minutes)
 #   mult122   a third level (1, 2, 2): 8x8, 4x4, 2x2
+#   A+B       two changes at once, e.g. res1+lr2e-3
 #
 #   bash bench/cifar10_arch_trials.sh [MINUTES] [OUT] [VARIANT ...]    (default 15, runs/c10-arch, all five)
 #   then: for v in OUT/*/; do python bench/gen_table.py $v; done
@@ -22,15 +23,21 @@ shift $(( $# < 2 ? $# : 2 ))
 VARIANTS=${*:-base lr2e-3 ch64 res1 mult122}
 export CONFIG=configs/cifar10.yaml N_SWEEP=${N_SWEEP:-200} N_FINAL=${N_FINAL:-500}
 FORM="--set model.autoencoder=zoo:cifar10 --set model.patch=1 --set loss.clean_shift=4"
-for v in $VARIANTS; do
-  case $v in
-    base) extra="" ;;
-    lr2e-3) extra="--set train.lr=0.002" ;;
-    ch64) extra="--set model.channels=64" ;;
-    res1) extra="--set model.num_res_blocks=1" ;;
-    mult122) extra="--set model.channel_mult=[1,2,2]" ;;
-    *) echo "cifar10_arch_trials.sh: unknown variant '$v' (base lr2e-3 ch64 res1 mult122)" >&2; exit 2 ;;
+flags() {
+  case $1 in
+    base) echo "" ;;
+    lr2e-3) echo "--set train.lr=0.002" ;;
+    ch64) echo "--set model.channels=64" ;;
+    res1) echo "--set model.num_res_blocks=1" ;;
+    mult122) echo "--set model.channel_mult=[1,2,2]" ;;
+    *) echo "cifar10_arch_trials.sh: unknown variant '$1' (base lr2e-3 ch64 res1 mult122, or several joined by +)" >&2; return 2 ;;
   esac
+}
+for v in $VARIANTS; do
+  extra=""
+  for part in ${v//+/ }; do
+    extra="$extra $(flags "$part")" || exit 2
+  done
   echo "$(date +%T) variant $v ($MIN min)" >&2
   EGC_FLAGS="$FORM $extra" bash "$(dirname "${BASH_SOURCE[0]}")/compare_generation.sh" "$MIN" "$OUT/$v" egc-joint
 done

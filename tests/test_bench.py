@@ -528,6 +528,12 @@ def test_cifar10_arch_trials_train_each_variant_in_zoo_form_with_a_valid_config(
         cfg = load_config(ROOT / "configs" / "cifar10.yaml", [s for s in sets if not s.startswith("model.autoencoder")])
         nets.append((cfg.model.channels, cfg.model.num_res_blocks, tuple(cfg.model.channel_mult), cfg.train.lr))
     assert nets == [(48, 2, (1, 2), 1e-3), (48, 2, (1, 2), 2e-3), (64, 2, (1, 2), 1e-3), (48, 1, (1, 2), 1e-3), (48, 2, (1, 2, 2), 1e-3)]
-    bad = subprocess.run(["bash", script, "3", str(out), "huge"], capture_output=True, text=True,
+    # two changes at once
+    r = subprocess.run(["bash", script, "3", str(out), "res1+lr2e-3"], capture_output=True, text=True,
+                       env={**ENV, "BIN": str(tmp_path)}, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    last = [c for c in calls.read_text().splitlines() if c.startswith("train")][-1]
+    assert f"--out {out}/res1+lr2e-3/egc-joint" in last and "--set model.num_res_blocks=1 --set train.lr=0.002" in last
+    bad = subprocess.run(["bash", script, "3", str(out), "res1+huge"], capture_output=True, text=True,
                          env={**ENV, "BIN": str(tmp_path)}, cwd=ROOT, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("cifar10_arch_trials.sh: unknown variant 'huge'")
