@@ -10,6 +10,7 @@
 #             attention at 4x4, peak learning rate 1e-3 (what zoo:cifar10 is)
 #   lr2e-3    the same network, peak learning rate 2e-3
 #   ch64      64 channels instead of 48 (about 1.8x the weights)
+#   ch32      32 channels (about 0.45x the weights)
 #   res1      one res block per level instead of two (fewer weights, more steps in the same minutes)
 #   mult122   a third level (1, 2, 2): 8x8, 4x4, 2x2
 #   A+B       two changes at once, e.g. res1+lr2e-3
@@ -28,9 +29,10 @@ flags() {
     base) echo "" ;;
     lr2e-3) echo "--set train.lr=0.002" ;;
     ch64) echo "--set model.channels=64" ;;
+    ch32) echo "--set model.channels=32" ;;
     res1) echo "--set model.num_res_blocks=1" ;;
     mult122) echo "--set model.channel_mult=[1,2,2]" ;;
-    *) echo "cifar10_arch_trials.sh: unknown variant '$1' (base lr2e-3 ch64 res1 mult122, or several joined by +)" >&2; return 2 ;;
+    *) echo "cifar10_arch_trials.sh: unknown variant '$1' (base lr2e-3 ch64 ch32 res1 mult122, or several joined by +)" >&2; return 2 ;;
   esac
 }
 for v in $VARIANTS; do
