@@ -15,7 +15,7 @@
 #   mult122   a third level (1, 2, 2): 8x8, 4x4, 2x2
 #   A+B       two changes at once, e.g. res1+lr2e-3
 #
-#   bash bench/cifar10_arch_trials.sh [MINUTES] [OUT] [VARIANT ...]    (default 15, runs/c10-arch, all five)
+#   bash bench/cifar10_arch_trials.sh [MINUTES] [OUT] [VARIANT ...]    (default 15, runs/c10-arch, all but ch32)
 #   then: for v in OUT/*/; do python bench/gen_table.py $v; done
 set -euo pipefail
 MIN=${1:-15}
