@@ -101,24 +101,26 @@ def load_autoencoder(spec: str | Path) -> Autoencoder:
     """A trained autoencoder from its checkpoint file or run folder (EMA weights when present), or the
     autoencoder embedded in a latent model's checkpoint (e.g. ``zoo:cifar10``).
 
-    Anything else (a missing path, a foreign file, a checkpoint on pixels) is one EgcError line."""
+    Anything else (a missing path, a foreign file, weights that do not fit, a checkpoint on pixels) is
+    one EgcError line, prefixed with the setting that named it."""
     try:
-        ck = load_checkpoint(spec)
+        return _load_autoencoder(spec)
     except CheckpointError as e:
         raise CheckpointError(f"model.autoencoder: {e}") from None
+
+
+def _load_autoencoder(spec: str | Path) -> Autoencoder:
+    ck = load_checkpoint(spec)
     if ck.config.model.kind == AUTOENCODER:
         return Autoencoder(_build(ck.config.model.ae, ck.inference_weights(), ck.path, "autoencoder"))
     if ck.config.model.latent:
         # A latent model carries its frozen autoencoder: a new run can share it (same latents, so
         # runs compare at equal autoencoder) even when the autoencoder's own run folder is gone.
         # The scale is left to the new run, which measures its own (unit-variance latents).
-        try:
-            ae = embedded_autoencoder(ck)
-        except CheckpointError as e:
-            raise CheckpointError(f"model.autoencoder: {e}") from None
+        ae = embedded_autoencoder(ck)
         ae.scale = 1.0
         return ae
-    raise CheckpointError(f"model.autoencoder: {ck.path} is a model.kind '{ck.config.model.kind}' checkpoint on pixels, not an autoencoder "
+    raise CheckpointError(f"{ck.path} is a model.kind '{ck.config.model.kind}' checkpoint on pixels, not an autoencoder "
                           "(train one with: egc train --model autoencoder, or name a latent model to share its autoencoder)")
 
 
