@@ -133,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pad", choices=("black", "reflect"), default="black", help="fill of the shifted-in border")
     ap.add_argument("--name", default=None, help="judge name for metric keys (default: from --data)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training images (smoke test)")
+    ap.add_argument("--noise-sigma", type=float, default=0.0,
+                    help="Gaussian noise augmentation: std on the [0, 1] pixel scale, added to every training image "
+                         "(0 = none; a noise-trained classifier for CaG and randomized smoothing)")
+    ap.add_argument("--role", default="independent judge; never used for EGC training or sampling",
+                    help="what the network is for (kept in its metadata)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -164,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.hflip:
                 flip = torch.rand(xb.shape[0], generator=gen) < 0.5
                 xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+            if args.noise_sigma > 0:  # sigma on [0, 1] pixels is 2 sigma on the network's [-1, 1] scale
+                xb = xb + 2 * args.noise_sigma * torch.randn(xb.shape, generator=gen)
             loss = F.cross_entropy(net(xb), y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -187,11 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         "class_names": class_names,
         "image_shape": list(x_train.shape[1:]),  # [C, H, W] it was trained on
         "epochs": args.epochs,
-        "augmentation": {"max_shift": args.max_shift, "pad": args.pad, "hflip": args.hflip},
+        "augmentation": {"max_shift": args.max_shift, "pad": args.pad, "hflip": args.hflip, "noise_sigma": args.noise_sigma},
         "seed": args.seed,
         "train_seconds": round(seconds, 1),
         "train_images": n,
-        "role": "independent judge; never used for EGC training or sampling",
+        "role": args.role,
     }
     save_feature_net(net, args.out, meta)
     print(

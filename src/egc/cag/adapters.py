@@ -12,6 +12,8 @@ adapter does its own input normalisation, so the generator never needs to know i
 - ``package.module:callable``: the callable, called with no arguments, returns an ``nn.Module``
   that takes images in [0, 1]; optional attributes ``class_names``, ``input_size``, ``channels``.
 - ``path/to/model.pt``: a TorchScript file (``torch.jit.load``), same conventions.
+- ``path/to/cnn.safetensors``: a small CNN classifier saved by ``bench/train_feature_classifier.py``
+  (plain or trained with Gaussian noise augmentation, ``--noise-sigma``).
 
 Features (the embedding h of the diversity and distribution losses): the input of the network's
 last ``nn.Linear`` (its penultimate embedding) when there is one; the UNet's middle activations,
@@ -72,6 +74,18 @@ class Classifier(Protocol):
     preferred_size: int
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def noisy_logits_and_features(clf: Any, x: torch.Tensor, sigma: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, features) of x [B, C, H, W] in [0, 1] seen through Gaussian noise of std ``sigma`` (on
+    [0, 1] pixels; 0 = clean). A classifier with ``forward_noisy`` (an EGC head: its own noisy timestep)
+    noises as it was trained; any other sees x + sigma * N(0, I). Noise is drawn from ``gen``."""
+    if sigma <= 0:
+        return logits_and_features(clf, x)
+    fwn = getattr(clf, "forward_noisy", None)
+    if fwn is not None:
+        return fwn(x, sigma, gen)
+    return logits_and_features(clf, x + sigma * torch.randn(x.shape, generator=gen).to(x.device, x.dtype))
 
 
 def logits_and_features(clf: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,6 +242,35 @@ class EGCClassifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_features(x)[1]
 
+    def timestep_for(self, sigma: float) -> int:
+        """The timestep t whose noise-to-signal ratio sqrt((1 - abar_t) / abar_t) is closest to
+        2 * sigma (sigma on [0, 1] pixels is 2 sigma on the model's [-1, 1] scale; for a latent model the
+        same number is read on its unit-scaled latents)."""
+        ac = self.model.schedule.alphas_cumprod
+        ratio = ((1 - ac) / ac).sqrt()
+        return int((ratio - 2 * float(sigma)).abs().argmin())
+
+    def forward_noisy(self, x: torch.Tensor, sigma: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, features) of the noisy head: x [B, C, S, S] in [0, 1] is noised as the diffusion does,
+        x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps on the model's scale (latents for a latent model),
+        eps drawn from ``gen``, and classified at t = :meth:`timestep_for` (sigma). EGC's head was trained
+        on exactly these inputs, so its input gradient there is that of a noise-robust classifier."""
+        from ..diffusion.energy import classify
+
+        check_images(self, x)
+        self._mid = None
+        tt = self.timestep_for(sigma)
+        z = x * 2 - 1
+        if self.autoencoder is not None:
+            z = self.autoencoder.encode_differentiable(z)
+        abar = float(self.model.schedule.alphas_cumprod[tt])
+        eps = torch.randn(z.shape, generator=gen).to(z.device, z.dtype)
+        zt = abar ** 0.5 * z + (1 - abar) ** 0.5 * eps
+        t = torch.full((x.shape[0],), tt, dtype=torch.long, device=x.device)
+        logits = classify(self.net, self.model.config.model, zt, t)
+        feats = self._mid.float().mean(dim=(2, 3)) if self._feature_kind == "mid" and self._mid is not None else logits
+        return logits, feats
+
 
 # ---- class names -------------------------------------------------------------------------------
 def imagenet_class_names() -> list[str]:
@@ -372,6 +415,22 @@ def load_callable(spec: str) -> ModuleClassifier:
     return wrap_module(net, name=spec)
 
 
+def load_feature_cnn(path: str | Path) -> ModuleClassifier:
+    """A small CNN saved by ``bench/train_feature_classifier.py`` (egc.eval.features format), taking
+    [0, 1] images; its class names and training size come from the file's metadata."""
+    from ..errors import CheckpointError
+    from ..eval.features import load_feature_net
+
+    try:
+        net, meta = load_feature_net(path)
+    except CheckpointError as e:
+        raise EgcError(str(e)) from None
+    names = meta.get("class_names") or [str(i) for i in range(net.num_classes)]
+    shape = meta.get("image_shape") or [net.in_ch, 32, 32]
+    return ModuleClassifier(net, name=str(meta.get("name") or Path(path).stem), class_names=[str(n) for n in names],
+                            channels=net.in_ch, input_size=int(shape[-1]), mean=(0.5,) * net.in_ch, std=(0.5,) * net.in_ch)
+
+
 def load_classifier(name: str, *, prompts: list[str] | None = None, norm: str = "tf", egc_features: str = "mid") -> nn.Module:
     """A :class:`Classifier` from its name (see the module docstring for the forms).
 
@@ -394,9 +453,11 @@ def load_classifier(name: str, *, prompts: list[str] | None = None, norm: str = 
             raise EgcError(f"classifier {s} is a text-image model: give the prompt as the target")
         return load_text_classifier(s, prompts)
     p = Path(s)
+    if p.suffix.lower() == ".safetensors":
+        return load_feature_cnn(p)
     if p.suffix.lower() in TORCHSCRIPT_SUFFIXES:
         return load_torchscript(p)
     if _IMPORT_SPEC.match(s):
         return load_callable(s)
     raise EgcError(f"unknown classifier '{s}' (use efficientnet-lite0|1|2, egc:SPEC, zoo:NAME, clip:ARCH:WEIGHTS, "
-                   "package.module:callable or a TorchScript .pt file)")
+                   "package.module:callable, a TorchScript .pt file or a CNN .safetensors file)")

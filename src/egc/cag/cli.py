@@ -87,6 +87,14 @@ def add_cag_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--jitter", type=int, help="largest random shift in pixels per step (0 = off)")
     p.add_argument("--zoom", type=_nonneg_float, help="random zoom per image and step, e.g. 0.15 = 0.85x..1.15x (0 = off)")
     p.add_argument("--rotate", type=_nonneg_float, help="random rotation per image and step, largest angle in degrees (0 = off)")
+    p.add_argument("--noise", type=_nonneg_float, help="std of fresh Gaussian noise on the classifier's input at the first step "
+                   "([0, 1] pixels; an EGC head sees it at its own matching timestep), annealed to --noise-end (0 = off)")
+    p.add_argument("--noise-end", type=_nonneg_float, help="input-noise std at the last step (default 0)")
+    p.add_argument("--stats-from", metavar="DATA", help="a data set with the classifier's classes (fashion-mnist, cifar10, folder:DIR, ...): "
+                   "per-class feature statistics for the distribution loss and a per-class pixel Gaussian for --init data")
+    p.add_argument("--stats-per-class", type=_pos_int, default=500, help="training images per class measured by --stats-from (default 500)")
+    p.add_argument("--init", choices=("random", "data"), help="start from mid-grey noise (random) or from a draw of the class's "
+                   "pixel Gaussian (data; needs --stats-from)")
     p.add_argument("--no-mask", action="store_true", help="switch off the random masks")
     p.add_argument("--no-progressive", action="store_true", help="optimise at the final size only (same total steps)")
     p.add_argument("--no-div", action="store_true", help="switch off the diversity loss")
@@ -112,7 +120,7 @@ def _config(a: argparse.Namespace, size: int) -> Any:
                       (a.mask_ratio, "mask_ratio"), (a.mask_fill, "mask_fill"), (a.div_weight, "div_weight"),
                       (a.bn_weight, "bn_weight"), (a.tv_weight, "tv_weight"), (a.jitter, "jitter"),
                       (a.zoom, "scale"), (a.rotate, "rotate"), (a.view_size, "view_size"), (a.param, "param"),
-                      (a.precision, "precision")):
+                      (a.precision, "precision"), (a.noise, "noise"), (a.noise_end, "noise_end"), (a.init, "init")):
         if flag is not None:
             over[key] = flag
     cfg = CaGConfig(**{**cfg.to_dict(), **over})
@@ -155,8 +163,22 @@ def cmd_cag(a: argparse.Namespace) -> int:
     cfg = _config(a, size)
     # Unless --view-size says otherwise, an ImageNet network sees a 128 x 128 image at its own 224.
     cfg = replace(cfg, view_size=default_view(clf, size, a.view_size))
+    real_stats, prior = None, None
+    if a.stats_from:
+        if is_text:
+            raise EgcError("--stats-from needs a classifier with classes, not a text prompt")
+        from .stats import PixelPrior, check_classes, class_feature_stats, load_class_images
+
+        sx, sy, names = load_class_images(a.stats_from, a.stats_per_class, a.seed)
+        check_classes(clf, names, a.stats_from)
+        if tuple(sx.shape[-2:]) != (size, size) and cfg.init == "data":
+            raise EgcError(f"--stats-from {a.stats_from} has {sx.shape[-1]}x{sx.shape[-2]} images; --init data needs --size {sx.shape[-1]}")
+        real_stats = class_feature_stats(clf, sx, sy, view=cfg.view)[target]
+        prior = PixelPrior.fit(sx, sy) if cfg.init == "data" else None
+    elif cfg.init == "data":
+        raise EgcError("--init data needs --stats-from DATA (the images the class Gaussian is fitted to)")
     t0 = time.perf_counter()
-    imgs = generate(clf, target, a.n, cfg, progress=not a.quiet).cpu()  # [n, C, S, S] in [0, 1]
+    imgs = generate(clf, target, a.n, cfg, real_stats=real_stats, progress=not a.quiet, prior=prior).cpu()  # [n, C, S, S] in [0, 1]
     seconds = time.perf_counter() - t0
     with torch.no_grad():
         probs = torch.softmax(clf(resize(imgs, cfg.view)).float(), dim=1)  # the generating classifier's own view, clean images

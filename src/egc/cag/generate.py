@@ -41,11 +41,11 @@ from tqdm import tqdm
 
 from ..diffusion.energy import input_grad
 from ..errors import ConfigError, EgcError
-from .adapters import logits_and_features
+from .adapters import noisy_logits_and_features
 from .losses import CLASS_LOSSES, BNStatsRecorder, batchnorm_layers, class_loss, distribution_loss, diversity_loss, total_variation
 from .masks import MASK_FAMILIES, MASK_FILLS, apply_mask, random_mask
 from .param import PARAMS, init_param, param_image, upsample
-from .schedule import apply_affine, random_affine, resize, resolution_schedule
+from .schedule import apply_affine, random_affine, resize, resolution_schedule, to_param
 
 #: The parts that can be switched off one at a time (the ablation in bench/cag.py).
 PARTS: tuple[str, ...] = ("mask", "progressive", "div", "dist", "jitter", "tv", "fourier")
@@ -54,6 +54,9 @@ OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 FOURIER_MIN_SIZE = 64
 #: What ``CaGConfig.precision`` accepts (no "auto", unlike egc.config.PRECISIONS: bf16 measured slower for CaG here).
 CAG_PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+#: Where the images start: near mid-grey with seeded noise, or drawn from a per-class Gaussian of real
+#: images (egc.cag.stats.PixelPrior, Santurkar et al. 2019's seed; needs a prior).
+INITS: tuple[str, ...] = ("random", "data")
 #: What ``CaGConfig.param`` accepts: a parameterisation, or "auto" (see CaGConfig.parameterisation).
 PARAM_CHOICES: tuple[str, ...] = ("auto", *PARAMS)
 
@@ -78,6 +81,11 @@ class CaGConfig:
     ``view_size`` is the size the classifier sees the (jittered) image at, None = ``size``: a 128 x 128
     image shown to an ImageNet network at its native 224 keeps objects at the scale its filters and
     batch-norm statistics know, and the upsampling leaves no room for pixel-level adversarial patterns.
+    ``noise`` is the std (on [0, 1] pixels) of fresh Gaussian noise on the classifier's input at the
+    first step, annealed linearly to ``noise_end`` at the last: the gradient is then that of the
+    classifier smoothed over the noise, which cannot follow pixel-level adversarial patterns (an EGC
+    head sees the noise at its own matching timestep, as it was trained). ``init`` "data" starts each
+    image from a per-class Gaussian of real images (``prior`` of :func:`generate`).
     """
 
     size: int = 128
@@ -108,6 +116,9 @@ class CaGConfig:
     precision: str = "fp32"  # "bf16": the classifier's forward and backward under bf16 autocast
     seed: int = 0
     batch: int = 8
+    noise: float = 0.0
+    noise_end: float = 0.0
+    init: str = "random"
 
     def validate(self) -> "CaGConfig":
         """Raise ConfigError (an EgcError) naming the bad field; returns self for chaining."""
@@ -134,6 +145,10 @@ class CaGConfig:
         need(self.fourier_decay >= 0, f"cag fourier_decay must be >= 0, got {self.fourier_decay}")
         need(self.view_size is None or self.view_size >= 8, f"cag view size must be >= 8, got {self.view_size}")
         need(self.precision in CAG_PRECISIONS, f"cag precision '{self.precision}' unknown (choose from {', '.join(CAG_PRECISIONS)})")
+        need(self.noise >= 0 and self.noise_end >= 0, f"cag noise must be >= 0, got {self.noise} -> {self.noise_end}")
+        need(self.init in INITS, f"cag init '{self.init}' unknown (choose from {', '.join(INITS)})")
+        need(self.init != "data" or self.parameterisation == "pixel",
+             f"cag init 'data' needs the pixel parameterisation (final size {self.size} picks {self.parameterisation}; set param pixel)")
         self.plan()  # stage / step errors
         return self
 
@@ -239,9 +254,16 @@ def _check_size(classifier: Any, cfg: CaGConfig) -> None:
         raise EgcError(f"classifier {classifier.name} takes {need}x{need} images; {what} does not fit")
 
 
+def noise_at(cfg: CaGConfig, k: int, total: int) -> float:
+    """The input-noise std at step k of ``total`` (linear from cfg.noise to cfg.noise_end)."""
+    if total <= 1:
+        return float(cfg.noise_end if cfg.noise == 0 else cfg.noise)
+    return float(cfg.noise + (cfg.noise_end - cfg.noise) * k / (total - 1))
+
+
 def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_stats: tuple[torch.Tensor, torch.Tensor] | None,
                     gen: torch.Generator, bar: tqdm, recorder: BNStatsRecorder | None, device: torch.device,
-                    on_step: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+                    on_step: Callable[[torch.Tensor], None] | None = None, prior: Any = None) -> torch.Tensor:
     """b images [b, C, S, S] in [0, 1] of class ``target`` (one batch of :func:`generate`)."""
     plan = cfg.plan()
     c, size_final, view = int(classifier.channels), cfg.size, cfg.view
@@ -249,7 +271,11 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
     # Start near mid-grey with a little seeded noise: the samples of a batch must differ, or the
     # diversity loss has no direction to push them in.
     param = cfg.parameterisation
-    z = init_param(param, b, c, plan[0][0], cfg.init_std, gen).to(device)
+    if cfg.init == "data":
+        z = to_param(resize(prior.sample(target, b, gen), plan[0][0])).to(device)  # [b, C, s, s]
+    else:
+        z = init_param(param, b, c, plan[0][0], cfg.init_std, gen).to(device)
+    total, k_step = sum(n for _, n in plan), 0
     for stage, (s, steps) in enumerate(plan):
         if stage > 0:
             z = upsample(param, z, s, cfg.upsample, cfg.fourier_decay)
@@ -263,6 +289,8 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
             mirror = cfg.flip and bool(torch.randint(0, 2, (1,), generator=gen))
             warp = random_affine(b, cfg.scale, cfg.rotate, gen) if (cfg.scale or cfg.rotate) else None
             mask = random_mask((b, c, view, view), cfg.mask_family, cfg.mask_ratio, gen, cfg.mask_patch) if cfg.mask else None
+            sigma = noise_at(cfg, k_step, total)
+            k_step += 1
 
             def objective(zz: torch.Tensor) -> torch.Tensor:
                 x = param_image(param, zz, cfg.fourier_decay)  # [b, C, s, s]
@@ -280,7 +308,7 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
                     recorder.reset()
                 # Only the classifier runs under autocast; the image, the losses and Adam stay fp32.
                 with torch.autocast(xs.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                    logits, feats = logits_and_features(classifier, xs)
+                    logits, feats = noisy_logits_and_features(classifier, xs, sigma, gen)
                 logits, feats = logits.float(), feats.float()
                 loss = class_loss(logits, target, kind)
                 terms["cls"] = loss.detach()
@@ -314,7 +342,7 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
 
 def generate(classifier: Any, target: int, n: int, cfg: CaGConfig | None = None,
              real_stats: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
-             callback: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
+             callback: Callable[[int, int, torch.Tensor], None] | None = None, prior: Any = None) -> torch.Tensor:
     """n images of class ``target`` from ``classifier`` (see :mod:`egc.cag.adapters`).
 
     Args:
@@ -330,6 +358,7 @@ def generate(classifier: Any, target: int, n: int, cfg: CaGConfig | None = None,
             (float [b, C, s, s] in [0, 1] on the CPU, s = the stage size); raising from it stops the run
             (cancellation) and the exception propagates. It draws no random numbers: the images are
             the same with or without it.
+        prior: an :class:`egc.cag.stats.PixelPrior` of real images; needed by ``cfg.init == "data"``.
     The classifier is used as it is (adapters put their networks in eval mode; a module in train
     mode would normalise with batch statistics and apply dropout).
     Returns:
@@ -341,6 +370,8 @@ def generate(classifier: Any, target: int, n: int, cfg: CaGConfig | None = None,
         raise EgcError(f"number of images must be >= 1, got {n}")
     _check_target(classifier, target)
     _check_size(classifier, cfg)
+    if cfg.init == "data" and prior is None:
+        raise EgcError("cag init 'data' needs a prior of real images (egc cag --stats-from DATA)")
     if real_stats is not None and (len(real_stats) != 2 or real_stats[0].dim() != 1 or real_stats[0].shape != real_stats[1].shape):
         raise EgcError("real_stats must be (mean [D], std [D]) of the classifier's features")
     try:
@@ -365,7 +396,7 @@ def generate(classifier: Any, target: int, n: int, cfg: CaGConfig | None = None,
         try:
             for i in range(0, n, cfg.batch):
                 b = min(cfg.batch, n - i)
-                out.append(_generate_batch(classifier, target, b, cfg, real_stats, gen, bar, recorder, device, on_step))
+                out.append(_generate_batch(classifier, target, b, cfg, real_stats, gen, bar, recorder, device, on_step, prior))
         finally:
             if recorder is not None:
                 recorder.__exit__(None, None, None)

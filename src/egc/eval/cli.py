@@ -70,6 +70,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .evaluate import run_eval
     from .inception import WEIGHTS_HINT
 
+    if (a.checkpoint is None) == (a.samples is None):
+        raise EgcError("egc eval takes a checkpoint or --samples FILE.npz (one of the two)")
+    if a.samples is not None:
+        return _eval_samples(a)
     if a.inception is not None and not Path(a.inception).is_file():  # before loading anything (run_eval checks the contents)
         raise EgcError(f"--inception {a.inception}: Inception weights file not found; {WEIGHTS_HINT}")
     if a.out_dir is None and a.json is None and Path(a.checkpoint).is_dir():
@@ -94,6 +98,47 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_samples(a: argparse.Namespace) -> int:
+    """``egc eval --samples FILE.npz --data NAME``: judge and naturalness metrics of a set of images."""
+    from egc.imageio import atomic_write_bytes, check_output_file
+
+    from .samples import load_samples_npz, score_samples
+
+    if not a.data:
+        raise EgcError("--samples needs --data NAME: the data set whose test images are the reference")
+    _positive("--n-test", a.n_test)
+    if a.json is not None:
+        check_output_file(a.json, "--json")
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    images, labels = load_samples_npz(a.samples)
+    doc = {"samples": str(a.samples), **score_samples(images, labels, a.data, data_root=a.data_root, judge=a.judge,
+                                                      n_ref=a.n_test, seed=a.seed, batch_size=a.batch_size or 250)}
+    doc["cpu"] = cpu_name()
+    text = json.dumps(doc, indent=2, allow_nan=True)
+    if a.json is not None:
+        atomic_write_bytes(Path(a.json), (text + "\n").encode())
+        print(f"wrote {a.json}", file=sys.stderr)
+    print(text)
+    return 0
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo ("unknown" elsewhere), recorded beside every figure."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
 def cmd_report(a: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -105,7 +150,10 @@ def cmd_report(a: argparse.Namespace) -> int:
 def add_eval_parsers(sub) -> None:
     """Add ``eval`` and ``report`` to the ``egc`` subparsers ``sub``."""
     e = sub.add_parser("eval", help="accuracy, calibration, noisy accuracy, adversarial robustness, OOD detection and sample quality of a checkpoint")
-    e.add_argument("checkpoint", help="checkpoint file, run folder, or zoo:NAME")
+    e.add_argument("checkpoint", nargs="?", help="checkpoint file, run folder, or zoo:NAME (or give --samples instead)")
+    e.add_argument("--samples", metavar="FILE.npz", help="score these generated images instead of a checkpoint's (uint8 images [N,H,W,C], "
+                   "labels [N] as egc cag --npz / egc sample --npz write them): judge metrics and network-free naturalness "
+                   "statistics against --data's test images (--n-test of them)")
     e.add_argument("--data", help="test set (default: the data set the model was trained on)")
     e.add_argument("--data-root", help="where the data set lives")
     e.add_argument("--metrics", default="all", help="comma-separated: acc,ece,noisy_acc,robust,ood,gen (default all)")

@@ -540,6 +540,12 @@ def _generation(c: _Ctx, inception: Any) -> None:
         gen["cfg"] = cfg.sample.cfg if s.cfg is None else s.cfg
         own = (getattr(cfg.sample, "guidance_tmin", 0.0), getattr(cfg.sample, "guidance_tmax", 1.0))
         gen["guidance_interval"] = list(s.guidance_interval or own)
+        if imgs.shape[1:] == c.x.shape[1:]:  # network-free statistics against the same test images
+            from .naturalness import naturalness
+
+            real_y = c.y if bool((labels >= 0).all()) else None
+            gen["naturalness"] = naturalness(((imgs + 1) / 2).clamp(0, 1), labels if real_y is not None else None,
+                                             ((c.x + 1) / 2).clamp(0, 1), real_y, seed=s.seed)
         c.metrics["generation"] = gen
         if c.out_dir is not None:
             u8, nrow = sample_grid_u8(imgs, labels, cfg.model.num_classes)

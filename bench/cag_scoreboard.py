@@ -1,0 +1,149 @@
+"""CaG on the generation scoreboard: class-balanced images from a classifier, scored exactly as
+``egc eval`` scores a generative model's samples (egc.eval.samples.score_samples: the data set's judge,
+fd / KID / precision / recall in its features, never Inception FID) plus the network-free naturalness
+statistics (power-spectrum distance, within-class diversity ratio, pixel-histogram distance) against
+the real test images. Prints one JSON line per (generator, setting).
+
+    python bench/cag_scoreboard.py --data cifar10 --generator cnn=runs/cag/cifar10-cnn.safetensors \\
+        --setting "defaults:" --setting "noise:noise=0.5,steps=300" --n-per-class 100 --out runs/cag/board
+
+A setting is NAME:KEY=VALUE,... (CaGConfig fields; empty = egc cag's defaults for that classifier).
+--stats-from DATA measures per-class feature statistics (the distribution loss) and a per-class pixel
+Gaussian (init=data) on DATA's training images. Control rows: --controls real (training images: the
+ceiling of every statistic) and seeds (the pixel Gaussian's draws alone, no classifier: the floor that
+init=data starts from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from egc.cag import CaGConfig, generate, load_classifier
+from egc.cag.stats import PixelPrior, check_classes, class_feature_stats, load_class_images
+from egc.eval.cli import cpu_name
+from egc.eval.samples import reference_images, score_samples
+
+
+def _value(v: str) -> Any:
+    if v in ("True", "False"):
+        return v == "True"
+    if v == "None":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def parse_setting(text: str) -> tuple[str, dict[str, Any]]:
+    name, _, rest = text.partition(":")
+    over = {}
+    for kv in filter(None, (p.strip() for p in rest.split(","))):
+        k, _, v = kv.partition("=")
+        over[k.strip()] = _value(v.strip())
+    return name, over
+
+
+def save_npz(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
+    u8 = (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    buf = io.BytesIO()
+    np.savez(buf, images=u8, labels=labels.numpy().astype(np.int64))
+    path.write_bytes(buf.getvalue())
+
+
+def grid(path: Path, images: torch.Tensor, labels: torch.Tensor, k: int, per: int = 10) -> None:
+    from egc.imageio import save_grid
+
+    rows = [images[labels == c][:per] for c in range(k)]
+    u8 = (torch.cat(rows) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    save_grid(u8, path, nrow=per, scale=2)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--generator", action="append", default=[], help="NAME=SPEC (any egc cag --classifier)")
+    p.add_argument("--setting", action="append", default=[], help="NAME:KEY=VALUE,... (CaGConfig fields)")
+    p.add_argument("--n-per-class", type=int, default=100)
+    p.add_argument("--n-ref", type=int, default=None, help="real test images as the reference (default all)")
+    p.add_argument("--stats-from", default=None, help="data set for feature statistics and the pixel prior")
+    p.add_argument("--stats-per-class", type=int, default=500)
+    p.add_argument("--controls", default="", help="comma list: real, seeds")
+    p.add_argument("--out", default="runs/cag/board")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    real, real_y = reference_images(a.data, None, a.n_ref, a.seed)
+    k = int(real_y.max()) + 1
+    labels = torch.arange(k).repeat_interleave(a.n_per_class)
+    common = {"bench": "cag_scoreboard", "data": a.data, "n": int(labels.numel()), "cpu": cpu_name(), "threads": a.threads}
+    prior = None
+    stats_x = stats_y = None
+    stats_names: list[str] = []
+    if a.stats_from:
+        stats_x, stats_y, stats_names = load_class_images(a.stats_from, a.stats_per_class, a.seed)
+        prior = PixelPrior.fit(stats_x, stats_y)
+
+    def emit(row: dict[str, Any], images: torch.Tensor, tag: str) -> None:
+        score = score_samples(images, labels, a.data, reference=(real, real_y), seed=a.seed)
+        save_npz(out / f"{tag}.npz", images, labels)
+        grid(out / f"{tag}.png", images, labels, k)
+        print(json.dumps({**common, **row, **{kk: v for kk, v in score.items() if kk not in ("schema", "data", "n")}}), flush=True)
+
+    for c in filter(None, a.controls.split(",")):
+        if c == "real":
+            from egc.data import load_dataset
+
+            ds = load_dataset(a.data, "train")
+            gen = torch.Generator().manual_seed(a.seed + 1)
+            imgs = torch.cat([ds.images[(ds.labels == j).nonzero().flatten()][torch.randperm(int((ds.labels == j).sum()), generator=gen)[:a.n_per_class]]
+                              for j in range(k)]).permute(0, 3, 1, 2).float() / 255
+            emit({"generator": "real training images", "setting": "control"}, imgs, "control-real")
+        elif c == "seeds":
+            if prior is None:
+                sys.exit("--controls seeds needs --stats-from")
+            gen = torch.Generator().manual_seed(a.seed)
+            imgs = torch.cat([prior.sample(j, a.n_per_class, gen) for j in range(k)])
+            emit({"generator": "pixel Gaussian seeds alone", "setting": "control"}, imgs, "control-seeds")
+        else:
+            sys.exit(f"unknown control '{c}' (real, seeds)")
+
+    for g in a.generator:
+        gname, _, spec = g.partition("=")
+        clf = load_classifier(spec)
+        size = clf.input_size or 32
+        real_stats = None
+        if stats_x is not None:
+            check_classes(clf, stats_names, a.stats_from)
+            real_stats = class_feature_stats(clf, stats_x, stats_y)
+        for st in a.setting or ["defaults:"]:
+            sname, over = parse_setting(st)
+            cfg = replace(CaGConfig(size=size, seed=a.seed), **over).validate()
+            t0 = time.perf_counter()
+            imgs = torch.cat([generate(clf, j, a.n_per_class, replace(cfg, seed=a.seed + 1000 * j),
+                                       real_stats=None if real_stats is None else real_stats[j], progress=False, prior=prior)
+                              for j in range(k)])
+            sec = time.perf_counter() - t0
+            with torch.no_grad():
+                own = torch.cat([clf(imgs[i:i + 250]).argmax(1) for i in range(0, imgs.shape[0], 250)])
+            emit({"generator": gname, "spec": spec, "setting": sname, "overrides": over, "images_per_second": round(imgs.shape[0] / sec, 3),
+                  "self_acc": round(float((own == labels).float().mean()), 4), "config": cfg.to_dict()}, imgs, f"{gname}-{sname}")
+
+
+if __name__ == "__main__":
+    main()
