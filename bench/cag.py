@@ -112,6 +112,24 @@ def run_variant(variant: str, clf: Any, targets: list[int], judge_fn: Any, base:
             per_class[clf.class_names[k]] = round(judged_top1[-1], 3)
             per_class_detail[clf.class_names[k]] = {"top1": round(judged_top1[-1], 3), "top5": round(judged_top5[-1], 3),
                                                     "self_top1": round(self_top1[-1], 3), "div": round(div[-1], 4)}
+        nat = {}
+        if variant == "imagenet":  # no real images here: statistics that need none (egc.eval.naturalness)
+            from egc.eval.naturalness import NATURAL_SLOPE, spectral_slope
+
+            allx = torch.cat(images)
+            mx, mn = allx.max(dim=1).values, allx.min(dim=1).values
+            nat = {"spectral_slope": round(spectral_slope(allx), 3), "natural_slope": NATURAL_SLOPE,
+                   "mean_saturation": round(float(((mx - mn) / mx.clamp_min(1e-6)).mean()), 4)}
+            for jname, jfn in extra.pop("_more_judges", []):
+                hits1 = hits5 = 0
+                for kk, xk in zip(targets, images):
+                    with torch.no_grad():
+                        lk = jfn(xk)
+                    t5 = lk.topk(5, dim=1).indices
+                    hits1 += int((t5[:, 0] == kk).sum())
+                    hits5 += int((t5 == kk).any(dim=1).sum())
+                nat[f"{jname}_top1"] = round(hits1 / (len(targets) * n), 4)
+                nat[f"{jname}_top5"] = round(hits5 / (len(targets) * n), 4)
         if grids is not None:
             from egc.imageio import save_grid
 
@@ -124,11 +142,12 @@ def run_variant(variant: str, clf: Any, targets: list[int], judge_fn: Any, base:
             "bench": "cag", "variant": variant, "config": cname, **extra, "size": cfg.size, "plan": cfg.plan(),
             "n_per_class": n, "n_classes": m, "judge_top1": round(sum(judged_top1) / m, 4), "judge_top5": round(sum(judged_top5) / m, 4),
             "self_top1": round(sum(self_top1) / m, 4), "diversity_cos_dist": round(sum(div) / m, 4),
-            "sec_per_image": round(seconds / (m * n), 3), "per_class_judge_top1": per_class, "per_class": per_class_detail,
+            "sec_per_image": round(seconds / (m * n), 3), **nat, "per_class_judge_top1": per_class, "per_class": per_class_detail,
             "parts": {"mask": cfg.mask and f"{cfg.mask_family}:{cfg.mask_ratio}:{cfg.mask_fill}", "progressive": cfg.progressive,
                       "div": cfg.div_weight, "dist": cfg.dist_weight if real_stats else 0.0, "bn": cfg.bn_weight if bn_active else 0.0,
                       "jitter": cfg.shift, "flip": cfg.flip, "scale": cfg.scale, "rotate": cfg.rotate, "mask_ratio": cfg.mask_ratio,
-                      "tv": cfg.tv_weight, "lr": cfg.lr, "view": cfg.view, "param": cfg.parameterisation, "precision": cfg.precision},
+                      "tv": cfg.tv_weight, "lr": cfg.lr, "view": cfg.view, "param": cfg.parameterisation, "precision": cfg.precision,
+                      "noise": cfg.noise, "colour": cfg.colour},
         }), flush=True)
 
 
@@ -143,8 +162,17 @@ def imagenet(a: argparse.Namespace, base: CaGConfig, configs: list[str]) -> None
 
     # Unless --set view_size=... says otherwise, the generator sees the image at its native size (224 for Lite0).
     view = default_view(clf, a.size, base.view_size)
-    run_variant("imagenet", clf, targets, judge_fn, replace(base, size=a.size, view_size=view), configs, a.n_per_class, a.grids, None, a.progress,
-                {"generator": clf.name, "judge": f"{judge.name}@{a.judge_size}", "classes": [clf.class_names[k] for k in targets]})
+    more = []
+    for spec in filter(None, (a.judge2 or "").split(",")):  # more cross-network judges, each at its native size
+        j2 = load_classifier(spec)
+
+        def j2_fn(x: torch.Tensor, j2: Any = j2) -> torch.Tensor:
+            return j2(resize(x, j2.preferred_size, mode="bicubic").clamp(0, 1))
+        more.append((j2.name, j2_fn))
+    extra = {"generator": clf.name, "judge": f"{judge.name}@{a.judge_size}", "classes": [clf.class_names[k] for k in targets], "_more_judges": more}
+    for cname in configs:  # one line per configuration (the extra judges are consumed per line)
+        run_variant("imagenet", clf, targets, judge_fn, replace(base, size=a.size, view_size=view), [cname], a.n_per_class, a.grids, None,
+                    a.progress, dict(extra))
 
 
 def _tiny_egc(folder: Path) -> str:
@@ -230,6 +258,7 @@ def main() -> None:
     p.add_argument("--generator", default="efficientnet-lite0")
     p.add_argument("--judge", default="efficientnet-lite2")
     p.add_argument("--judge-size", type=int, default=260, help="the judge sees images resized to this size")
+    p.add_argument("--judge2", default="", help="comma-separated further ImageNet judges (each at its native size), e.g. efficientnet-lite1")
     p.add_argument("--classes", help="comma-separated ImageNet class names (default: the ten in IMAGENET_CLASSES)")
     p.add_argument("--max-classes", type=int, default=0, help="use only the first K classes (0 = all)")
     p.add_argument("--n-per-class", type=int, default=8)

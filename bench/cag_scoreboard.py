@@ -7,7 +7,8 @@ the real test images. Prints one JSON line per (generator, setting).
     python bench/cag_scoreboard.py --data cifar10 --generator cnn=runs/cag/cifar10-cnn.safetensors \\
         --setting "defaults:" --setting "noise:noise=0.5,steps=300" --n-per-class 100 --out runs/cag/board
 
-A setting is NAME:KEY=VALUE,... (CaGConfig fields; empty = egc cag's defaults for that classifier).
+A setting is NAME:KEY=VALUE,... (CaGConfig fields over egc cag's defaults for that classifier,
+egc.cag.generate.recommended_config; real_stats=False keeps --stats-from's feature statistics out of the row).
 --stats-from DATA measures per-class feature statistics (the distribution loss) and a per-class pixel
 Gaussian (init=data) on DATA's training images. Control rows: --controls real (training images: the
 ceiling of every statistic) and seeds (the pixel Gaussian's draws alone, no classifier: the floor that
@@ -28,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from egc.cag import CaGConfig, generate, load_classifier
+from egc.cag import generate, load_classifier
+from egc.cag.generate import recommended_config
 from egc.cag.stats import PixelPrior, check_classes, class_feature_stats, load_class_images
 from egc.eval.cli import cpu_name
 from egc.eval.samples import reference_images, score_samples
@@ -133,15 +135,16 @@ def main() -> None:
             real_stats = class_feature_stats(clf, stats_x, stats_y)
         for st in a.setting or ["defaults:"]:
             sname, over = parse_setting(st)
-            cfg = replace(CaGConfig(size=size, seed=a.seed), **over).validate()
+            use_stats = bool(over.pop("real_stats", True))  # real_stats=False: this row ignores --stats-from's feature statistics
+            cfg = recommended_config(clf, size, seed=a.seed, **over).validate()
             t0 = time.perf_counter()
             imgs = torch.cat([generate(clf, j, a.n_per_class, replace(cfg, seed=a.seed + 1000 * j),
-                                       real_stats=None if real_stats is None else real_stats[j], progress=False, prior=prior)
+                                       real_stats=real_stats[j] if real_stats is not None and use_stats else None, progress=False, prior=prior)
                               for j in range(k)])
             sec = time.perf_counter() - t0
             with torch.no_grad():
                 own = torch.cat([clf(imgs[i:i + 250]).argmax(1) for i in range(0, imgs.shape[0], 250)])
-            emit({"generator": gname, "spec": spec, "setting": sname, "overrides": over, "images_per_second": round(imgs.shape[0] / sec, 3),
+            emit({"generator": gname, "spec": spec, "setting": sname, "overrides": over, "feature_stats": real_stats is not None and use_stats, "images_per_second": round(imgs.shape[0] / sec, 3),
                   "self_acc": round(float((own == labels).float().mean()), 4), "config": cfg.to_dict()}, imgs, f"{gname}-{sname}")
 
 

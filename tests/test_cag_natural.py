@@ -199,3 +199,40 @@ def test_cli_stats_from_and_init_data(tmp_path, capsys):
     assert main(["cag", "--classifier", f"egc:{run}", "--target", "c1", "--init", "data", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "--init data needs --stats-from" in err and len(err.splitlines()) == 1
+
+
+def test_spectral_slope_of_white_noise_and_of_smooth_images():
+    from egc.eval.naturalness import spectral_slope
+
+    noise = torch.rand(32, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert abs(spectral_slope(noise)) < 0.3  # white: flat spectrum
+    assert spectral_slope(smooth_images(32, size=32)) < -2.5  # bilinear blow-ups of 4 x 4: steep fall
+
+
+def test_recommended_config_drives_egc_heads_through_their_noisy_head(tmp_path):
+    from egc.cag.generate import EGC_NOISE_T, recommended_config
+    from egc.cli import main
+
+    plain = recommended_config(wrap_module(Quadrant(), "quad"), 8, seed=3)
+    assert plain == CaGConfig(size=8, seed=3)  # ordinary classifiers: the paper's parts, unchanged
+    npz = make_npz(tmp_path / "t.npz", n=24)
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--data", f"npz:{npz}", "--steps", "1", "--quiet", "--set", "model.size=tiny",
+                 "--set", "train.batch_size=8", "--set", "train.sample_n=3", "--set", "train.sample_steps=2"]) == 0
+    head = load_classifier(f"egc:{run}")
+    cfg = recommended_config(head, 8, steps=7)
+    assert head.timestep_for(cfg.noise) == EGC_NOISE_T and cfg.noise_end == 0 and not cfg.mask and cfg.steps == 7
+
+
+def test_decorrelated_colour_mixes_channels_at_the_same_scale():
+    from egc.cag.param import init_param, param_image
+
+    z = init_param("fourier", 64, 3, 32, 1.0, torch.Generator().manual_seed(0))
+    rgb, dec = param_image("fourier", z), param_image("fourier", z, colour="decorrelated")
+    assert not torch.allclose(rgb, dec)
+    assert float(dec.std()) == pytest.approx(float(rgb.std()), rel=0.25)
+    # the channels of a decorrelated image move together (brightness dominates): strongly correlated
+    c = torch.corrcoef(dec.permute(1, 0, 2, 3).flatten(1))
+    assert float(c[0, 1]) > 0.5 and abs(float(torch.corrcoef(rgb.permute(1, 0, 2, 3).flatten(1))[0, 1])) < 0.1
+    with pytest.raises(EgcError, match="needs the fourier"):
+        CaGConfig(size=32, colour="decorrelated").validate()

@@ -95,6 +95,8 @@ def add_cag_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--stats-per-class", type=_pos_int, default=500, help="training images per class measured by --stats-from (default 500)")
     p.add_argument("--init", choices=("random", "data"), help="start from mid-grey noise (random) or from a draw of the class's "
                    "pixel Gaussian (data; needs --stats-from)")
+    p.add_argument("--colour", choices=("rgb", "decorrelated"), help="optimise RGB channels, or decorrelated colour components "
+                   "mixed into RGB by ImageNet's colour covariance (fourier parameterisation only)")
     p.add_argument("--no-mask", action="store_true", help="switch off the random masks")
     p.add_argument("--no-progressive", action="store_true", help="optimise at the final size only (same total steps)")
     p.add_argument("--no-div", action="store_true", help="switch off the diversity loss")
@@ -109,21 +111,20 @@ def add_cag_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _config(a: argparse.Namespace, size: int) -> Any:
-    from .generate import PARTS, CaGConfig, without
+def _config(a: argparse.Namespace, size: int, clf: Any = None) -> Any:
+    from .generate import PARTS, recommended_config, without
 
-    cfg = CaGConfig(size=size, seed=a.seed)
-    over: dict[str, Any] = {}
+    over: dict[str, Any] = {"seed": a.seed}
     if a.steps is not None:
         over["steps"] = a.steps[0] if len(a.steps) == 1 else a.steps
     for flag, key in ((a.stages, "stages"), (a.lr, "lr"), (a.batch_size, "batch"), (a.mask_family, "mask_family"),
                       (a.mask_ratio, "mask_ratio"), (a.mask_fill, "mask_fill"), (a.div_weight, "div_weight"),
                       (a.bn_weight, "bn_weight"), (a.tv_weight, "tv_weight"), (a.jitter, "jitter"),
                       (a.zoom, "scale"), (a.rotate, "rotate"), (a.view_size, "view_size"), (a.param, "param"),
-                      (a.precision, "precision"), (a.noise, "noise"), (a.noise_end, "noise_end"), (a.init, "init")):
+                      (a.precision, "precision"), (a.noise, "noise"), (a.noise_end, "noise_end"), (a.init, "init"), (a.colour, "colour")):
         if flag is not None:
             over[key] = flag
-    cfg = CaGConfig(**{**cfg.to_dict(), **over})
+    cfg = recommended_config(clf, size, **over)
     flags = (("mask", a.no_mask), ("progressive", a.no_progressive), ("div", a.no_div), ("dist", a.no_dist), ("jitter", a.no_jitter), ("fourier", a.no_fourier))
     off = [part for part, flag in flags if flag]
     if a.plain:
@@ -160,7 +161,7 @@ def cmd_cag(a: argparse.Namespace) -> int:
     clf = clf.to(resolve_device(a.device))  # generate() works where the classifier's weights are
     target = 0 if is_text else resolve_class(clf, a.target)
     size = a.size or clf.input_size or min(128, clf.preferred_size)
-    cfg = _config(a, size)
+    cfg = _config(a, size, clf)
     # Unless --view-size says otherwise, an ImageNet network sees a 128 x 128 image at its own 224.
     cfg = replace(cfg, view_size=default_view(clf, size, a.view_size))
     real_stats, prior = None, None

@@ -50,13 +50,36 @@ def init_param(kind: str, b: int, c: int, s: int, std: float, gen: torch.Generat
     raise ConfigError(f"cag parameterisation '{kind}' unknown (choose from {', '.join(PARAMS)})")
 
 
-def param_image(kind: str, z: torch.Tensor, decay: float = 1.0) -> torch.Tensor:
-    """The image [B, C, s, s] in (0, 1) that the parameter z stands for (differentiable)."""
+#: COLOURS: "rgb" optimises each channel on its own; "decorrelated" optimises three decorrelated colour
+#: components that a fixed matrix mixes into RGB before the sigmoid (feature-visualisation practice,
+#: Olah et al. 2017): equal steps in the components move pixels along the directions in which natural
+#: photographs vary (mostly brightness), so saturated rainbow colours cost more. The matrix is the
+#: square root of the colour covariance of ImageNet photographs as that work published it (rows R, G, B),
+#: scaled so its largest column has unit norm.
+COLOURS: tuple[str, ...] = ("rgb", "decorrelated")
+_IMAGENET_COLOUR_SQRT = ((0.26, 0.09, 0.02), (0.27, 0.00, -0.05), (0.27, -0.09, 0.03))
+
+
+def colour_matrix() -> torch.Tensor:
+    """[3, 3] mixing decorrelated components into RGB (see COLOURS)."""
+    m = torch.tensor(_IMAGENET_COLOUR_SQRT)
+    return m / m.norm(dim=0).max()
+
+
+def param_image(kind: str, z: torch.Tensor, decay: float = 1.0, colour: str = "rgb") -> torch.Tensor:
+    """The image [B, C, s, s] in (0, 1) that the parameter z stands for (differentiable). ``colour``
+    "decorrelated" (3 channels, fourier only) mixes the channels before the sigmoid (see COLOURS)."""
     if kind == "pixel":
         return to_image(z)
     s = z.shape[-3]
     spec = torch.view_as_complex(z.float().contiguous()) * fourier_weights(s, decay).to(z.device)
-    return torch.sigmoid(torch.fft.irfft2(spec, s=(s, s), norm="ortho"))
+    pre = torch.fft.irfft2(spec, s=(s, s), norm="ortho")  # [B, C, s, s]
+    if colour == "decorrelated" and pre.shape[1] == 3:
+        # components have unit variance; after mixing each RGB channel has about (0.38 / 0.47)^2 of it:
+        # rescale so a unit-variance start is still a unit-variance image (lr and init_std keep their scale)
+        m = colour_matrix().to(pre.device)
+        pre = torch.einsum("ij,bjhw->bihw", m / m.norm(dim=1).mean(), pre)
+    return torch.sigmoid(pre)
 
 
 def upsample(kind: str, z: torch.Tensor, size: int, mode: str = "bicubic", decay: float = 1.0) -> torch.Tensor:

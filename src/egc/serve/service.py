@@ -172,6 +172,7 @@ class ClassifierEntry:
     sizes: list[int]
     default_size: int
     device: str
+    default_steps: int = 100  # what egc cag's recommended_config runs for this kind of classifier
     loaded: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -245,7 +246,8 @@ class Service:
             if m.can_classify:  # a latent model's head too: CaG's gradient passes through its encoder
                 s = int(m.image_shape[1])
                 cid = f"egc:{e.id}"
-                self.classifiers[cid] = ClassifierEntry(cid, f"{e.id} (the EGC model's classifier head)", list(m.class_names), [s], s, self.device)
+                self.classifiers[cid] = ClassifierEntry(cid, f"{e.id} (the EGC model's classifier head)", list(m.class_names), [s], s, self.device,
+                                                        default_steps=300)  # egc.cag.generate.recommended_config's noisy-head steps
         if _efficientnet_available():
             from ..cag.adapters import imagenet_class_names
 
@@ -264,7 +266,8 @@ class Service:
                 "guidance": float(m.config.sample.guidance), "cfg": float(m.config.sample.cfg), "diffusion_steps": int(m.schedule.num_steps),
                 "reference": e.reference_desc, "device": str(m.device), "precision": m.precision,
             })
-        classifiers = [{"id": c.id, "label": c.label, "class_names": c.class_names, "sizes": c.sizes, "default_size": c.default_size}
+        classifiers = [{"id": c.id, "label": c.label, "class_names": c.class_names, "sizes": c.sizes, "default_size": c.default_size,
+                        "default_steps": c.default_steps}
                        for c in self.classifiers.values()]
         return {"models": models, "classifiers": classifiers, "samplers": list(SAMPLER_NAMES), "limits": LIMITS}
 
@@ -394,7 +397,7 @@ class Service:
         if size not in c.sizes and len(c.sizes) == 1:
             raise RequestError(f"classifier {cid} takes {c.sizes[0]}x{c.sizes[0]} images; size {size} does not fit")
         return {"classifier": cid, "target": target, "size": size, "n": _int(p, "n", 4, 1, LIMITS["cag_n"]),
-                "steps": _int(p, "steps", 100, 1, LIMITS["cag_steps"]), "seed": _int(p, "seed", 0, 0, 2**31 - 1)}
+                "steps": _int(p, "steps", c.default_steps, 1, LIMITS["cag_steps"]), "seed": _int(p, "seed", 0, 0, 2**31 - 1)}
 
     def _classifier(self, c: ClassifierEntry) -> Any:
         from ..cag.adapters import load_classifier
@@ -408,13 +411,13 @@ class Service:
         """``egc.cag.generate`` (configured as ``egc cag`` does) with a callback streaming the images as they form."""
         from dataclasses import replace
 
-        from ..cag.generate import CaGConfig, default_view, generate
+        from ..cag.generate import default_view, generate, recommended_config
         from ..cag.schedule import resize
 
         c = self.classifiers[q["classifier"]]
         emit({"type": "status", "message": f"loading classifier {c.id}"})
         clf = self._classifier(c)
-        cfg = CaGConfig(size=q["size"], seed=q["seed"], steps=q["steps"]).validate()
+        cfg = recommended_config(clf, q["size"], seed=q["seed"], steps=q["steps"]).validate()
         cfg = replace(cfg, view_size=default_view(clf, q["size"], None))
         cb = frame_callback(emit, cancelled, _unit_to_u8)
 

@@ -67,6 +67,7 @@ function onClassifier() {
   size.innerHTML = "";
   for (const s of c.sizes) opt(size, String(s), `${s}×${s}`);
   size.value = String(c.default_size);
+  if (c.default_steps) $("cag-steps").value = String(c.default_steps);  // the classifier's measured default
 }
 
 // ---- 1. classify -----------------------------------------------------------------------------
