@@ -137,9 +137,12 @@ def main() -> None:
             sname, over = parse_setting(st)
             use_stats = bool(over.pop("real_stats", True))  # real_stats=False: this row ignores --stats-from's feature statistics
             cfg = recommended_config(clf, size, seed=a.seed, **over).validate()
+            row_prior = prior
+            if prior is not None and cfg.parameterisation == "latent":  # a latent head starts from a Gaussian of its latents
+                row_prior = PixelPrior.fit(torch.cat([clf.encode(stats_x[i:i + 250]) for i in range(0, len(stats_x), 250)]), stats_y)
             t0 = time.perf_counter()
             imgs = torch.cat([generate(clf, j, a.n_per_class, replace(cfg, seed=a.seed + 1000 * j),
-                                       real_stats=real_stats[j] if real_stats is not None and use_stats else None, progress=False, prior=prior)
+                                       real_stats=real_stats[j] if real_stats is not None and use_stats else None, progress=False, prior=row_prior)
                               for j in range(k)])
             sec = time.perf_counter() - t0
             with torch.no_grad():

@@ -272,3 +272,54 @@ def test_cag_from_a_latent_model_paints_pixels_through_its_encoder(runs, tmp_pat
     out = tmp_path / "c.png"
     assert main(["cag", "--classifier", f"egc:{runs['latent']}", "--target", "0", "--n", "1", "--steps", "2", "--quiet", "--out", str(out)]) == 0
     assert out.stat().st_size > 0
+
+
+def test_cag_in_a_latent_models_own_latents(runs, tmp_path):
+    """param "latent" (egc cag's default for a latent head): the head's latents are optimised, at the noisy
+    timestep of the annealed noise, and the images are their decodings; the class logit rises."""
+    from egc.cag import CaGConfig, generate
+    from egc.cag.adapters import load_classifier
+    from egc.cag.generate import recommended_config
+    from egc.cag.stats import PixelPrior
+    from egc.errors import EgcError
+
+    clf = load_classifier(f"egc:{runs['latent']}")
+    cfg = recommended_config(clf, clf.input_size, steps=6, batch=2, lr=0.2)
+    assert cfg.parameterisation == "latent" and cfg.noise > 0
+    z = torch.randn(2, *clf.latent_shape, generator=torch.Generator().manual_seed(0))
+    decoded = clf.decode(z)
+    assert decoded.shape == (2, *clf.model.image_shape) and 0 <= float(decoded.min()) and float(decoded.max()) <= 1
+    seen: list[torch.Tensor] = []
+    decode = clf.decode
+
+    def recording_decode(zz: torch.Tensor) -> torch.Tensor:
+        seen.append(zz.detach().clone())
+        return decode(zz)
+    clf.decode = recording_decode  # the images are decodings of the optimised latents: keep those latents
+    imgs = generate(clf, 1, 2, cfg, progress=False)
+    assert imgs.shape == decoded.shape and torch.equal(imgs, decode(seen[-1]))
+    assert torch.equal(generate(clf, 1, 2, cfg, progress=False), imgs)  # seeded
+    start = torch.randn(2, *clf.latent_shape, generator=torch.Generator().manual_seed(0))  # the loop's first draw
+    clean = dict(cfg.to_dict(), noise=0.0, steps=20)
+    generate(clf, 1, 2, CaGConfig(**clean), progress=False)
+    before = clf.forward_latent(start, 0.0, torch.Generator())[0]
+    after = clf.forward_latent(seen[-1], 0.0, torch.Generator())[0]
+    assert float(torch.log_softmax(after, 1)[:, 1].mean()) > float(torch.log_softmax(before, 1)[:, 1].mean())
+    clf.decode = decode
+    # a data-seeded start needs a prior of latents; a pixel prior is refused in one line
+    x = torch.rand(6, *clf.model.image_shape, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    good = PixelPrior.fit(clf.encode(x), y, rank=2)
+    assert generate(clf, 1, 1, CaGConfig(**dict(clean, init="data", steps=1)), prior=good, progress=False).shape[0] == 1
+    with pytest.raises(EgcError, match="fit it on encoded images"):
+        generate(clf, 1, 1, CaGConfig(**dict(clean, init="data", steps=1)), prior=PixelPrior.fit(x, y, rank=2), progress=False)
+    with pytest.raises(EgcError, match="needs a latent EGC model"):
+        generate(_pixel_head(tmp_path), 1, 1, CaGConfig(size=8, param="latent", steps=1), progress=False)
+
+
+def _pixel_head(tmp: Path):
+    from egc.cag.adapters import load_classifier
+
+    npz = make_npz(tmp / "p.npz", n=24)
+    assert _train(["--out", str(tmp / "pix"), "--data", f"npz:{npz}", "--steps", "1"], TINY) == 0
+    return load_classifier(f"egc:{tmp / 'pix'}")

@@ -242,6 +242,38 @@ class EGCClassifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_features(x)[1]
 
+    @property
+    def latent_shape(self) -> tuple[int, int, int] | None:
+        """(c, h, w) of a latent model's scaled latents, None for a pixel model."""
+        return None if self.autoencoder is None else tuple(int(v) for v in self.autoencoder.latent_shape)  # type: ignore[return-value]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels [B, C, S, S] in [0, 1] -> scaled latents [B, c, h, w] (a latent model only)."""
+        with torch.no_grad():
+            return self.autoencoder.encode(x * 2 - 1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents [B, c, h, w] -> pixels [B, C, S, S] in [0, 1] (a latent model only; no gradient)."""
+        return (self.autoencoder.decode(z) + 1) / 2
+
+    def forward_latent(self, z: torch.Tensor, sigma: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, features) of scaled latents z [B, c, h, w] as the head sees them: noised to the
+        timestep of ``sigma`` (:meth:`timestep_for`) when sigma > 0, else at the clean token. CaG's
+        ``param="latent"`` optimises z itself, so the image stays what the decoder makes of a latent."""
+        from ..diffusion.energy import CLEAN_T, classify
+
+        self._mid = None
+        if sigma > 0:
+            tt = self.timestep_for(sigma)
+            abar = float(self.model.schedule.alphas_cumprod[tt])
+            z = abar ** 0.5 * z + (1 - abar) ** 0.5 * torch.randn(z.shape, generator=gen).to(z.device, z.dtype)
+        else:
+            tt = CLEAN_T
+        t = torch.full((z.shape[0],), tt, dtype=torch.long, device=z.device)
+        logits = classify(self.net, self.model.config.model, z, t)
+        feats = self._mid.float().mean(dim=(2, 3)) if self._feature_kind == "mid" and self._mid is not None else logits
+        return logits, feats
+
     def timestep_for(self, sigma: float) -> int:
         """The timestep t whose noise-to-signal ratio sqrt((1 - abar_t) / abar_t) is closest to
         2 * sigma (sigma on [0, 1] pixels is 2 sigma on the model's [-1, 1] scale; for a latent model the

@@ -172,10 +172,11 @@ def cmd_cag(a: argparse.Namespace) -> int:
 
         sx, sy, names = load_class_images(a.stats_from, a.stats_per_class, a.seed)
         check_classes(clf, names, a.stats_from)
-        if tuple(sx.shape[-2:]) != (size, size) and cfg.init == "data":
-            raise EgcError(f"--stats-from {a.stats_from} has {sx.shape[-1]}x{sx.shape[-2]} images; --init data needs --size {sx.shape[-1]}")
+        if tuple(sx.shape[-2:]) != (size, size):
+            raise EgcError(f"--stats-from {a.stats_from} has {sx.shape[-1]}x{sx.shape[-2]} images but the images made here are {size}x{size}")
         real_stats = class_feature_stats(clf, sx, sy, view=cfg.view)[target]
-        prior = PixelPrior.fit(sx, sy) if cfg.init == "data" else None
+        if cfg.init == "data":  # a latent head (param latent) starts from a Gaussian of its own latents
+            prior = PixelPrior.fit(clf.encode(sx) if cfg.parameterisation == "latent" else sx, sy)
     elif cfg.init == "data":
         raise EgcError("--init data needs --stats-from DATA (the images the class Gaussian is fitted to)")
     t0 = time.perf_counter()

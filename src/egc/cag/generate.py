@@ -58,7 +58,7 @@ CAG_PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 #: images (egc.cag.stats.PixelPrior, Santurkar et al. 2019's seed; needs a prior).
 INITS: tuple[str, ...] = ("random", "data")
 #: What ``CaGConfig.param`` accepts: a parameterisation, or "auto" (see CaGConfig.parameterisation).
-PARAM_CHOICES: tuple[str, ...] = ("auto", *PARAMS)
+PARAM_CHOICES: tuple[str, ...] = ("auto", *PARAMS, "latent")
 
 
 @dataclass
@@ -152,7 +152,7 @@ class CaGConfig:
         need(self.colour == "rgb" or self.parameterisation == "fourier",
              f"cag colour '{self.colour}' needs the fourier parameterisation (final size {self.size} picks {self.parameterisation})")
         need(self.init in INITS, f"cag init '{self.init}' unknown (choose from {', '.join(INITS)})")
-        need(self.init != "data" or self.parameterisation == "pixel",
+        need(self.init != "data" or self.parameterisation in ("pixel", "latent"),
              f"cag init 'data' needs the pixel parameterisation (final size {self.size} picks {self.parameterisation}; set param pixel)")
         self.plan()  # stage / step errors
         return self
@@ -169,7 +169,7 @@ class CaGConfig:
         view 224) and lost at 28 px on Fashion-MNIST (0.16 vs 0.26 for the EGC head, 0.10 vs 0.15 for a
         plain classifier; BENCHMARKS.md section 6); the threshold between, 64, is not measured."""
         if self.param != "auto":
-            return self.param
+            return self.param  # "latent": a latent EGC head's own latents (checked against the classifier by generate)
         return "fourier" if self.size >= FOURIER_MIN_SIZE else "pixel"
 
     @property
@@ -266,6 +266,8 @@ def recommended_config(classifier: Any, size: int, **over: Any) -> CaGConfig:
         ac = classifier.model.schedule.alphas_cumprod
         sigma = float(((1 - ac[EGC_NOISE_T]) / ac[EGC_NOISE_T]).sqrt()) / 2
         base.update(noise=round(sigma, 4), noise_end=0.0, mask=False, steps=300, batch=10, div_weight=0.5)
+        if getattr(classifier, "latent_shape", None) is not None:  # a latent model: move its latents, decode them
+            base.update(param="latent", progressive=False)
     base.update(over)
     return CaGConfig(**base)
 
@@ -300,6 +302,8 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
     # Start near mid-grey with a little seeded noise: the samples of a batch must differ, or the
     # diversity loss has no direction to push them in.
     param = cfg.parameterisation
+    if param == "latent":
+        return _generate_latent_batch(classifier, target, b, cfg, real_stats, gen, bar, device, on_step, prior)
     if cfg.init == "data":
         z = to_param(resize(prior.sample(target, b, gen), plan[0][0])).to(device)  # [b, C, s, s]
     else:
@@ -369,6 +373,57 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
     return param_image(param, z.detach(), cfg.fourier_decay, cfg.colour)
 
 
+def _generate_latent_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_stats: tuple[torch.Tensor, torch.Tensor] | None,
+                           gen: torch.Generator, bar: tqdm, device: torch.device, on_step: Callable[[torch.Tensor], None] | None,
+                           prior: Any) -> torch.Tensor:
+    """b images of ``target`` from a latent EGC head, optimising its latents (param "latent").
+
+    Pixels optimised through the encoder leave the set of images the decoder can make (saturated colour
+    patterns, measured); here the head's own latents move and the image is their decoding. Masks,
+    jitter and progressive resolution act on pixels and are not used; noise, the diversity and the
+    distribution terms are. A start drawn from ``prior`` (init "data") must be a prior of latents."""
+    shape = tuple(classifier.latent_shape)
+    if cfg.init == "data":
+        z = prior.sample(target, b, gen).to(device)
+        if tuple(z.shape[1:]) != shape:
+            raise EgcError(f"the prior draws {tuple(z.shape[1:])} but the latents are {shape}: fit it on encoded images")
+    else:
+        z = torch.randn(b, *shape, generator=gen).to(device)  # unit-scaled latents: a draw from the diffusion's prior
+    z.requires_grad_(True)
+    kind = "logit" if len(classifier.class_names) == 1 else cfg.cls_loss
+    opt = torch.optim.Adam([z], lr=cfg.lr) if cfg.optimizer == "adam" else torch.optim.SGD([z], lr=cfg.lr)
+    total = sum(n for _, n in cfg.plan())
+    for k in range(total):
+        sigma = noise_at(cfg, k, total)
+        terms: dict[str, torch.Tensor] = {}
+
+        def objective(zz: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(zz.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                logits, feats = classifier.forward_latent(zz, sigma, gen)
+            logits, feats = logits.float(), feats.float()
+            loss = class_loss(logits, target, kind)
+            terms["cls"] = loss.detach()
+            terms["p"] = torch.softmax(logits.detach(), dim=1)[:, target].mean()
+            if cfg.div_weight > 0 and b > 1:
+                terms["div"] = diversity_loss(feats)
+                loss = loss + cfg.div_weight * terms["div"]
+            if cfg.dist_weight > 0 and real_stats is not None:
+                terms["dist"] = distribution_loss(feats, real_stats[0], real_stats[1])
+                loss = loss + cfg.dist_weight * terms["dist"]
+            return loss
+
+        _, grad = input_grad(objective, z)
+        opt.zero_grad(set_to_none=True)
+        z.grad = grad
+        opt.step()
+        bar.update(1)
+        if bar.n % 10 == 0:
+            bar.set_postfix({kk: round(float(v.detach()), 3) for kk, v in terms.items()}, refresh=False)
+        if on_step is not None:
+            on_step(classifier.decode(z.detach()).cpu())
+    return classifier.decode(z.detach())
+
+
 def generate(classifier: Any, target: int, n: int, cfg: CaGConfig | None = None,
              real_stats: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
              callback: Callable[[int, int, torch.Tensor], None] | None = None, prior: Any = None) -> torch.Tensor:
@@ -399,6 +454,8 @@ def generate(classifier: Any, target: int, n: int, cfg: CaGConfig | None = None,
         raise EgcError(f"number of images must be >= 1, got {n}")
     _check_target(classifier, target)
     _check_size(classifier, cfg)
+    if cfg.parameterisation == "latent" and getattr(classifier, "latent_shape", None) is None:
+        raise EgcError(f"cag param 'latent' needs a latent EGC model's head; classifier {classifier.name} takes pixels")
     if cfg.init == "data" and prior is None:
         raise EgcError("cag init 'data' needs a prior of real images (egc cag --stats-from DATA)")
     if real_stats is not None and (len(real_stats) != 2 or real_stats[0].dim() != 1 or real_stats[0].shape != real_stats[1].shape):
