@@ -236,3 +236,66 @@ def test_decorrelated_colour_mixes_channels_at_the_same_scale():
     assert float(c[0, 1]) > 0.5 and abs(float(torch.corrcoef(rgb.permute(1, 0, 2, 3).flatten(1))[0, 1])) < 0.1
     with pytest.raises(EgcError, match="needs the fourier"):
         CaGConfig(size=32, colour="decorrelated").validate()
+
+
+class Halves(nn.Module):
+    """Logits [B, 3] = 10 x (mean of the top half, mean of the bottom half, 1 - mean): mirror-invariant,
+    as CaG's random flips need."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.class_names = ["top", "bottom", "dark"]
+        self.channels = 1
+        self.scale = nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.shape[-2] // 2
+        top, bottom = x[..., :h, :].mean(dim=(1, 2, 3)), x[..., h:, :].mean(dim=(1, 2, 3))
+        return self.scale * torch.stack([top, bottom, 1 - x.mean(dim=(1, 2, 3))], 1)
+
+
+def _trained_cnn(tmp: Path) -> Path:
+    """A FeatureCNN fitted for a few steps to make_npz's corner-square classes (16 x 16, 3 classes)."""
+    from egc.eval.features import FeatureCNN, save_feature_net
+
+    with np.load(make_npz(tmp / "c.npz", n=48, size=16, classes=3)) as z:
+        x = torch.from_numpy(z["images"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        y = torch.from_numpy(z["labels"])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = FeatureCNN(1, 3, width=4, feat_dim=8)
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(60):
+        loss = nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_feature_net(net.eval(), tmp / "c.safetensors", {"name": "tinycnn", "image_shape": [1, 16, 16], "class_names": ["c0", "c1", "c2"]})
+    return tmp / "c.safetensors"
+
+
+@pytest.mark.parametrize("kind", ["module", "cnn-file", "egc-head"])
+def test_defaults_reach_the_class_for_every_classifier_kind(kind, tmp_path):
+    """egc cag's defaults (recommended_config, as the CLI and the page run them) for each kind of classifier
+    the project offers, on tiny trained networks: the generating classifier puts every image in the class."""
+    from egc.cag.generate import recommended_config
+
+    if kind == "module":
+        clf, target = wrap_module(Halves(), "halves"), 1
+    elif kind == "cnn-file":
+        clf, target = load_classifier(str(_trained_cnn(tmp_path))), 1
+    else:
+        from egc.cli import main
+
+        npz = make_npz(tmp_path / "t.npz", n=24)
+        assert main(["train", "--out", str(tmp_path / "run"), "--data", f"npz:{npz}", "--steps", "40", "--quiet", "--set", "model.size=tiny",
+                     "--set", "train.batch_size=8", "--set", "train.sample_n=3", "--set", "train.sample_steps=2", "--set", "train.lr=3e-3"]) == 0
+        clf, target = load_classifier(f"egc:{tmp_path / 'run'}"), 0
+        with np.load(npz) as z:  # a 40-step head is unsure even of real images: beat its confidence on them
+            real = torch.from_numpy(z["images"][z["labels"] == target]).permute(0, 3, 1, 2).float() / 255
+    size = clf.input_size or 16
+    imgs = generate(clf, target, 3, recommended_config(clf, size), progress=False)
+    with torch.no_grad():
+        probs = torch.softmax(clf(imgs), 1)
+        floor = 0.5 if kind != "egc-head" else float(torch.softmax(clf(real), 1)[:, target].mean())
+    assert (probs.argmax(1) == target).all() and (probs[:, target] > floor).all(), (probs, floor)
