@@ -209,8 +209,9 @@ def without(cfg: CaGConfig, *parts: str) -> CaGConfig:
             off["rotate"] = 0.0
         elif p == "tv":
             off["tv_weight"] = 0.0
-        elif p == "fourier":  # back to per-pixel logits
+        elif p == "fourier":  # back to per-pixel logits (RGB: colour mixing needs the spectrum)
             off["param"] = "pixel"
+            off["colour"] = "rgb"
     return replace(cfg, **off)
 
 
