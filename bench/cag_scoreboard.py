@@ -58,6 +58,23 @@ def parse_setting(text: str) -> tuple[str, dict[str, Any]]:
     return name, over
 
 
+class _Generator(argparse.Action):
+    """--generator NAME=SPEC opens a group; the --setting flags after it belong to it."""
+
+    def __call__(self, parser, ns, value, option_string=None):  # type: ignore[no-untyped-def]
+        groups = list(getattr(ns, self.dest) or [])
+        groups.append((value, []))
+        setattr(ns, self.dest, groups)
+
+
+class _Setting(argparse.Action):
+    def __call__(self, parser, ns, value, option_string=None):  # type: ignore[no-untyped-def]
+        groups = getattr(ns, "generator") or []
+        if not groups:
+            parser.error("--setting must follow the --generator it is for")
+        groups[-1][1].append(value)
+
+
 def save_npz(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
     u8 = (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     buf = io.BytesIO()
@@ -76,8 +93,9 @@ def grid(path: Path, images: torch.Tensor, labels: torch.Tensor, k: int, per: in
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
-    p.add_argument("--generator", action="append", default=[], help="NAME=SPEC (any egc cag --classifier)")
-    p.add_argument("--setting", action="append", default=[], help="NAME:KEY=VALUE,... (CaGConfig fields)")
+    p.add_argument("--generator", action=_Generator, default=[], help="NAME=SPEC (any egc cag --classifier); the --setting flags "
+                   "after it are its rows (none: one row at egc cag's defaults)")
+    p.add_argument("--setting", action=_Setting, dest="generator", help="NAME:KEY=VALUE,... (CaGConfig fields) for the last --generator")
     p.add_argument("--n-per-class", type=int, default=100)
     p.add_argument("--n-ref", type=int, default=None, help="real test images as the reference (default all)")
     p.add_argument("--stats-from", default=None, help="data set for feature statistics and the pixel prior")
@@ -125,7 +143,7 @@ def main() -> None:
         else:
             sys.exit(f"unknown control '{c}' (real, seeds)")
 
-    for g in a.generator:
+    for g, settings in a.generator:
         gname, _, spec = g.partition("=")
         clf = load_classifier(spec)
         size = clf.input_size or 32
@@ -133,7 +151,7 @@ def main() -> None:
         if stats_x is not None:
             check_classes(clf, stats_names, a.stats_from)
             real_stats = class_feature_stats(clf, stats_x, stats_y)
-        for st in a.setting or ["defaults:"]:
+        for st in settings or ["defaults:"]:
             sname, over = parse_setting(st)
             use_stats = bool(over.pop("real_stats", True))  # real_stats=False: this row ignores --stats-from's feature statistics
             cfg = recommended_config(clf, size, seed=a.seed, **over).validate()
