@@ -37,7 +37,7 @@ def fmt(v: object, nd: int = 3) -> str:
 def table(rs: list[dict]) -> str:
     if not rs:
         return "(no rows)"
-    j = rs[0]["judge"]
+    j = rs[0]["judge"] or "no judge"
     head = (f"| generator | setting | n | in class ({j}) | own acc | fd_{j} | kid_{j} | precision | recall | spectrum dist | "
             "diversity ratio | histogram dist | img/s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]

@@ -151,6 +151,27 @@ def test_cag_bench_smoke(run28):
     assert rows[-1].get("done") is True
 
 
+def test_cag_scoreboard_rows_controls_and_table(tmp_path):
+    """bench/cag_scoreboard.py on a tiny folder: a noise-trained CNN trained here generates, rows scored
+    with the network-free statistics; each --setting belongs to the --generator before it."""
+    npz = make_npz(tmp_path / "d.npz", size=16, n=60, classes=3)
+    cnn = tmp_path / "g.safetensors"
+    _bench("train_feature_classifier.py", "--data", f"npz:{npz}", "--epochs", "1", "--width", "4", "--out", str(cnn), "--noise-sigma", "0.25",
+           "--role", "test generator")
+    out = tmp_path / "board"
+    rows = _bench("cag_scoreboard.py", "--data", f"npz:{npz}", "--stats-from", f"npz:{npz}", "--stats-per-class", "10", "--n-per-class", "3",
+                  "--controls", "real,seeds", "--generator", f"a={cnn}", "--setting", "plain:steps=2,real_stats=False",
+                  "--setting", "seeded:steps=2,init=data,noise=0.2", "--generator", f"b={cnn}", "--setting", "only:steps=1",
+                  "--out", str(out), "--threads", "1")
+    assert [(r["generator"], r["setting"]) for r in rows][2:] == [("a", "plain"), ("a", "seeded"), ("b", "only")]
+    assert rows[0]["naturalness"]["diversity_ratio"] > 0.5 and all(r["n"] == 9 for r in rows)
+    assert rows[2]["feature_stats"] is False and rows[3]["feature_stats"] is True and rows[3]["config"]["init"] == "data"
+    assert (out / "a-seeded.npz").is_file() and (out / "control-seeds.png").is_file()
+    (out / "rows.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    table = subprocess.run([sys.executable, str(ROOT / "bench" / "cag_table.py"), str(out / "rows.jsonl")], capture_output=True, text=True).stdout
+    assert table.count("\n") == 2 + len(rows) and "| a | seeded | 9 |" in table and "no judge" in table
+
+
 def test_ddp_throughput_bench():
     out = _bench("ddp_throughput.py", "--size", "tiny", "--batch", "8", "--steps", "4", "--warmup", "2", "--image", "8", "--n", "64",
                  "--precision", "fp32", timeout=300)[-1]
