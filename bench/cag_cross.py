@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from egc.cag import load_classifier
-from egc.eval.cli import cpu_name
+from egc.host import cpu_name
 from egc.eval.samples import load_samples_npz
 
 

@@ -32,7 +32,7 @@ import torch
 from egc.cag import generate, load_classifier
 from egc.cag.generate import recommended_config
 from egc.cag.stats import PixelPrior, check_classes, class_feature_stats, load_class_images
-from egc.eval.cli import cpu_name
+from egc.host import cpu_name
 from egc.eval.samples import reference_images, score_samples
 
 

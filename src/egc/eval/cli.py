@@ -116,6 +116,8 @@ def _eval_samples(a: argparse.Namespace) -> int:
     images, labels = load_samples_npz(a.samples)
     doc = {"samples": str(a.samples), **score_samples(images, labels, a.data, data_root=a.data_root, judge=a.judge,
                                                       n_ref=a.n_test, seed=a.seed, batch_size=a.batch_size or 250)}
+    from egc.host import cpu_name
+
     doc["cpu"] = cpu_name()
     text = json.dumps(doc, indent=2, allow_nan=True)
     if a.json is not None:
@@ -123,20 +125,6 @@ def _eval_samples(a: argparse.Namespace) -> int:
         print(f"wrote {a.json}", file=sys.stderr)
     print(text)
     return 0
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo ("unknown" elsewhere), recorded beside every figure."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 def cmd_report(a: argparse.Namespace) -> int:

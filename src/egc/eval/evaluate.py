@@ -582,7 +582,9 @@ def run_eval(checkpoint: str, s: EvalSettings, model: Any = None) -> dict[str, A
     wall["total"] = time.perf_counter() - t_start
 
     settings = asdict(s)
-    settings.update(data=data_name, torch=torch.__version__, threads=torch.get_num_threads(), python=platform.python_version(),
+    from egc.host import cpu_name
+
+    settings.update(data=data_name, torch=torch.__version__, threads=torch.get_num_threads(), python=platform.python_version(), cpu=cpu_name(),
                     precision=getattr(m, "precision", s.precision))
     ckpt_file = None
     with contextlib.suppress(Exception):
