@@ -33,20 +33,9 @@ from egc.cag import generate, load_classifier
 from egc.cag.generate import recommended_config
 from egc.cag.stats import PixelPrior, check_classes, class_feature_stats, load_class_images
 from egc.host import cpu_name
+
+from cag import _number_or_text  # bench/cag.py: the same KEY=VALUE reading as its --set
 from egc.eval.samples import reference_images, score_samples
-
-
-def _value(v: str) -> Any:
-    if v in ("True", "False"):
-        return v == "True"
-    if v == "None":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
 
 
 def parse_setting(text: str) -> tuple[str, dict[str, Any]]:
@@ -54,7 +43,7 @@ def parse_setting(text: str) -> tuple[str, dict[str, Any]]:
     over = {}
     for kv in filter(None, (p.strip() for p in rest.split(","))):
         k, _, v = kv.partition("=")
-        over[k.strip()] = _value(v.strip())
+        over[k.strip()] = _number_or_text(v.strip())
     return name, over
 
 

@@ -13,21 +13,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import statistics
 import threading
 import time
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -56,6 +44,7 @@ def main() -> None:
     import uvicorn
     from PIL import Image
 
+    from egc.host import cpu_name
     from egc.serve.app import build_app
     from egc.serve.cli import bind, url_of
     from egc.serve.service import Service
@@ -125,7 +114,7 @@ def main() -> None:
     except OSError:
         load1 = None
     print(json.dumps({
-        "cpu": _cpu(), "cores": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(), "load_avg_1min": load1,
+        "cpu": cpu_name(), "cores": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(), "load_avg_1min": load1,
         "model": a.model, "device": str(m.device), "precision": m.precision, "model_load_s": round(load_s, 2),
         "classify_requests": a.requests, "classify_ms_median": round(statistics.median(lat), 1), "classify_ms_p95": round(_pct(lat, 95), 1),
         "classify_ms_max": round(max(lat), 1),

@@ -293,6 +293,35 @@ def noise_at(cfg: CaGConfig, k: int, total: int) -> float:
     return float(cfg.noise + (cfg.noise_end - cfg.noise) * k / (total - 1))
 
 
+def _step(objective: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, opt: torch.optim.Optimizer, bar: tqdm,
+          terms: dict[str, torch.Tensor]) -> None:
+    """One optimiser step on z along the input gradient of ``objective`` (egc.diffusion.energy.input_grad)."""
+    _, grad = input_grad(objective, z)
+    opt.zero_grad(set_to_none=True)
+    z.grad = grad
+    opt.step()
+    bar.update(1)
+    if bar.n % 10 == 0:
+        bar.set_postfix({k: round(float(v.detach()), 3) for k, v in terms.items()}, refresh=False)
+
+
+def _class_and_feature_terms(logits: torch.Tensor, feats: torch.Tensor, target: int, kind: str, cfg: CaGConfig,
+                             real_stats: tuple[torch.Tensor, torch.Tensor] | None, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """L_cls + w_div L_div + w_dist L_dist for one batch's logits [b, K] and features [b, D] (fp32 math);
+    each term is also kept in ``terms`` for the progress bar."""
+    logits, feats = logits.float(), feats.float()
+    loss = class_loss(logits, target, kind)
+    terms["cls"] = loss.detach()
+    terms["p"] = torch.softmax(logits.detach(), dim=1)[:, target].mean()
+    if cfg.div_weight > 0 and feats.shape[0] > 1:
+        terms["div"] = diversity_loss(feats)
+        loss = loss + cfg.div_weight * terms["div"]
+    if cfg.dist_weight > 0 and real_stats is not None:
+        terms["dist"] = distribution_loss(feats, real_stats[0], real_stats[1])
+        loss = loss + cfg.dist_weight * terms["dist"]
+    return loss
+
+
 def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_stats: tuple[torch.Tensor, torch.Tensor] | None,
                     gen: torch.Generator, bar: tqdm, recorder: BNStatsRecorder | None, device: torch.device,
                     on_step: Callable[[torch.Tensor], None] | None = None, prior: Any = None) -> torch.Tensor:
@@ -343,16 +372,7 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
                 # Only the classifier runs under autocast; the image, the losses and Adam stay fp32.
                 with torch.autocast(xs.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                     logits, feats = noisy_logits_and_features(classifier, xs, sigma, gen)
-                logits, feats = logits.float(), feats.float()
-                loss = class_loss(logits, target, kind)
-                terms["cls"] = loss.detach()
-                terms["p"] = torch.softmax(logits.detach(), dim=1)[:, target].mean()
-                if cfg.div_weight > 0 and b > 1:
-                    terms["div"] = diversity_loss(feats)
-                    loss = loss + cfg.div_weight * terms["div"]
-                if cfg.dist_weight > 0 and real_stats is not None:
-                    terms["dist"] = distribution_loss(feats, real_stats[0], real_stats[1])
-                    loss = loss + cfg.dist_weight * terms["dist"]
+                loss = _class_and_feature_terms(logits, feats, target, kind, cfg, real_stats, terms)
                 if recorder is not None:
                     terms["bn"] = recorder.loss()
                     loss = loss + cfg.bn_weight * terms["bn"]
@@ -361,13 +381,7 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
                     loss = loss + cfg.tv_weight * terms["tv"]
                 return loss
 
-            _, grad = input_grad(objective, z)
-            opt.zero_grad(set_to_none=True)
-            z.grad = grad
-            opt.step()
-            bar.update(1)
-            if bar.n % 10 == 0:
-                bar.set_postfix({k: round(float(v.detach()), 3) for k, v in terms.items()}, refresh=False)
+            _step(objective, z, opt, bar, terms)
             if on_step is not None:
                 with torch.no_grad():
                     on_step(param_image(param, z.detach(), cfg.fourier_decay, cfg.colour).cpu())
@@ -401,25 +415,9 @@ def _generate_latent_batch(classifier: Any, target: int, b: int, cfg: CaGConfig,
         def objective(zz: torch.Tensor) -> torch.Tensor:
             with torch.autocast(zz.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                 logits, feats = classifier.forward_latent(zz, sigma, gen)
-            logits, feats = logits.float(), feats.float()
-            loss = class_loss(logits, target, kind)
-            terms["cls"] = loss.detach()
-            terms["p"] = torch.softmax(logits.detach(), dim=1)[:, target].mean()
-            if cfg.div_weight > 0 and b > 1:
-                terms["div"] = diversity_loss(feats)
-                loss = loss + cfg.div_weight * terms["div"]
-            if cfg.dist_weight > 0 and real_stats is not None:
-                terms["dist"] = distribution_loss(feats, real_stats[0], real_stats[1])
-                loss = loss + cfg.dist_weight * terms["dist"]
-            return loss
+            return _class_and_feature_terms(logits, feats, target, kind, cfg, real_stats, terms)
 
-        _, grad = input_grad(objective, z)
-        opt.zero_grad(set_to_none=True)
-        z.grad = grad
-        opt.step()
-        bar.update(1)
-        if bar.n % 10 == 0:
-            bar.set_postfix({kk: round(float(v.detach()), 3) for kk, v in terms.items()}, refresh=False)
+        _step(objective, z, opt, bar, terms)
         if on_step is not None:
             on_step(classifier.decode(z.detach()).cpu())
     return classifier.decode(z.detach())

@@ -89,18 +89,24 @@ def cmd_eval(a: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
-    doc = run_eval(a.checkpoint, s)
-    text = json.dumps(doc, indent=2, allow_nan=False)
-    if a.json is not None:
-        atomic_write_bytes(Path(a.json), (text + "\n").encode())
-        print(f"wrote {a.json}", file=sys.stderr)
-    print(text)
+    _emit(run_eval(a.checkpoint, s), a.json)
     return 0
+
+
+def _emit(doc: dict, json_path: str | None) -> None:
+    """Print the result document and, with --json, write it there atomically."""
+    from egc.imageio import atomic_write_bytes
+
+    text = json.dumps(doc, indent=2, allow_nan=False)
+    if json_path is not None:
+        atomic_write_bytes(Path(json_path), (text + "\n").encode())
+        print(f"wrote {json_path}", file=sys.stderr)
+    print(text)
 
 
 def _eval_samples(a: argparse.Namespace) -> int:
     """``egc eval --samples FILE.npz --data NAME``: judge and naturalness metrics of a set of images."""
-    from egc.imageio import atomic_write_bytes, check_output_file
+    from egc.imageio import check_output_file
 
     from .samples import load_samples_npz, score_samples
 
@@ -118,12 +124,10 @@ def _eval_samples(a: argparse.Namespace) -> int:
                                                       n_ref=a.n_test, seed=a.seed, batch_size=a.batch_size or 250)}
     from egc.host import cpu_name
 
+    from .evaluate import _clean
+
     doc["cpu"] = cpu_name()
-    text = json.dumps(doc, indent=2, allow_nan=True)
-    if a.json is not None:
-        atomic_write_bytes(Path(a.json), (text + "\n").encode())
-        print(f"wrote {a.json}", file=sys.stderr)
-    print(text)
+    _emit(_clean(doc), a.json)  # NaN (too few images for precision / recall) -> null
     return 0
 
 
