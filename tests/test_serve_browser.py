@@ -142,6 +142,7 @@ def test_page_end_to_end(server, browser, tmp_path):
     # ---- 3. classifier as generator: the image forms live
     Select(drv.find_element(By.ID, "cag-class")).select_by_value("1")
     el = drv.find_element(By.ID, "cag-steps")
+    assert el.get_attribute("value") == "300"  # an EGC head's measured default (egc.cag.generate.recommended_config)
     el.clear()
     el.send_keys("40")
     drv.find_element(By.ID, "cag-start").click()
