@@ -299,3 +299,10 @@ def test_defaults_reach_the_class_for_every_classifier_kind(kind, tmp_path):
         probs = torch.softmax(clf(imgs), 1)
         floor = 0.5 if kind != "egc-head" else float(torch.softmax(clf(real), 1)[:, target].mean())
     assert (probs.argmax(1) == target).all() and (probs[:, target] > floor).all(), (probs, floor)
+
+
+def test_naturalness_of_too_few_images_per_class_is_nan_not_an_error():
+    real = smooth_images(4, seed=5)
+    out = naturalness(smooth_images(4, seed=6), torch.tensor([0, 1, 2, 3]), real, torch.tensor([0, 1, 2, 3]))
+    assert out["diversity_ratio"] != out["diversity_ratio"] and "no class" in out["diversity_note"]  # NaN
+    assert out["spectrum_distance"] >= 0

@@ -140,8 +140,12 @@ def naturalness(fake: torch.Tensor, fake_labels: torch.Tensor | None, real: torc
     out = {"spectrum_distance": spectrum_distance(fake, real), "histogram_distance": histogram_distance(fake, real)}
     conditional = fake_labels is not None and real_labels is not None and bool((torch.as_tensor(fake_labels) >= 0).all())
     if conditional:
-        out["diversity_ratio"], per = diversity_ratio(fake, fake_labels, real, real_labels, seed=seed)
-        out["diversity_ratio_min_class"] = min(per.values())
+        try:
+            out["diversity_ratio"], per = diversity_ratio(fake, fake_labels, real, real_labels, seed=seed)
+            out["diversity_ratio_min_class"] = min(per.values())
+        except EgcError as e:  # too few images per class (a tiny evaluation): the other figures still stand
+            out["diversity_ratio"] = math.nan
+            out["diversity_note"] = str(e)
     else:
         d_f, d_r = mean_pairwise_distance(fake, seed=seed), mean_pairwise_distance(real, seed=seed)
         out["diversity_ratio_all"] = d_f / d_r if d_r > 0 else math.nan
