@@ -174,7 +174,8 @@ def cmd_cag(a: argparse.Namespace) -> int:
         check_classes(clf, names, a.stats_from)
         if tuple(sx.shape[-2:]) != (size, size):
             raise EgcError(f"--stats-from {a.stats_from} has {sx.shape[-1]}x{sx.shape[-2]} images but the images made here are {size}x{size}")
-        real_stats = class_feature_stats(clf, sx, sy, view=cfg.view)[target]
+        mine = sy == target  # only the target's statistics are used: do not run the classifier on the other classes
+        real_stats = class_feature_stats(clf, sx[mine], sy[mine], view=cfg.view)[target]
         if cfg.init == "data":  # a latent head (param latent) starts from a Gaussian of its own latents
             prior = PixelPrior.fit(clf.encode(sx) if cfg.parameterisation == "latent" else sx, sy)
     elif cfg.init == "data":
