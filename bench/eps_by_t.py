@@ -20,7 +20,7 @@ import torch
 
 from egc import EGC
 from egc.diffusion.energy import prior_coef
-from egc.data import load_dataset, to_model_range
+from egc.data import load_data, to_model_range
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     m = EGC.load(a.checkpoint)
-    test = load_dataset(m.config.data.name, "test", m.config.data.root)
+    test = load_data(m.config.data, "test", shape=m.image_shape)
     x0 = to_model_range(test.images[: a.n])
     y = test.labels[: a.n]
     g = torch.Generator().manual_seed(a.seed)

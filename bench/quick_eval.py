@@ -13,7 +13,7 @@ import time
 import torch
 
 from egc import EGC
-from egc.data import load_dataset, to_model_range
+from egc.data import load_data, to_model_range
 from egc.eval.judge import judge_samples, load_judge
 
 
@@ -28,7 +28,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     m = EGC.load(a.checkpoint)
-    test = load_dataset(m.config.data.name, "test", m.config.data.root)
+    test = load_data(m.config.data, "test", shape=m.image_shape)
     x = to_model_range(test.images[: a.test_n])
     y = test.labels[: a.test_n]
     t0 = time.time()

@@ -28,7 +28,7 @@ import torch
 
 from egc import EGC
 from egc.config import PRECISIONS, parse_guidance_interval
-from egc.data import load_dataset, to_model_range
+from egc.data import load_data, to_model_range
 from egc.eval.evaluate import resolve_judge
 from egc.eval.judge import judge_samples
 
@@ -67,7 +67,7 @@ def main() -> None:
         raise SystemExit(f"--precisions: '{bad[0]}' is not auto, fp32 or bf16")
     models = {prec: EGC.load(a.checkpoint, precision=prec) for prec in precisions}
     m = models[precisions[0]]
-    test = to_model_range(load_dataset(m.config.data.name, "test", m.config.data.root).images)
+    test = to_model_range(load_data(m.config.data, "test", shape=m.image_shape).images)
     judge, why = resolve_judge(m, m.config.data.name, a.judge)
     if judge is None:
         raise SystemExit(f"sample.py: {why}")

@@ -48,7 +48,8 @@ def tiny_rgb32_run(tmp: Path):
 
     with np.load(make_npz(tmp / "g.npz", n=20, size=32, classes=10)) as z:
         np.savez(tmp / "rgb.npz", images=np.repeat(z["images"], 3, axis=-1), labels=z["labels"], class_names=z["class_names"])
-    assert main(tiny_train_argv(tmp / "rgb-run", tmp / "rgb.npz", 1)) == 0
+    # on pixels: colour images of 32 px would otherwise train on the shipped autoencoder's latents (model.space auto)
+    assert main(tiny_train_argv(tmp / "rgb-run", tmp / "rgb.npz", 1, "--set", "model.space=pixel")) == 0
     return load_checkpoint(str(tmp / "rgb-run"))
 
 

@@ -203,7 +203,6 @@ CASES = {
     "train-npz-no-images": (lambda e, t: _train(e, t, data=f"npz:{e.d / 'empty.npz'}"), ["empty.npz", "no images"], ["out/checkpoints"]),
     "train-npz-missing-file": (lambda e, t: _train(e, t, data=f"npz:{e.d / 'nowhere.npz'}"), ["nowhere.npz"], ["out/checkpoints"]),
     "train-folder-empty": (lambda e, t: _train(e, t, data=f"folder:{e.d / 'emptydir'}"), ["no images"], ["out/checkpoints"]),
-    "train-folder-mixed-sizes": (lambda e, t: _train(e, t, data=f"folder:{e.d / 'mixed'}"), ["16x16"], ["out/checkpoints"]),
     "train-folder-truncated-png": (lambda e, t: _train(e, t, data=f"folder:{e.d / 'badpng'}"), ["y.png"], ["out/checkpoints"]),
     "train-folder-text-as-png": (lambda e, t: _train(e, t, data=f"folder:{e.d / 'textpng'}"), ["y.png"], ["out/checkpoints"]),
     "train-unknown-dataset": (lambda e, t: _train(e, t, data="imagenet-22k"), ["imagenet-22k"], ["out"]),
@@ -276,10 +275,6 @@ CASES = {
     "classify-empty-png": (lambda e, t: _classify(e, t, e.d / "img" / "empty.png"), ["empty.png"], []),
     "classify-truncated-jpg": (lambda e, t: _classify(e, t, e.d / "img" / "trunc.jpg"), ["trunc.jpg"], []),
     "classify-text-file": (lambda e, t: _classify(e, t, e.d / "notes.txt"), ["notes.txt"], []),
-    "classify-wrong-size": (lambda e, t: _classify(e, t, e.d / "img" / "big.png"), ["16x16"], []),
-    "classify-colour-for-grey-model": (lambda e, t: _classify(e, t, e.d / "img" / "colour.png"), ["colour.png"], []),
-    "classify-transparent": (lambda e, t: _classify(e, t, e.d / "img" / "transparent.png"), ["transparent.png"], []),
-    "classify-16-bit": (lambda e, t: _classify(e, t, e.d / "img" / "deep16.png"), ["deep16.png"], []),
     "classify-decompression-bomb": (lambda e, t: _classify(e, t, e.d / "img" / "bomb.png"), ["bomb.png"], []),
     "classify-missing-image": (lambda e, t: _classify(e, t, e.d / "img" / "nope.png"), ["nope.png"], []),
     "classify-empty-folder": (lambda e, t: _classify(e, t, e.d / "emptydir"), ["emptydir"], []),
@@ -347,7 +342,6 @@ CASES = {
     "eval-no-metric": (lambda e, t: _eval(e, t, "--metrics", ","), ["--metrics"], ["eval.json"]),
     "eval-data-unknown": (lambda e, t: _eval(e, t, "--data", "imagenet-22k"), ["imagenet-22k"], ["eval.json"]),
     "eval-data-truncated-npz": (lambda e, t: _eval(e, t, "--data", f"npz:{e.d / 'trunc.npz'}"), ["trunc.npz"], ["eval.json"]),
-    "eval-data-other-image-size": (lambda e, t: _eval(e, t, "--data", f"folder:{e.d / 'mixed'}"), ["16x16"], ["eval.json"]),
     "eval-n-test-0": (lambda e, t: _eval(e, t, "--n-test", "0"), ["--n-test"], ["eval.json"]),
     "eval-pgd-steps-negative": (lambda e, t: _eval(e, t, "--pgd-steps=-1"), ["--pgd-steps"], ["eval.json"]),
     "eval-eps-negative": (lambda e, t: _eval(e, t, "--eps-linf", "0.1,-0.2"), ["--eps-linf"], ["eval.json"]),
@@ -470,3 +464,18 @@ def test_full_disk(name, full_disk):
     _, _, words, outputs = FULL_DISK[name]
     res = results[name]
     _check(name, res["rc"], res["err"], words, [dirs[name] / o for o in outputs], dirs[name])
+
+
+def test_odd_images_are_preprocessed_not_refused(E, capsys):
+    """Images a user has (another size, colour for a grey model, transparency, 16 bits) go through the
+    model's training preprocessing: classified, with what was changed reported per image and once on stderr."""
+    files = {n: E.d / "img" / n for n in ("big.png", "colour.png", "transparent.png", "deep16.png")}
+    capsys.readouterr()
+    assert main(["classify", str(E.run), *map(str, files.values()), "--json"]) == 0
+    out = capsys.readouterr()
+    rows = {Path(r["image"]).name: r for r in json.loads(out.out)}
+    assert any("resized from 16x16" in n for n in rows["big.png"]["preprocessed"])
+    assert "colour converted to grey" in rows["colour.png"]["preprocessed"]
+    assert "alpha channel dropped" in rows["transparent.png"]["preprocessed"]
+    assert "16-bit pixels scaled to 8 bits" in rows["deep16.png"]["preprocessed"]
+    assert "1 of 4 image(s) resized" in out.err and "\n" not in out.err.strip()

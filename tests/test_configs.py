@@ -26,5 +26,6 @@ def test_cifar10_latent_recipe_is_the_default_recipe_on_the_8x8x8_autoencoder():
     base = load_config(CONFIGS / "cifar10.yaml").to_dict()
     diff = {(sec, k): v for sec in lat for k, v in lat[sec].items() if base[sec].get(k) != v}
     # sigma_data 0 means "automatic": 1.0 for the unit-variance latents, 0.5 for pixels
+    # sample.eta -1 likewise: 0 for a latent model (zoo:cifar10's card: its lower fd), 1 for pixels
     assert diff == {("model", "patch"): 1, ("model", "autoencoder"): "runs/cifar10-ae", ("loss", "clean_shift"): 4,
-                    ("model", "sigma_data"): 1.0}
+                    ("model", "sigma_data"): 1.0, ("sample", "eta"): 0.0}

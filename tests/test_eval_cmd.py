@@ -267,7 +267,8 @@ def test_bad_input_is_one_line(case, tmp_path, trained, monkeypatch, capsys):
     args = {
         "unknown_metric": (["eval", str(trained), "--metrics", "acc,fid"], "unknown metric 'fid'"),
         "missing_ckpt": (["eval", str(tmp_path / "nope.safetensors")], "nope.safetensors"),
-        "wrong_data": (["eval", str(trained), "--data", f"npz:{make_npz(tmp_path / 'd8.npz', size=8)}"], "model takes 1x16x16"),
+        # (another image size is not an error any more: the model's preprocessing resizes it)
+        "wrong_data": (["eval", str(trained), "--data", f"npz:{make_npz(tmp_path / 'd5.npz', size=16, classes=5)}"], "has 5 classes but the model has 3"),
         "inception": (["eval", str(trained), "--inception", "pt_inception.pth"], "Inception weights file not found"),
         "bad_eps": (["eval", str(trained), "--eps-linf", "0.1,x"], "--eps-linf"),
         "bad_t": (["eval", str(trained), "--noise-t", "5000", "--metrics", "noisy_acc"], "--noise-t"),

@@ -187,6 +187,13 @@ def test_a_latent_model_lends_its_embedded_autoencoder(runs, tmp_path):
     assert load_autoencoder("zoo:cifar10").latent_shape == (8, 8, 8)
 
 
+def _rgb(npz: Path, out: Path) -> Path:
+    """The images of ``npz`` repeated over three channels (another channel count than a grey autoencoder's)."""
+    with np.load(npz) as z:
+        np.savez(out, images=np.repeat(z["images"], 3, axis=-1), labels=z["labels"], class_names=z["class_names"])
+    return out
+
+
 def test_bad_autoencoder_errors(runs, tmp_path, capsys):
     npz = runs["npz"]
     pixel = tmp_path / "pixel"
@@ -198,7 +205,7 @@ def test_bad_autoencoder_errors(runs, tmp_path, capsys):
         (f"model.autoencoder={stripped}", npz, f"model.autoencoder: {stripped}: a latent checkpoint"),
         (f"model.autoencoder={tmp_path / 'nope'}", npz, "model.autoencoder: checkpoint not found"),
         (f"model.autoencoder={pixel}", npz, "on pixels, not an autoencoder"),
-        (f"model.autoencoder={runs['ae']}", make_npz(tmp_path / "big.npz", size=16), "has 1x16x16 images (CxHxW) but the autoencoder"),
+        (f"model.autoencoder={runs['ae']}", _rgb(npz, tmp_path / "rgb.npz"), "has 3x8x8 images (CxHxW) but the autoencoder"),
     ]
     for i, (setting, data, msg) in enumerate(cases):
         out = tmp_path / f"x{i}"
@@ -246,7 +253,7 @@ def test_eval_of_a_latent_model(runs, tmp_path):
     from egc.eval.evaluate import load_test_set
 
     model = EGC.load(str(runs["latent"]))
-    x, y, _ = load_test_set(model, f"npz:{runs['npz']}", None, 8, 0)  # eval's images (seed 0 is its default)
+    x, y, _, _ = load_test_set(model, f"npz:{runs['npz']}", None, 8, 0)  # eval's images (seed 0 is its default)
     assert x.shape[1:] == model.image_shape  # pixels, not latents
     assert m["accuracy"] == pytest.approx(float((model.logits(x).argmax(1) == y).double().mean()))
 

@@ -220,12 +220,14 @@ def load_checkpoint(spec: str | Path) -> Checkpoint:
 
 def export_weights(spec: str | Path, out: str | Path, dtype: torch.dtype = torch.float32, extra_meta: dict[str, Any] | None = None,
                    guidance: float | None = None, cfg: float | None = None,
-                   guidance_interval: tuple[float, float] | None = None) -> Path:
+                   guidance_interval: tuple[float, float] | None = None, sampler: str | None = None, steps: int | None = None,
+                   eta: float | None = None) -> Path:
     """Write the inference weights (EMA when present) of a checkpoint as a small weights-only file.
 
     ``guidance`` / ``cfg`` / ``guidance_interval`` record measured classifier / classifier-free guidance
     scales and the interval of t / T where they act as the model's sampling defaults (config
-    sample.guidance / sample.cfg / sample.guidance_tmin, guidance_tmax)."""
+    sample.guidance / sample.cfg / sample.guidance_tmin, guidance_tmax); ``sampler`` / ``steps`` / ``eta``
+    the sampler they were measured with."""
     ck = load_checkpoint(spec)
     if guidance is not None:
         ck.config.sample.guidance = float(guidance)
@@ -233,6 +235,9 @@ def export_weights(spec: str | Path, out: str | Path, dtype: torch.dtype = torch
         ck.config.sample.cfg = float(cfg)
     if guidance_interval is not None:
         ck.config.sample.guidance_tmin, ck.config.sample.guidance_tmax = (float(v) for v in guidance_interval)
+    for key, value in (("sampler", sampler), ("steps", steps), ("eta", eta)):
+        if value is not None:
+            setattr(ck.config.sample, key, type(getattr(ck.config.sample, key))(value))
     ck.config.sample.validate()
     weights = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in ck.inference_weights().items()}
     keep = {k: ck.meta[k] for k in ("class_names", "data", "elapsed_s") if k in ck.meta}

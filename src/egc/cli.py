@@ -73,12 +73,13 @@ def _set_threads(n: int | None) -> None:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from .config import load_config
-    from .train.loop import train
+    from .train.stages import train_run
 
     overrides = list(a.set or [])
     for flag, key in ((a.model, "model.kind"), (a.model_size, "model.size"), (a.data, "data.name"), (a.data_root, "data.root"), (a.steps, "train.steps"),
                       (a.minutes, "train.minutes"), (a.batch_size, "train.batch_size"), (a.lr, "train.lr"), (a.seed, "train.seed"),
-                      (a.threads, "train.threads"), (a.device, "train.device")):
+                      (a.threads, "train.threads"), (a.device, "train.device"), (a.image_size, "data.image_size"), (a.fit, "data.fit"),
+                      (a.holdout, "data.holdout")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
     base = a.config
@@ -97,7 +98,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         have = load_checkpoint(found).config.model.size if found is not None else a.model_size
         if have != a.model_size:
             raise EgcError(f"--resume: {found} is a model size '{have}' run; --model-size {a.model_size} cannot change it (drop the flag or use another --out)")
-    summary = train(cfg, a.out, resume=a.resume, quiet=a.quiet, stop_after_minutes=a.stop_after)
+    if a.resume and (a.image_size is not None or a.fit is not None or a.holdout is not None):
+        raise EgcError("--resume: a run's preprocessing and held-out split are fixed when it starts (drop --image-size / --fit / --holdout)")
+    summary = train_run(cfg, a.out, resume=a.resume, quiet=a.quiet, stop_after_minutes=a.stop_after)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line (rank 0's)
         print(json.dumps(summary))
     return 0
@@ -134,7 +137,10 @@ def cmd_sample(a: argparse.Namespace) -> int:
     k = m.config.model.num_classes
     nrow = a.n // k if a.class_balanced and a.n % k == 0 and a.n // k > 1 else None
     out = save_grid(u8, a.out, nrow=nrow, scale=a.scale)
-    result = {"grid": str(out), "n": a.n, "sampler": a.sampler, "steps": a.steps,
+    smp = m.config.sample
+    sampler = a.sampler or smp.sampler
+    result = {"grid": str(out), "n": a.n, "sampler": sampler, "steps": a.steps or min(smp.steps, m.schedule.num_steps),
+              "eta": (smp.eta if a.eta is None else a.eta) if sampler == "ddim" else None,
               "guidance": m.config.sample.guidance if a.guidance is None else a.guidance, "cfg": m.config.sample.cfg if a.cfg is None else a.cfg,
               "guidance_interval": list(a.guidance_interval or (m.config.sample.guidance_tmin, m.config.sample.guidance_tmax)),
               "device": str(m.device), "precision": m.precision}
@@ -170,28 +176,57 @@ def _class_id(m, s: str) -> int:
 def cmd_classify(a: argparse.Namespace) -> int:
     import torch
 
-    from .data import to_model_range
-    from .imageio import collect_images, read_image
+    from .imageio import collect_images
 
     _set_threads(a.threads)
     m = _load(a.checkpoint, a.precision, a.device)
-    c, h, _ = m.image_shape
     files = collect_images(a.images)
-    x = to_model_range(torch.stack([read_image(f, h, c) for f in files]))
+    notes: list[list[str]] = []
+    x = m.preprocess(files, notes=notes)  # the model's training preprocessing, whatever the files' size and mode
+    if a.method == "diffusion":
+        return _classify_diffusion(a, m, files, x)
     probs = torch.cat([m.predict_proba(x[i:i + 256]) for i in range(0, len(x), 256)])
     energy = torch.cat([m.energy(x[i:i + 256]) for i in range(0, len(x), 256)])
     topk = min(a.top_k, probs.shape[1])
     rows = []
-    for f, p, e in zip(files, probs, energy):
+    for f, p, e, changed in zip(files, probs, energy, notes):
         v, i = p.topk(topk)
-        rows.append({"image": str(f), "energy": round(float(e), 4),
+        rows.append({"image": str(f), "energy": round(float(e), 4), "preprocessed": changed,
                      "top": [{"class": int(j), "name": m.class_names[int(j)], "prob": round(float(q), 4)} for q, j in zip(v, i)]})
+    if any(notes):
+        resized = sum(any(n.startswith("resized") for n in ns) for ns in notes)
+        print(f"egc classify: {resized} of {len(files)} image(s) resized to the model's {m.prep.describe()}"
+              + (f"; other conversions: {', '.join(sorted({n for ns in notes for n in ns if not n.startswith('resized')}))}"
+                 if any(n for ns in notes for n in ns if not n.startswith("resized")) else ""), file=sys.stderr)
     if a.json:
         print(json.dumps(rows, indent=None))
     else:
         for r in rows:
             tops = ", ".join(f"{t['name']} {t['prob']:.3f}" for t in r["top"])
             print(f"{r['image']}: {tops}  (energy {r['energy']:.2f})")
+    return 0
+
+
+def _classify_diffusion(a: argparse.Namespace, m, files: list, x) -> int:
+    """``egc classify --method diffusion``: Li et al.'s pruned ELBO classifier on the model's conditional eps."""
+    import time
+
+    from .eval.diffusion_classifier import diffusion_classify, evaluations, model_eps, parse_schedule
+
+    k = m.config.model.num_classes
+    rounds = parse_schedule(a.dc_schedule.replace("K", str(k)), k)
+    eps, space = model_eps(m)
+    t0 = time.perf_counter()
+    pred, err = diffusion_classify(eps, space(x), k, m.schedule.alphas_cumprod, rounds, seed=a.seed)
+    ms = 1000 * (time.perf_counter() - t0) / len(files)
+    rows = [{"image": str(f), "method": "diffusion", "class": int(p), "name": m.class_names[int(p)], "evaluations": evaluations(rounds),
+             "ms": round(ms, 1), "errors": {m.class_names[j]: round(float(v), 5) for j, v in enumerate(e) if v != float("inf")}}
+            for f, p, e in zip(files, pred, err)]
+    if a.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{r['image']}: {r['name']}  (diffusion classifier, {r['evaluations']} network evaluations, {r['ms']:.0f} ms)")
     return 0
 
 
@@ -208,7 +243,7 @@ def cmd_zoo(a: argparse.Namespace) -> int:
         card = ZOO_DIR / f"{name}.md"
         rows.append({"name": f"zoo:{name}", "role": "model", "kind": c.model.kind, "data": c.data.name,
                      "image_shape": list(c.model.pixel_shape), "latent": bool(c.model.latent), "conditioning": c.model.conditioning,
-                     "steps": ck.step, "guidance": smp.guidance, "cfg": smp.cfg, "guidance_interval": [smp.guidance_tmin, smp.guidance_tmax],
+                     "steps": ck.step, "sampler": smp.sampler, "sample_steps": smp.steps, "eta": smp.eta, "guidance": smp.guidance, "cfg": smp.cfg, "guidance_interval": [smp.guidance_tmin, smp.guidance_tmax],
                      "mb": round((ZOO_DIR / f"{name}.safetensors").stat().st_size / 2**20, 1),
                      "card": str(card) if card.is_file() else None})
     for q in sorted(ZOO_DIR.glob("*.safetensors")):
@@ -228,7 +263,7 @@ def cmd_zoo(a: argparse.Namespace) -> int:
         if r["role"] == "model":
             iv = r["guidance_interval"]
             print(f"{r['name']:<20} {r['kind']} on {r['data']} ({shape}{', latent' if r['latent'] else ''}), {r['steps']} steps, "
-                  f"samples with s {r['guidance']:g} w {r['cfg']:g} at t/T {iv[0]:g}-{iv[1]:g}; {r['mb']} MB; card: {r['card'] or '-'}")
+                  f"samples with {r['sampler']} {r['sample_steps']} (eta {r['eta']:g}), s {r['guidance']:g} w {r['cfg']:g} at t/T {iv[0]:g}-{iv[1]:g}; {r['mb']} MB; card: {r['card'] or '-'}")
         else:
             print(f"{r['name']:<20} judge for {r['data']} ({shape}), test accuracy {r['test_accuracy']}; {r['mb']} MB")
     return 0
@@ -242,7 +277,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     check_output_file(a.out)
     out = export_weights(a.checkpoint, a.out, dtype=torch.float16 if a.half else torch.float32, guidance=a.guidance, cfg=a.cfg,
-                         guidance_interval=a.guidance_interval)
+                         guidance_interval=a.guidance_interval, sampler=a.sampler, steps=a.steps, eta=a.eta)
     print(json.dumps({"weights": str(out), "bytes": out.stat().st_size}))
     return 0
 
@@ -267,11 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
     t.add_argument("--out", required=True, help="run folder (config, log.csv, checkpoints/, samples/)")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    t.add_argument("--model", metavar="KIND", help="egc (default) | classifier | ddpm: the EGC model or a baseline on the same UNet; "
-                   "autoencoder: the KL autoencoder of latent runs (then --set model.autoencoder=RUN)")
+    t.add_argument("--model", metavar="KIND", help="egc (default) | classifier | ddpm | jem: the EGC model or a baseline on the same UNet; "
+                   "cnn: a small fast ResNet classifier; autoencoder: the KL autoencoder of latent runs (egc/kinds.py lists them)")
     t.add_argument("--model-size", choices=["tiny", "small", "base", "large"])
     t.add_argument("--data", help="fashion-mnist | mnist | cifar10 | folder:PATH | npz:PATH")
     t.add_argument("--data-root", help="where the data set lives (default: $EGC_DATA or the system location)")
+    t.add_argument("--image-size", type=_positive_int, metavar="N", help="train on N x N images (data.image_size; default: the images' own "
+                   "size when they share one square size, else their median shorter side snapped to 16-64 px)")
+    t.add_argument("--fit", choices=["crop", "pad"], help="how other sizes become square (data.fit): crop = shorter side to N and a centre "
+                   "crop (default), pad = longer side to N on black")
+    t.add_argument("--holdout", type=_nonneg_float, metavar="SHARE", help="a folder without test/: share of each class held out as its "
+                   "test split, never trained on (data.holdout, default 0.1)")
     t.add_argument("--steps", type=_positive_int, help="total optimiser steps")
     t.add_argument("--minutes", type=_nonneg_float, help="total training time budget")
     t.add_argument("--stop-after", type=_positive_float, metavar="MINUTES", help="train this many minutes now, then checkpoint and stop; "
@@ -289,15 +330,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=_positive_int, default=100)
     s.add_argument("--label", help="class id(s) or name(s), comma-separated; one value applies to all")
     s.add_argument("--class-balanced", action="store_true", help="n/K samples of each class")
-    s.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++2m"])
-    s.add_argument("--steps", type=_positive_int, default=100)
+    s.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpm++2m"], help="default: the model's own (egc zoo shows it)")
+    s.add_argument("--steps", type=_positive_int, default=None, help="sampler steps (default: the model's own, 50 for new models)")
     s.add_argument("--guidance", type=_nonneg_float, default=None, help="classifier guidance s from the model's (null-label) classifier head "
                    "(default: the model's recommended scale)")
     s.add_argument("--cfg", type=_nonneg_float, default=None, help="classifier-free guidance w: (1 + w) E(x|y) - w E(x|null), for models with "
                    "model.conditioning embedding or joint (default: the model's recommended scale)")
     s.add_argument("--guidance-interval", type=_interval, default=None, metavar="LO,HI", help=INTERVAL_HELP)
     s.add_argument("--device", default="auto", help=DEVICE_HELP)
-    s.add_argument("--eta", type=_nonneg_float, default=None, help="DDIM noise (default 0: deterministic; 1 = DDPM variance); ddim only")
+    s.add_argument("--eta", type=_nonneg_float, default=None, help="DDIM noise, ddim only: 0 deterministic, 1 = DDPM's variance "
+                   "(default: the model's own; 1 for pixel models, 0 for latent ones)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=_positive_int, default=250)
     s.add_argument("--out", default="samples.png", help="grid PNG path")
@@ -314,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--top-k", type=_positive_int, default=3)
     c.add_argument("--device", default="auto", help=DEVICE_HELP)
     c.add_argument("--json", action="store_true")
+    c.add_argument("--method", choices=["head", "diffusion"], default="head", help="head: the model's classifier (one forward pass; default); "
+                   "diffusion: Li et al.'s diffusion classifier on the model's class-conditional eps (EGC or a conditional ddpm)")
+    c.add_argument("--dc-schedule", default="K:20,3:40", metavar="KEEP:TRIALS,...", help="--method diffusion: score the best KEEP classes on "
+                   "TRIALS new (t, eps) pairs per round (K = all classes; Li et al.: 10:50,5:450, 2,750 evaluations an image); default K:20,3:40")
+    c.add_argument("--seed", type=int, default=0, help="--method diffusion: seeds its (t, eps) pairs")
     c.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     c.add_argument("--threads", type=_positive_int)
     c.set_defaults(fn=cmd_classify)
@@ -325,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--guidance", type=_nonneg_float, help="record this measured classifier-guidance scale as the model's default for sampling")
     e.add_argument("--cfg", type=_nonneg_float, help="record this measured classifier-free guidance scale as the model's default for sampling")
     e.add_argument("--guidance-interval", type=_interval, metavar="LO,HI", help="record this measured guidance interval (fractions t/T) as the model's default")
+    e.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++2m"], help="record this sampler as the model's default")
+    e.add_argument("--steps", type=_positive_int, help="record this many sampler steps as the model's default")
+    e.add_argument("--eta", type=_nonneg_float, help="record this DDIM noise as the model's default")
     e.set_defaults(fn=cmd_export)
 
     z = sub.add_parser("zoo", help="list the models and judges that ship with egc (zoo:NAME)")

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .kinds import AUTOENCODER, KINDS, kind_of
 
 # Inference precisions (egc sample/classify/eval, EGC.load); "auto" is resolved by model.resolve_precision.
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -37,11 +38,10 @@ ENERGY_PRIORS = ("none", "gaussian", "denoiser")
 # classifier; the two baselines share its UNet, data, budgets and checkpoints: "classifier" = the
 # pooled logit map trained with cross-entropy on clean images only (no diffusion loss, no double
 # backprop), "ddpm" = the UNet with C output channels predicting eps directly (plain diffusion, MSE).
-MODEL_KINDS = ("egc", "classifier", "ddpm")
-# Not a classifier/generator but the frozen first stage of a latent run (``egc train --model
-# autoencoder``): a small KL autoencoder, see nets/autoencoder.py and egc/autoencoder.py.
-AUTOENCODER = "autoencoder"
-ALL_KINDS = MODEL_KINDS + (AUTOENCODER,)
+# What each kind is and can do: egc/kinds.py (the registry; jem and cnn there too). The frozen first stage
+# of a latent run (``egc train --model autoencoder``) is a kind but not a classifier or generator.
+MODEL_KINDS = tuple(k for k, v in KINDS.items() if not v.first_stage)
+ALL_KINDS = tuple(KINDS)
 AE_RECON = ("l1", "mse")
 # How the class label enters the energy (model.conditioning), see diffusion/energy.py:
 #   "none"      unconditional energy E(x_t); class information only through classifier guidance;
@@ -118,6 +118,10 @@ class ModelConfig:
     # in_channels/image_size are then the latent shape; model.ae holds the autoencoder's architecture.
     autoencoder: str | None = None
     latent_scale: float = 0.0
+    # "auto": a new run without model.autoencoder picks pixels or latents from its data (train/stages.py:
+    # colour images of 32 px and more train on latents, with a shipped or a freshly trained autoencoder);
+    # "pixel" | "latent" force it. Saved runs record what was chosen.
+    space: str = "auto"
     ae: AutoencoderConfig = field(default_factory=AutoencoderConfig)
 
     @property
@@ -135,9 +139,10 @@ class ModelConfig:
     @property
     def out_channels(self) -> int:
         """Channels of the network's output map: K logits (+ C denoiser channels); C eps channels for ddpm."""
-        if self.kind == "ddpm":
+        k = kind_of(self.kind)
+        if k.sampler == "diffusion" and not k.classifies:  # a ddpm: eps itself
             return self.in_channels
-        if self.kind == "classifier":
+        if k.energy != "diffusion":  # classifier, cnn, jem: class logits only
             return self.num_classes
         return self.num_classes + (self.in_channels if self.energy_prior == "denoiser" else 0)
 
@@ -147,25 +152,29 @@ class ModelConfig:
         _check(self.in_channels >= 1 and self.num_classes >= 2, "model.in_channels >= 1 and model.num_classes >= 2 required")
         _check(self.channels >= 4 and len(self.channel_mult) >= 1, "model.channels >= 4 and a non-empty model.channel_mult required")
         _check(self.patch in (1, 2, 4), f"model.patch must be 1, 2 or 4, got {self.patch}")
-        _check(self.kind == AUTOENCODER or self.image_size % self.patch == 0, f"model.image_size {self.image_size} not divisible by model.patch {self.patch}")
+        k = kind_of(self.kind)
+        _check(k.net != "unet" or self.image_size % self.patch == 0, f"model.image_size {self.image_size} not divisible by model.patch {self.patch}")
         _check(self.norm in ("group", "none"), f"model.norm must be 'group' or 'none', got '{self.norm}'")
         _check(self.pool in ("attention", "mean"), f"model.pool must be 'attention' or 'mean', got '{self.pool}'")
         _check(self.logit_scale >= 0, f"model.logit_scale must be > 0 (0 = automatic), got {self.logit_scale}")
+        diffusion_energy = k.energy == "diffusion"  # an EGC
         if self.logit_scale == 0:
-            self.logit_scale = 10.0 if self.kind == "egc" and self.supervised else 1.0
+            self.logit_scale = 10.0 if diffusion_energy and self.supervised else 1.0
         _check(self.conditioning in CONDITIONINGS + ("auto",), f"model.conditioning must be auto or one of {', '.join(CONDITIONINGS)}, got '{self.conditioning}'")
         if self.conditioning == "auto":
-            self.conditioning = "joint" if self.kind == "egc" and self.supervised else "none"
-        _check(self.kind != "classifier" or self.conditioning == "none", "model.conditioning applies to kinds egc and ddpm, not classifier")
-        _check(self.kind != "ddpm" or self.conditioning in ("none", "embedding"),
-               "model.conditioning joint needs class logits: a ddpm takes the label as an embedding (model.conditioning=embedding)")
+            self.conditioning = "joint" if "joint" in k.conditionings and self.supervised else "none"
+        if self.conditioning not in k.conditionings:
+            _check(self.conditioning != "joint" or "embedding" not in k.conditionings,
+                   f"model.conditioning joint needs class logits: a {self.kind} takes the label as an embedding (model.conditioning=embedding)")
+            _check(False, f"model.conditioning applies to kinds {', '.join(n for n, v in KINDS.items() if len(v.conditionings) > 1)}, not {self.kind}")
         _check(self.clusters >= 0 and self.clusters != 1, f"model.clusters must be 0 (automatic) or >= 2, got {self.clusters}")
-        _check(self.supervised or (self.kind == "egc" and self.conditioning == "none"),
+        _check(self.supervised or (diffusion_energy and self.conditioning == "none"),
                "model.supervised=false (unsupervised EGC) needs model.kind egc with model.conditioning none")
         _check(self.energy_prior in ENERGY_PRIORS, f"model.energy_prior must be one of {', '.join(ENERGY_PRIORS)}, got '{self.energy_prior}'")
         _check(0 <= self.dropout < 1 and self.sigma_data >= 0, "model.dropout in [0, 1) and model.sigma_data >= 0 (0 = automatic) required")
         if self.sigma_data == 0:
             self.sigma_data = 1.0 if self.latent else 0.5
+        _check(self.space in ("auto", "pixel", "latent"), f"model.space must be auto, pixel or latent, got '{self.space}'")
         _check(self.latent_scale >= 0, f"model.latent_scale must be >= 0 (0 = measure it), got {self.latent_scale}")
         _check(not (self.kind == AUTOENCODER and self.autoencoder), "model.autoencoder is for latent runs (kind egc, classifier or ddpm); "
                                                                      "a model.kind autoencoder run trains one")
@@ -202,6 +211,9 @@ class LossConfig:
     # diffusion loss keeps the unshifted images. Latent runs shift pixels before encoding. 0 = off.
     clean_shift: int = 0
     label_smoothing: float = 0.2  # of the noisy CE (egc) and of the classifier baseline's CE
+    # kinds classifier and cnn: Gaussian noise of this std (on [0, 1] pixels) added to every training image,
+    # the base classifier of randomized smoothing (Cohen et al. 2019; egc certify). 0 = off.
+    noise_sigma: float = 0.0
     # Conditional models (model.conditioning != none): share of the diffusion loss's labels replaced
     # by the null label, so one network learns E(x | y) and E(x | null) (0.1 as released).
     null_prob: float = 0.1
@@ -222,9 +234,35 @@ class LossConfig:
         _check(self.noisy_ce_weight >= 0 and self.clean_ce_weight >= 0, "loss weights must be >= 0")
         _check(0 <= self.clean_fraction <= 1, f"loss.clean_fraction must be in [0, 1], got {self.clean_fraction}")
         _check(0 <= self.clean_shift <= 16, f"loss.clean_shift must be an integer in [0, 16] (pixels), got {self.clean_shift}")
+        _check(0 <= self.noise_sigma <= 2, f"loss.noise_sigma must be in [0, 2] (on [0, 1] pixels), got {self.noise_sigma}")
         _check(0 <= self.label_smoothing < 1, f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         _check(0 <= self.null_prob <= 1, f"loss.null_prob must be in [0, 1], got {self.null_prob}")
         _check(0 < self.energy_step_share <= 1, f"loss.energy_step_share must be in (0, 1], got {self.energy_step_share}")
+
+
+@dataclass
+class JEMConfig:
+    """model.kind jem (Grathwohl et al. 2020): loss = CE(f(x), y) + energy_weight * (E(x_data) - E(x_sgld)),
+    E(x) = -logsumexp f(x), x_sgld from a persistent replay buffer. Defaults: JEM's published values
+    (papers.md 4); init "data" + sgld_clip > 0 is JEM++'s stabiliser (informative start, proximal steps)."""
+
+    buffer_size: int = 10000
+    reinit: float = 0.05  # share of each SGLD batch restarted from the init distribution
+    sgld_steps: int = 20
+    sgld_step_size: float = 1.0
+    sgld_noise: float = 0.01
+    sgld_clip: float = 0.0  # > 0: JEM++'s proximal SGLD, each step's change bounded per pixel (on [-1, 1])
+    init: str = "uniform"  # "uniform" on [-1, 1] (JEM) | "data": per-class Gaussians of the training images (JEM++)
+    energy_weight: float = 1.0
+    # |E(x_data) - E(x_sgld)| above this is a diverged step: handled like a non-finite loss (train.nonfinite)
+    diverge_at: float = 1e4
+
+    def validate(self) -> None:
+        _check(self.buffer_size >= 1 and self.sgld_steps >= 1, "jem.buffer_size and jem.sgld_steps must be >= 1")
+        _check(0 <= self.reinit <= 1, f"jem.reinit must be in [0, 1], got {self.reinit}")
+        _check(self.sgld_step_size >= 0 and self.sgld_noise >= 0 and self.sgld_clip >= 0, "jem.sgld_step_size, sgld_noise, sgld_clip must be >= 0")
+        _check(self.init in ("uniform", "data"), f"jem.init must be uniform or data, got '{self.init}'")
+        _check(self.energy_weight >= 0 and self.diverge_at > 0, "jem.energy_weight >= 0 and jem.diverge_at > 0 required")
 
 
 @dataclass
@@ -326,8 +364,21 @@ class SampleConfig:
     # measured there). Checkpoints written before the interval existed keep [0, 1].
     guidance_tmin: float = 0.0
     guidance_tmax: float = -1.0
+    # The sampler a plain ``egc sample`` / ``EGC.sample`` / the page / the demo runs (flags still win).
+    # DDIM 50: the shipped models' cards were measured there. eta -1 = automatic: 1 (DDPM's variance) for a
+    # pixel model, 0 for a latent one: zoo:fashion-mnist keeps 96.0 % of its samples in the requested class
+    # at eta 1 against 85.9 % at eta 0 (fd_fashioncnn 2.4 vs 5.8); zoo:cifar10 99.4 / 99.2 % with fd_cifarcnn
+    # 7.2 at eta 1 and 6.0 at eta 0 (its card). Checkpoints written before these fields keep DDIM 100, eta 0.
+    sampler: str = "ddim"
+    steps: int = 50
+    eta: float = -1.0
 
     def validate(self) -> None:
+        from .diffusion.samplers import SAMPLERS
+
+        _check(self.sampler in SAMPLERS, f"sample.sampler must be one of {', '.join(SAMPLERS)}, got '{self.sampler}'")
+        _check(self.steps >= 1, f"sample.steps must be >= 1, got {self.steps}")
+        _check(math.isfinite(self.eta) and self.eta >= 0, f"sample.eta must be finite and >= 0 (DDIM's noise), got {self.eta}")
         _check(math.isfinite(self.guidance) and self.guidance >= 0, f"sample.guidance must be finite and >= 0, got {self.guidance}")
         _check(math.isfinite(self.cfg) and self.cfg >= 0, f"sample.cfg must be finite and >= 0, got {self.cfg}")
         _check(_interval_ok(self.guidance_tmin, self.guidance_tmax),
@@ -340,14 +391,31 @@ class SampleConfig:
         return ((frac >= self.guidance_tmin) & (frac <= self.guidance_tmax)).float()
 
 
+FITS = ("crop", "pad")
+
+
 @dataclass
 class DataConfig:
     name: str = "fashion-mnist"
     root: str | None = None
     flip: bool | None = None  # None = the data set's default
+    # Preprocessing, saved with the model and applied to any image it is later given (egc classify / eval /
+    # serve / cag, EGC.preprocess): images become image_size x image_size by "crop" (shorter side resized to
+    # image_size, centre crop) or "pad" (longer side resized, black borders). 0 = automatic, decided when a
+    # run starts and then recorded: the images' own size when they all share one square size, else their
+    # median shorter side snapped down to a common size (at most 64; data/prep.py says why).
+    image_size: int = 0
+    fit: str = "crop"
+    # A folder without test/: this share of every class (stratified, seeded by holdout_seed, not by
+    # train.seed, so runs with other seeds hold out the same images) is the test split, never trained on.
+    holdout: float = 0.1
+    holdout_seed: int = 0
 
     def validate(self) -> None:
         _check(bool(self.name), "data.name must not be empty")
+        _check(self.image_size == 0 or 8 <= self.image_size <= 1024, f"data.image_size must be 0 (automatic) or in [8, 1024], got {self.image_size}")
+        _check(self.fit in FITS, f"data.fit must be crop or pad, got '{self.fit}'")
+        _check(0 <= self.holdout < 1, f"data.holdout must be in [0, 1), got {self.holdout}")
 
 
 @dataclass
@@ -358,16 +426,20 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    jem: JEMConfig = field(default_factory=JEMConfig)
 
     def validate(self) -> "RunConfig":
-        ddpm = self.model.kind == "ddpm"
+        kind = kind_of(self.model.kind) if self.model.kind in KINDS else None
+        ddpm = kind is not None and kind.sampler == "diffusion" and not kind.classifies
         if self.sample.cfg == -1:  # the automatic sampling defaults of the kind (SampleConfig)
             self.sample.cfg = 1.0 if ddpm else 0.0
         if self.sample.guidance_tmax == -1:
             self.sample.guidance_tmax = 1.0 if ddpm else 0.6
+        if self.sample.eta == -1:
+            self.sample.eta = 0.0 if self.model.latent else 1.0
         for f in fields(self):
             getattr(self, f.name).validate()
-        _check(self.loss.energy_step_share == 1 or self.model.kind != "egc" or self.model.energy_prior == "denoiser",
+        _check(self.loss.energy_step_share == 1 or kind is None or kind.energy != "diffusion" or self.model.energy_prior == "denoiser",
                f"loss.energy_step_share {self.loss.energy_step_share} needs model.energy_prior denoiser (the first-order steps fit its "
                f"denoiser channels), got '{self.model.energy_prior}'")
         return self
@@ -398,6 +470,10 @@ LEGACY: tuple[tuple[str, str, Any], ...] = (
     ("model", "sigma_data", 0.5),
     ("model", "logit_scale", 1.0),
     ("sample", "guidance_tmax", 1.0),
+    ("sample", "steps", 100),
+    ("sample", "eta", 0.0),
+    ("data", "holdout", 0.0),
+    ("model", "space", "pixel"),
 )
 
 

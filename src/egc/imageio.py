@@ -1,4 +1,4 @@
-"""Image files in and out: sample grids as PNG, single images read for classification."""
+"""Image files in and out: sample grids as PNG, output paths checked before work, image files collected."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .data.prep import READABLE
 from .errors import EgcError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
@@ -95,57 +95,16 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, s
     return path
 
 
-def read_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
-    """Read one image file as uint8 [H, W, C] matching the model's input (size x size, channels).
-
-    A different size is an error (resizing silently would change what the model sees), and so is
-    anything a conversion would lose: colour for a grey model, transparency, more than 8 bits.
-    Grey images for a colour model are repeated over the 3 channels (nothing is lost).
-    """
-    p = Path(path)
-    try:
-        with Image.open(p) as im:
-            arr = _pixels(im, channels, p)
-    except FileNotFoundError:
-        raise EgcError(f"image not found: {p}") from None
-    except EgcError:
-        raise
-    except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError, struct.error, ...
-        raise EgcError(f"cannot read image {p}: not a readable image file ({type(e).__name__})") from None
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.shape[0] != size or arr.shape[1] != size:
-        raise EgcError(f"image {p} is {arr.shape[1]}x{arr.shape[0]}, the model expects {size}x{size}")
-    return torch.from_numpy(arr.copy())
-
-
-def _pixels(im: Image.Image, channels: int, p: Path) -> np.ndarray:
-    """uint8 [H, W] (channels 1) or [H, W, 3] of an open image, refusing lossy conversions."""
-    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-        raise EgcError(f"image {p} has {im.mode} pixels (16-bit or float); save it as 8-bit grey or RGB")
-    if im.mode in ("LA", "PA", "RGBA", "La", "RGBa") or "transparency" in im.info:
-        alpha = np.asarray(im.convert("RGBA"), dtype=np.uint8)[..., 3]
-        if (alpha < 255).any():
-            raise EgcError(f"image {p} has transparent pixels; the model takes opaque images (flatten it onto a background)")
-    if channels != 1:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    if im.mode in ("1", "L", "LA", "La"):
-        return np.asarray(im.convert("L"), dtype=np.uint8)
-    rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
-        raise EgcError(f"image {p} is a colour ({im.mode}) image; this model takes grey images (convert it to grey first)")
-    return np.ascontiguousarray(rgb[..., 0])
-
-
 def collect_images(paths: list[str]) -> list[Path]:
     """Expand files and folders (searched recursively) into a sorted list of image files."""
     out: list[Path] = []
     for s in paths:
         p = Path(s)
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in READABLE
+                           and not any(part.startswith(".") for part in q.relative_to(p).parts))
             if not found:
-                raise EgcError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
+                raise EgcError(f"no image files (png, jpg, bmp, gif, webp, tiff, ...) in folder {p}")
             out.extend(found)
         elif p.exists():
             out.append(p)

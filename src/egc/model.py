@@ -3,6 +3,7 @@
     >>> from egc import EGC
     >>> m = EGC.load("zoo:fashion-mnist")
     >>> probs = m.predict_proba(x)            # x float [B, C, H, W] in [-1, 1]
+    >>> probs = m.predict_proba(["a.jpg", "b.png"])  # or files / PIL images of any size: m.preprocess
     >>> imgs, labels = m.sample(20, class_balanced=True, steps=50)
 
 The same class serves the baselines (``model.kind``, exposed as ``EGC.kind``): a "classifier"
@@ -21,19 +22,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Union
 
 import torch
 
 from .autoencoder import Autoencoder, embedded_autoencoder
 from .checkpoint import Checkpoint, load_checkpoint
-from .config import AUTOENCODER, PRECISIONS, RunConfig
+from .config import PRECISIONS, RunConfig
 from .diffusion import energy as en
 from .diffusion.samplers import SAMPLERS, run_sampler
 from .diffusion.schedule import Schedule
 from .errors import CheckpointError, EgcError
+from .kinds import ModelKind, kind_of
 from .nets import build_net
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+    from .data.prep import Prep
+
+    ImageLike = Union[str, Path, Image.Image, np.ndarray]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -95,7 +106,7 @@ class EGC:
 
     def __init__(self, net: torch.nn.Module, config: RunConfig, class_names: list[str] | None = None, precision: str = "auto",
                  autoencoder: Autoencoder | None = None) -> None:
-        if config.model.kind == AUTOENCODER:
+        if kind_of(config.model.kind).first_stage:
             raise EgcError("an autoencoder is not an EGC model: use it as model.autoencoder of a latent run (egc.autoencoder.load_autoencoder)")
         if config.model.latent and autoencoder is None:
             raise EgcError(f"a latent model (model.autoencoder {config.model.autoencoder}) needs its autoencoder")
@@ -105,7 +116,7 @@ class EGC:
         self.schedule = Schedule.make(config.diffusion.schedule, config.diffusion.steps)
         k = config.model.num_classes
         self.class_names = class_names if class_names and len(class_names) == k else [str(i) for i in range(k)]
-        self.kind = config.model.kind  # "egc" | "classifier" | "ddpm"
+        self.kind = config.model.kind  # a name in egc/kinds.py: ask kind_info (or can_classify, ...) what it can do
         self.precision = resolve_precision(precision, self.device)
         self.energy_model = en.EnergyModel(self.net, config.model, self.schedule)
         for p in self.net.parameters():
@@ -113,18 +124,24 @@ class EGC:
 
     # ---- what this model can do (ask these, not the kind string) ---------------------------
     @property
+    def kind_info(self) -> ModelKind:
+        """What this kind of model is and can do (egc/kinds.py)."""
+        return kind_of(self.kind)
+
+    @property
     def can_classify(self) -> bool:
-        """Class logits / probabilities: EGC (clusters, if unsupervised) and the classifier baseline."""
-        return self.kind in ("egc", "classifier")
+        """Class logits / probabilities: EGC (clusters, if unsupervised), jem and the classifier baselines."""
+        return self.kind_info.classifies
 
     @property
     def can_generate(self) -> bool:
-        return self.kind in ("egc", "ddpm")
+        """A sampler: EGC and ddpm (diffusion), jem (SGLD)."""
+        return self.kind_info.generates
 
     @property
     def has_energy(self) -> bool:
-        """An energy E(x) (for the classifier baseline: -logsumexp of its logits, an OOD score only)."""
-        return self.kind in ("egc", "classifier")
+        """An energy E(x) (for the classifier baselines: -logsumexp of their logits, an OOD score only)."""
+        return self.kind_info.energy != "none"
 
     @property
     def supervised(self) -> bool:
@@ -136,9 +153,9 @@ class EGC:
         """Whether samples of a requested class can be drawn (EGC of any conditioning through its
         energy and classifier head; a ddpm only with a label input)."""
         m = self.config.model
-        if self.kind == "egc":
-            return m.supervised
-        return self.kind == "ddpm" and m.conditioning == "embedding"
+        if self.kind_info.classifies:
+            return self.can_generate and m.supervised
+        return self.can_generate and m.conditioning == "embedding"
 
     @property
     def device(self) -> torch.device:
@@ -156,21 +173,21 @@ class EGC:
 
     def _need(self, ok: bool, what: str) -> None:
         if not ok:
-            if self.kind == "classifier":
-                raise EgcError(f"a classifier checkpoint cannot generate (no {what}): it was trained with --model classifier")
-            raise EgcError(f"a ddpm checkpoint cannot classify (no {what}): it was trained with --model ddpm, a diffusion model without a classifier")
+            if self.can_classify:
+                raise EgcError(f"a {self.kind} checkpoint cannot generate (no {what}): it was trained with --model {self.kind}")
+            raise EgcError(f"a {self.kind} checkpoint cannot classify (no {what}): it was trained with --model {self.kind}, a diffusion model without a classifier")
 
     def _need_classes(self, hint: str) -> None:
         """Class labels were asked for: only a model that can sample classes (``conditional``) takes them."""
         if self.conditional:
             return
-        if self.kind == "ddpm":
-            raise EgcError(f"a ddpm checkpoint is unconditional: {hint}")
+        if not self.can_classify:
+            raise EgcError(f"a {self.kind} checkpoint is unconditional: {hint}")
         raise EgcError(f"an unsupervised EGC model has clusters, not classes: {hint}")
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, precision: str = "auto", device: str | torch.device = "cpu") -> "EGC":
-        if ckpt.config.model.kind == AUTOENCODER:
+        if kind_of(ckpt.config.model.kind).first_stage:
             raise CheckpointError(f"{ckpt.path} is an autoencoder checkpoint (model.kind autoencoder): it cannot classify or sample; "
                                   "train a latent run on it with --set model.autoencoder=PATH")
         ae = embedded_autoencoder(ckpt) if ckpt.config.model.latent else None
@@ -217,6 +234,56 @@ class EGC:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    @property
+    def prep(self) -> "Prep":
+        """The preprocessing the model was trained with (size, channels, crop or pad): what
+        :meth:`preprocess` applies to any image."""
+        from .data.prep import Prep
+
+        c, h, _ = self.image_shape
+        return Prep(h, c, self.config.data.fit)
+
+    def preprocess(self, images: "ImageLike | Sequence[ImageLike]", notes: list[list[str]] | None = None) -> torch.Tensor:
+        """Image files, PIL images or uint8 arrays ``[H, W(, C)]`` of any size and mode -> float ``[B, C, H, W]``
+        in [-1, 1] for this model, through its training preprocessing (:class:`egc.data.prep.Prep`: EXIF
+        orientation, mode, resize and crop or pad). ``notes``, when given, receives what was changed per image
+        (e.g. "resized from 40x31 (shorter side resized, centre crop)"). An unreadable file is an EgcError
+        naming it."""
+        from PIL import Image
+
+        from .data import to_model_range
+
+        items = [images] if isinstance(images, (str, Path, Image.Image)) or (hasattr(images, "ndim") and images.ndim in (2, 3)) else list(images)
+        if not items:
+            raise EgcError("no images given")
+        prep, out = self.prep, []
+        for item in items:
+            try:
+                if isinstance(item, Image.Image):
+                    arr, changed = prep.pixels(item)
+                elif isinstance(item, (str, Path)):
+                    with Image.open(item) as img:
+                        arr, changed = prep.pixels(img)
+                else:
+                    a = item.numpy() if torch.is_tensor(item) else item
+                    if getattr(a, "dtype", None) != "uint8" or a.ndim not in (2, 3):
+                        raise EgcError(f"an image array must be uint8 [H, W] or [H, W, C], got {getattr(a, 'dtype', type(a).__name__)} {list(getattr(a, 'shape', []))}")
+                    arr, changed = prep.pixels(Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a))
+            except FileNotFoundError:
+                raise EgcError(f"image not found: {item}") from None
+            except EgcError:
+                raise
+            except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
+                raise EgcError(f"cannot read image {item if isinstance(item, (str, Path)) else 'given'}: not a readable image ({type(e).__name__})") from None
+            out.append(torch.from_numpy(arr.copy()))
+            if notes is not None:
+                notes.append(changed)
+        return to_model_range(torch.stack(out))
+
+    def _as_input(self, x: "torch.Tensor | ImageLike | Sequence[ImageLike]") -> torch.Tensor:
+        """A float batch as given, anything else (files, PIL images, uint8 arrays) through :meth:`preprocess`."""
+        return x if torch.is_tensor(x) and x.is_floating_point() else self.preprocess(x)
+
     def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
             raise EgcError(f"input of shape {tuple(x.shape)} does not match the model's [B, {', '.join(map(str, self.image_shape))}]")
@@ -252,19 +319,21 @@ class EGC:
 
     # ---- forward direction: classification and energy -------------------------------------
     @torch.no_grad()
-    def logits(self, x: torch.Tensor, t: int | torch.Tensor = en.CLEAN_T) -> torch.Tensor:
+    def logits(self, x: "torch.Tensor | ImageLike | Sequence[ImageLike]", t: int | torch.Tensor = en.CLEAN_T) -> torch.Tensor:
         """Classifier logits [B, K] for x [B, C, H, W] in [-1, 1] at timestep t (CLEAN_T = -1: clean image).
+        x may also be image files, PIL images or uint8 arrays of any size: they go through :meth:`preprocess`.
 
         A classifier baseline knows no timesteps (it was trained on clean images only): t is ignored.
         A latent model encodes x first (its posterior mean, scaled)."""
         self._need(self.can_classify, "class logits")
-        x = self._net_input(x)
-        if self.kind == "classifier":
+        x = self._net_input(self._as_input(x))
+        if not self.kind_info.noisy_logits:  # classifier, cnn, jem: a clean-image head only
             t = en.CLEAN_T
         with self._autocast():
             return self.energy_model.logits(x, self._t(x, t)).float()
 
-    def predict_proba(self, x: torch.Tensor, t: int | torch.Tensor = en.CLEAN_T) -> torch.Tensor:
+    def predict_proba(self, x: "torch.Tensor | ImageLike | Sequence[ImageLike]", t: int | torch.Tensor = en.CLEAN_T) -> torch.Tensor:
+        """Class probabilities [B, K] (softmax of :meth:`logits`; images of any size are preprocessed)."""
         return torch.softmax(self.logits(x, t), dim=1)
 
     @torch.no_grad()
@@ -275,11 +344,14 @@ class EGC:
         log-density without a noise level. y: class ids for the class-conditional energy (None: the
         null label, i.e. the marginal).
 
-        For a classifier baseline: -logsumexp of its clean-image logits (t, y ignored), an OOD score only.
+        For the classifier baselines and jem: -logsumexp of the clean-image logits (or -logit_y with y; t
+        ignored): jem's trained energy, an OOD score only for the classifiers.
         A latent model: the energy of the encoded (scaled) latents of x, read as x_t."""
         self._need(self.has_energy, "energy")
-        if self.kind == "classifier":
-            return en.logit_energy(self.logits(x))
+        x = self._as_input(x)
+        if self.kind_info.energy == "logits":
+            logits = self.logits(x)
+            return en.logit_energy(logits) if y is None else -logits.gather(1, self._labels(y, x.shape[0]).view(-1, 1).to(logits.device))[:, 0]
         x = self._net_input(x)
         tt = self._t(x, t)
         with self._autocast():
@@ -300,7 +372,7 @@ class EGC:
 
     def _eps_inputs(self, x: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """eps/score arguments checked and placed on the model's device: (x, t [B], y [B] or None)."""
-        self._need(self.can_generate, "noise prediction")
+        self._need(self.kind_info.sampler == "diffusion", "noise prediction")
         x = x.to(self.device)
         tt = self._t(x, t, noisy=True)
         if y is not None:
@@ -310,11 +382,30 @@ class EGC:
 
     def _guided_eps(self, x: torch.Tensor, tt: torch.Tensor, y: torch.Tensor | None, guidance: float, cfg: float) -> torch.Tensor:
         """:meth:`eps` on checked inputs (the samplers' inner loop calls this: no per-step checks)."""
-        if self.kind == "ddpm":
+        if self.kind_info.energy == "none":  # a ddpm: the network's output is eps
             with torch.no_grad(), self._autocast():
                 return en.guided_direct_eps(self.net, self.config.model, x, tt, y, cfg).float()
         with self._autocast():
             return self.energy_model.guided_eps(x, tt, y, guidance, cfg).float()
+
+    def _sample_sgld(self, n: int, y: torch.Tensor | None, steps: int, gen: torch.Generator, batch_size: int) -> torch.Tensor:
+        """jem: SGLD on E(x) = -logsumexp f(x) (or -f_y(x) for labels y) from uniform noise, ``steps`` steps with
+        the run's jem.sgld_* settings; images [n, C, H, W] in [-1, 1] on the CPU."""
+        from .sgld import sgld
+
+        jc = self.config.jem
+        out = []
+        for i in range(0, n, batch_size):
+            b = min(batch_size, n - i)
+            x0 = (torch.rand((b, *self.latent_shape), generator=gen) * 2 - 1).to(self.device)
+            yb = None if y is None else y[i:i + b].to(self.device)
+
+            def logits_fn(x: torch.Tensor) -> torch.Tensor:
+                with self._autocast():
+                    return self.energy_model.logits(x).float()
+
+            out.append(sgld(logits_fn, x0, steps, jc.sgld_step_size, jc.sgld_noise, jc.sgld_clip, y=yb, gen=gen).cpu())
+        return torch.cat(out)
 
     def score(self, x: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None = None, guidance: float = 1.0, cfg: float = 0.0) -> torch.Tensor:
         """grad_x log p_t(x) (or of the guided log p_t(x | y) with labels y) = -eps / sqrt(1 - abar_t),
@@ -325,16 +416,17 @@ class EGC:
         eps = self._guided_eps(x, tt, y, guidance, cfg)
         return -eps / (1 - self.schedule.abar(tt)).sqrt().view(-1, 1, 1, 1).to(eps)
 
-    def sample(self, n: int, labels: torch.Tensor | list[int] | None = None, class_balanced: bool = False, sampler: str = "ddim",
-               steps: int = 100, guidance: float | None = None, eta: float | None = None, seed: int = 0, batch_size: int = 250,
+    def sample(self, n: int, labels: torch.Tensor | list[int] | None = None, class_balanced: bool = False, sampler: str | None = None,
+               steps: int | None = None, guidance: float | None = None, eta: float | None = None, seed: int = 0, batch_size: int = 250,
                progress: bool = False, clip: bool = True, cfg: float | None = None,
                callback: Callable[[int, int, torch.Tensor], None] | None = None,
                guidance_interval: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw n images. Returns (images float [n, C, H, W] in [-1, 1], labels int64 [n], -1 = unconditional).
         A latent model samples latents and returns them decoded: pixel images of ``image_shape``.
 
-        ``guidance`` (classifier guidance s) and ``cfg`` (classifier-free guidance w) None take the
-        model's own defaults (config sample.guidance / sample.cfg, set by ``egc export --guidance/--cfg``
+        ``sampler``, ``steps``, ``eta`` (DDIM's noise), ``guidance`` (classifier guidance s) and ``cfg``
+        (classifier-free guidance w) None take the model's own measured defaults (config sample.*; eta only
+        when the sampler is DDIM) (config sample.guidance / sample.cfg, set by ``egc export --guidance/--cfg``
         after measuring them). ``guidance_interval`` (tmin, tmax): both guidances act only at steps with
         tmin <= t / T <= tmax, the plain conditional energy elsewhere (None: the model's sample.guidance_tmin
         / tmax). ``class_balanced`` asks for n/K of each class (cycling classes when n is not a
@@ -347,6 +439,11 @@ class EGC:
         included); raising from it stops sampling (cancellation) and the exception propagates.
         """
         self._need(self.can_generate, "sampler")
+        defaults = self.config.sample
+        sampler = defaults.sampler if sampler is None else sampler
+        if eta is None and sampler == "ddim":
+            eta = defaults.eta  # the model's DDIM noise goes with DDIM only (the other samplers have none)
+        steps = min(defaults.steps, self.schedule.num_steps) if steps is None else steps
         if guidance is None:
             guidance = self.config.sample.guidance
         if cfg is None:
@@ -377,6 +474,8 @@ class EGC:
         else:
             y = None
         gen = torch.Generator().manual_seed(seed)
+        if self.kind_info.sampler == "sgld":
+            return self._sample_sgld(n, y, steps, gen, batch_size), (y if y is not None else torch.full((n,), -1, dtype=torch.long))
         noise = torch.randn((n, *self.latent_shape), generator=gen)
         out = []
         for i in range(0, n, batch_size):

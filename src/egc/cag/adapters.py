@@ -194,8 +194,8 @@ class EGCClassifier(nn.Module):
         super().__init__()
         if features not in ("mid", "logits"):
             raise EgcError(f"EGC features must be 'mid' or 'logits', got '{features}'")
-        if getattr(model.config.model, "kind", "egc") == "ddpm":
-            raise EgcError(f"{name} is a ddpm checkpoint: it predicts noise and has no classifier to generate from")
+        if not model.can_classify:
+            raise EgcError(f"{name} is a {model.kind} checkpoint: it predicts noise and has no classifier to generate from")
         self.model = model
         self.net = model.net.float().eval()
         self.name = name
@@ -278,9 +278,7 @@ class EGCClassifier(nn.Module):
         """The timestep t whose noise-to-signal ratio sqrt((1 - abar_t) / abar_t) is closest to
         2 * sigma (sigma on [0, 1] pixels is 2 sigma on the model's [-1, 1] scale; for a latent model the
         same number is read on its unit-scaled latents)."""
-        ac = self.model.schedule.alphas_cumprod
-        ratio = ((1 - ac) / ac).sqrt()
-        return int((ratio - 2 * float(sigma)).abs().argmin())
+        return self.model.schedule.timestep_for_noise(2 * float(sigma))
 
     def forward_noisy(self, x: torch.Tensor, sigma: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, features) of the noisy head: x [B, C, S, S] in [0, 1] is noised as the diffusion does,

@@ -170,7 +170,7 @@ def cmd_cag(a: argparse.Namespace) -> int:
             raise EgcError("--stats-from needs a classifier with classes, not a text prompt")
         from .stats import PixelPrior, check_classes, class_feature_stats, load_class_images
 
-        sx, sy, names = load_class_images(a.stats_from, a.stats_per_class, a.seed)
+        sx, sy, names = load_class_images(a.stats_from, a.stats_per_class, a.seed, image_size=size)  # made the size generated here
         check_classes(clf, names, a.stats_from)
         if tuple(sx.shape[-2:]) != (size, size):
             raise EgcError(f"--stats-from {a.stats_from} has {sx.shape[-1]}x{sx.shape[-2]} images but the images made here are {size}x{size}")

@@ -22,12 +22,14 @@ import torch
 from ..errors import EgcError
 
 
-def load_class_images(spec: str, per_class: int = 500, seed: int = 0, root: str | None = None, split: str = "train") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def load_class_images(spec: str, per_class: int = 500, seed: int = 0, root: str | None = None, split: str = "train",
+                      image_size: int = 0, channels: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(images float [N, C, H, W] in [0, 1], labels int64 [N], class names): up to ``per_class``
-    seeded random images of every class of data set ``spec`` (any name ``egc train --data`` takes)."""
+    seeded random images of every class of data set ``spec`` (any name ``egc train --data`` takes),
+    made ``image_size`` x ``image_size`` with ``channels`` by the same preprocessing as training (0: as stored)."""
     from ..data import load_dataset
 
-    ds = load_dataset(spec, split, root)
+    ds = load_dataset(spec, split, root, image_size=image_size, channels=channels)
     gen = torch.Generator().manual_seed(seed)
     keep = []
     for c in range(ds.num_classes):

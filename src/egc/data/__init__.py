@@ -10,7 +10,8 @@ from egc.data.cifar import CIFAR10_CLASSES
 from egc.data.dataset import ImageDataset, to_model_range, to_uint8
 from egc.data.idx import FASHION_MNIST_CLASSES
 from egc.data.loader import BatchLoader
-from egc.data.registry import DEFAULT_FLIP, load_dataset
+from egc.data.prep import Prep
+from egc.data.registry import DEFAULT_FLIP, load_data, load_dataset
 
 __all__ = [
     "BatchLoader",
@@ -18,6 +19,8 @@ __all__ = [
     "DEFAULT_FLIP",
     "FASHION_MNIST_CLASSES",
     "ImageDataset",
+    "Prep",
+    "load_data",
     "load_dataset",
     "to_model_range",
     "to_uint8",

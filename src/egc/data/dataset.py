@@ -6,7 +6,7 @@ there is no per-item ``__getitem__`` machinery: batches are gathered with one in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,12 +37,19 @@ class ImageDataset:
         labels: int64 ``[N]``, each in ``[0, num_classes)``; all -1 for an unlabelled set.
         class_names: one name per class id; empty for an unlabelled set (``labeled`` False).
         name: the name the set was loaded under (``"cifar10"``, ``"folder:/path"``, ...).
+        split_note: which images these are, for every figure measured on them ("the test split",
+            "held out: 10 % of each class of ...", "the training images themselves").
+        files: the image files, in order (folders only), relative to the folder.
+        notes: what loading did that a user should hear about (skipped files, the size chosen, ...).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     class_names: list[str]
     name: str
+    split_note: str = ""
+    files: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Every loader builds through here, so a malformed set fails at load time with its name

@@ -5,7 +5,8 @@ EGC (EGC paper Eq. 9 with the released weighting):
       + w_noisy * mean( sqrt(abar_t) * CE_ls(l(x_t, t), y) )             (noisy classification)
       + w_clean * CE(l(x_0, t=0), y)                                     (clean classification)
 Baselines on the same UNet:
-    classifier   L = CE_ls(l(x_0, CLEAN_T), y)                           (clean images only, one backward)
+    classifier   L = CE_ls(l(x_0, CLEAN_T), y)                           (clean images only, one backward; the cnn too)
+    jem          L = CE(l(x_0), y) + E(x_0) - E(x_sgld),  E = -logsumexp l   (x_sgld: SGLD from a replay buffer)
     ddpm         L = mean ||net(x_t, t) - eps||^2                        (eps-prediction, same schedule)
 The latent runs' first stage (kind "autoencoder", ``autoencoder_loss``; not in LOSSES, which holds
 the kinds that share the UNet; ``loss_for`` covers every kind):
@@ -46,6 +47,7 @@ class LossParts:
     recon: torch.Tensor | None = None
     kl: torch.Tensor | None = None
     mse_first_order: torch.Tensor | None = None  # a first-order step's eps-MSE (loss.energy_step_share)
+    energy_gap: torch.Tensor | None = None  # jem: mean E(x_data) - E(x_sgld)
 
     def scalars(self) -> dict[str, float]:
         return {f.name: float(v.detach()) for f in fields(self) if (v := getattr(self, f.name)) is not None}
@@ -168,7 +170,12 @@ def classifier_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched: 
                     gen: torch.Generator | None = None, shard: Shard = (0, 1)) -> LossParts:
     """Classifier baseline: label-smoothed CE of the pooled logit map on clean images (t = CLEAN_T).
 
-    ``sched`` and ``gen`` are unused (no noise, no timesteps): the signature is the shared one."""
+    ``sched`` is unused (no timesteps). loss.noise_sigma > 0 adds Gaussian noise of that std on [0, 1] pixels
+    (2 sigma on [-1, 1]) to every image, drawn from ``gen`` for the global batch (the base classifier of
+    randomized smoothing)."""
+    if lcfg.noise_sigma > 0:
+        dev = gen.device if gen is not None else x0.device
+        x0 = x0 + 2 * lcfg.noise_sigma * torch.randn(x0.shape, generator=gen, device=dev, dtype=x0.dtype).to(x0.device)
     x0, y = _rows(shard, x0, y)
     logits = classify(net, mcfg, x0)
     ce = tfn.cross_entropy(logits, y, label_smoothing=lcfg.label_smoothing)
@@ -212,10 +219,33 @@ def autoencoder_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, sched:
     return LossParts(total, mse=diff.pow(2).mean().detach(), recon=recon.detach(), kl=kl.detach())
 
 
+def jem_loss(net: nn.Module, mcfg: ModelConfig, lcfg: LossConfig, x0: torch.Tensor, y: torch.Tensor, x_sgld: torch.Tensor,
+             energy_weight: float = 1.0, diverge_at: float = float("inf")) -> LossParts:
+    """JEM (Grathwohl et al. 2020): CE(f(x0), y) + energy_weight * (mean E(x0) - mean E(x_sgld)), E = -logsumexp f
+    of the clean-token logits, x_sgld the replay buffer's SGLD samples (drawn by the caller: train/jem.py).
+    Plain CE (JEM trains without label smoothing). A gap |E(x0) - E(x_sgld)| above ``diverge_at`` is a
+    diverged step: the total is NaN, so the trainer's non-finite policy (skip / rollback) handles it."""
+    logits = classify(net, mcfg, x0)
+    ce = tfn.cross_entropy(logits, y)
+    e_data = -torch.logsumexp(logits.float(), dim=1).mean()
+    e_fake = -torch.logsumexp(classify(net, mcfg, x_sgld).float(), dim=1).mean()
+    gap = e_data - e_fake
+    total = ce + energy_weight * gap
+    if not bool(gap.detach().abs() <= diverge_at):
+        total = total * float("nan")
+    acc = (logits.argmax(1) == y).float().mean()
+    return LossParts(total, clean_ce=ce.detach(), clean_acc=acc, energy_gap=gap.detach())
+
+
 LossFn = Callable[..., LossParts]  # (net, mcfg, lcfg, sched, x0, y, gen=None, shard=(0, 1)) -> LossParts
-LOSSES: dict[str, LossFn] = {"egc": egc_loss, "classifier": classifier_loss, "ddpm": ddpm_loss}
+# The fast CNN is trained as the classifier baseline is (its net returns a 1 x 1 logit map). jem needs its
+# replay buffer: train/jem.py wraps jem_loss in the shared signature.
+LOSSES: dict[str, LossFn] = {"egc": egc_loss, "classifier": classifier_loss, "cnn": classifier_loss, "ddpm": ddpm_loss,
+                             "autoencoder": autoencoder_loss}
 
 
 def loss_for(kind: str) -> LossFn:
-    """The objective of a model.kind, the autoencoder included."""
-    return autoencoder_loss if kind == "autoencoder" else LOSSES[kind]
+    """The objective of a model.kind (jem: see train/jem.py, it keeps state)."""
+    if kind not in LOSSES:
+        raise KeyError(f"model.kind {kind} has no stateless loss")
+    return LOSSES[kind]

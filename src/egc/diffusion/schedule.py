@@ -59,3 +59,10 @@ class Schedule:
         """x_t for x0 [B, C, H, W], t [B], eps like x0."""
         a = self.abar(t).view(-1, *([1] * (x0.dim() - 1)))
         return a.sqrt() * x0 + (1 - a).sqrt() * eps
+
+    def timestep_for_noise(self, sigma: float) -> int:
+        """The timestep whose noise-to-signal ratio sqrt((1 - abar_t) / abar_t) is closest to ``sigma``
+        (on the model's scale): x_t / sqrt(abar_t) = x + sigma eps, so a classifier of x_t at that t
+        classifies x plus Gaussian noise of that size (CaG's noisy head, randomized smoothing)."""
+        ac = self.alphas_cumprod
+        return int((((1 - ac) / ac).sqrt() - float(sigma)).abs().argmin())

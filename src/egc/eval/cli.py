@@ -47,7 +47,7 @@ def settings_from_args(a: argparse.Namespace):
     from ..config import parse_guidance_interval
     from .evaluate import EvalSettings, parse_metrics
 
-    for flag, v in (("--n-test", a.n_test), ("--n-samples", a.n_samples), ("--steps", a.steps), ("--pgd-steps", a.pgd_steps),
+    for flag, v in (("--n-test", a.n_test), ("--n-samples", a.n_samples), ("--n-dc", a.n_dc), ("--steps", a.steps), ("--pgd-steps", a.pgd_steps),
                     ("--restarts", a.restarts), ("--n-robust", a.n_robust), ("--square-queries", a.square_queries),
                     ("--sanity-n", a.sanity_n), ("--batch-size", a.batch_size), ("--threads", a.threads)):
         _positive(flag, v)
@@ -60,12 +60,12 @@ def settings_from_args(a: argparse.Namespace):
         metrics=parse_metrics(a.metrics), data=a.data, data_root=a.data_root, n_test=a.n_test, noise_t=_ints("--noise-t", a.noise_t),
         n_robust=a.n_robust, eps_linf=_floats("--eps-linf", a.eps_linf), eps_l2=_floats("--eps-l2", a.eps_l2), pgd_steps=a.pgd_steps,
         restarts=a.restarts, sanity=not a.no_sanity, sanity_n=a.sanity_n, square_queries=a.square_queries, ood_sets=ood,
-        n_samples=a.n_samples, sampler=a.sampler, steps=a.steps, guidance=a.guidance, cfg=a.cfg, guidance_interval=interval, eta=a.eta, judge=a.judge, inception=a.inception,
+        n_samples=a.n_samples, dc_schedule=a.dc_schedule, n_dc=a.n_dc, sampler=a.sampler, steps=a.steps, guidance=a.guidance, cfg=a.cfg, guidance_interval=interval, eta=a.eta, judge=a.judge, inception=a.inception,
         batch_size=a.batch_size, seed=a.seed, precision=a.precision, device=a.device, out_dir=a.out_dir, quiet=a.quiet)
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from egc.imageio import atomic_write_bytes, check_output_dir, check_output_file
+    from egc.imageio import check_output_dir, check_output_file
 
     from .evaluate import run_eval
     from .inception import WEIGHTS_HINT
@@ -139,6 +139,57 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_certify(a: argparse.Namespace) -> int:
+    """Randomized smoothing (Cohen et al. 2019) on a seeded subset of the model's test split."""
+    import time
+
+    import torch
+
+    from egc.data import load_data, load_dataset, to_model_range
+    from egc.host import cpu_name
+    from egc.model import EGC
+
+    from .smoothing import base_classifier, certified_accuracy, certify
+
+    for flag, v in (("--n0", a.n0), ("--n", a.n), ("--n-test", a.n_test), ("--batch-size", a.batch_size)):
+        _positive(flag, v)
+    if not (0 < a.alpha < 1):
+        raise EgcError(f"--alpha must be in (0, 1), got {a.alpha}")
+    if not (math.isfinite(a.sigma) and a.sigma > 0):
+        raise EgcError(f"--sigma must be > 0 (on [0, 1] pixels), got {a.sigma}")
+    radii = _floats("--radii", a.radii)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    m = EGC.load(a.checkpoint, precision=a.precision, device=a.device)
+    base, how = base_classifier(m, a.sigma)
+    c, h, _ = m.image_shape
+    name = a.data or m.config.data.name
+    ds = (load_data(m.config.data, "test", shape=m.image_shape) if name == m.config.data.name
+          else load_dataset(name, "test", a.data_root, image_size=h, channels=c))
+    if ds.num_classes != m.config.model.num_classes:
+        raise EgcError(f"data set {name} has {ds.num_classes} classes but the model has {m.config.model.num_classes}")
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(a.seed))[:a.n_test]
+    gen = torch.Generator().manual_seed(a.seed + 1)
+    certs, t0 = [], time.perf_counter()
+    from tqdm.auto import tqdm
+
+    for i in tqdm(idx.tolist(), desc="certify", disable=a.quiet):
+        x = to_model_range(ds.images[i:i + 1])[0]
+        certs.append(certify(base, x, a.sigma, a.n0, a.n, a.alpha, m.config.model.num_classes, a.batch_size, gen))
+    seconds = time.perf_counter() - t0
+    labels = ds.labels[idx].tolist()
+    doc = {"schema": "egc-certify/1", "checkpoint": a.checkpoint, "data": name, "test_split": ds.split_note, "n_test": len(certs),
+           "sigma": a.sigma, "n0": a.n0, "n": a.n, "alpha": a.alpha, "base_classifier": how,
+           "certified_accuracy": certified_accuracy(certs, labels, [0.0, *radii]),
+           "abstain": sum(cc.label == -1 for cc in certs) / max(1, len(certs)),
+           "evaluations_per_image": a.n0 + a.n, "ms_per_image": round(1000 * seconds / max(1, len(certs)), 1),
+           "radius_units": "L2 on [0, 1] pixels", "cpu": cpu_name(), "precision": m.precision,
+           "per_image": [{"index": int(i), "label": y, "pred": cc.label, "radius": round(cc.radius, 4), "p_lower": round(cc.p_lower, 5)}
+                         for i, y, cc in zip(idx.tolist(), labels, certs)]}
+    _emit(doc, a.json)
+    return 0
+
+
 def add_eval_parsers(sub) -> None:
     """Add ``eval`` and ``report`` to the ``egc`` subparsers ``sub``."""
     e = sub.add_parser("eval", help="accuracy, calibration, noisy accuracy, adversarial robustness, OOD detection and sample quality of a checkpoint")
@@ -148,7 +199,7 @@ def add_eval_parsers(sub) -> None:
                    "statistics against --data's test images (--n-test of them)")
     e.add_argument("--data", help="test set (default: the data set the model was trained on)")
     e.add_argument("--data-root", help="where the data set lives")
-    e.add_argument("--metrics", default="all", help="comma-separated: acc,ece,noisy_acc,robust,ood,gen (default all)")
+    e.add_argument("--metrics", default="all", help="comma-separated: acc,ece,noisy_acc,robust,ood,gen (default all), and dc (the diffusion classifier) by name")
     e.add_argument("--n-test", type=int, help="test images (a seeded random subset; default the whole test set)")
     e.add_argument("--noise-t", default="0,100,250,500,750", help="timesteps t for noisy accuracy")
     e.add_argument("--eps-linf", default="0.05,0.1,0.2", help="L-inf budgets, pixel scale [0, 1] ('' = none)")
@@ -161,13 +212,16 @@ def add_eval_parsers(sub) -> None:
     e.add_argument("--no-sanity", action="store_true", help="skip the attack sanity checks")
     e.add_argument("--ood-sets", default="auto", help="uniform,gaussian,cifar10,mnist,fashion-mnist (default auto: noise and every other installed set)")
     e.add_argument("--n-samples", type=int, default=1000, help="generated samples for the generation metrics (class-balanced)")
-    e.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpm++2m"])
-    e.add_argument("--steps", type=int, default=50, help="sampler steps")
+    e.add_argument("--dc-schedule", default="K:5,3:10", metavar="KEEP:TRIALS,...", help="metric dc (asked for by name: --metrics acc,dc): "
+                   "the diffusion classifier's rounds (K = all classes; Li et al.: 10:50,5:450)")
+    e.add_argument("--n-dc", type=int, default=100, help="metric dc: test images it classifies (the first of the --n-test subset)")
+    e.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpm++2m"], help="default: the model's own (egc zoo lists it)")
+    e.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own)")
     e.add_argument("--guidance", type=float, default=None, help="classifier guidance scale (default: the model's recommended scale)")
     e.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale of a conditional model (default: the model's recommended scale)")
     e.add_argument("--guidance-interval", default=None, metavar="LO,HI",
                    help="guidance acts only at sampler steps with LO <= t/T <= HI (default: the model's own)")
-    e.add_argument("--eta", type=float, default=None, help="DDIM noise (default 0: deterministic; 1 = DDPM variance); ddim only")
+    e.add_argument("--eta", type=float, default=None, help="DDIM noise, ddim only (default: the model's own: 1 pixel, 0 latent models)")
     e.add_argument("--device", default="auto", help="auto (cuda when available, the default) | cpu | cuda[:N]")
     e.add_argument("--judge", help="feature network for generation metrics (zoo:NAME or file; default zoo:fashioncnn for fashion-mnist, zoo:cifarcnn for cifar10)")
     e.add_argument("--inception", metavar="WEIGHTS", help="pytorch-fid's Inception-v3 weights file pt_inception-2015-12-05-6726825d.pth "
@@ -180,6 +234,25 @@ def add_eval_parsers(sub) -> None:
     e.add_argument("--threads", type=int)
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(fn=cmd_eval)
+
+    c = sub.add_parser("certify", help="certified L2 robustness by randomized smoothing (EGC's noisy head needs no denoiser)")
+    c.add_argument("checkpoint", help="checkpoint file, run folder, or zoo:NAME (pixel models: egc or classifier)")
+    c.add_argument("--sigma", type=float, default=0.25, help="smoothing noise on [0, 1] pixels (default 0.25)")
+    c.add_argument("--n0", type=int, default=100, help="noisy copies that pick the class (default 100)")
+    c.add_argument("--n", type=int, default=1000, help="noisy copies that bound its probability (Cohen et al.: 100,000; default 1,000 on a CPU)")
+    c.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certificate (default 0.001)")
+    c.add_argument("--radii", default="0.25,0.5", help="L2 radii (on [0, 1] pixels) to report certified accuracy at")
+    c.add_argument("--n-test", type=int, default=100, help="test images (a seeded random subset)")
+    c.add_argument("--data", help="test set (default: the model's own, its held-out split for a folder)")
+    c.add_argument("--data-root", help="where the data set lives")
+    c.add_argument("--batch-size", type=int, default=500)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", help="also write the result here")
+    c.add_argument("--device", default="auto", help="auto (cuda when available, the default) | cpu | cuda[:N]")
+    c.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+    c.add_argument("--threads", type=int)
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(fn=cmd_certify)
 
     r = sub.add_parser("report", help="one self-contained HTML page (or, for --out X.md, a Markdown table) comparing egc eval results")
     r.add_argument("inputs", nargs="+", metavar="RUN_OR_JSON", help="eval JSON files or folders holding eval.json (or eval/eval.json)")

@@ -29,6 +29,9 @@ from egc.errors import DataError, EgcError
 
 SCHEMA = "egc-eval/1"
 METRICS = ("acc", "ece", "noisy_acc", "robust", "ood", "gen")
+# Asked for by name only (not in "all"): dc = the diffusion classifier (Li et al.) read out of the model's
+# conditional eps, at --dc-schedule, on the first --n-dc test images (hundreds of network evaluations an image).
+OPT_IN_METRICS = ("dc",)
 CLASSIFY_METRICS = ("acc", "ece", "noisy_acc", "robust", "ood")
 OOD_DATASETS = ("cifar10", "mnist", "fashion-mnist")
 OOD_NOISE = ("uniform", "gaussian")
@@ -58,9 +61,11 @@ class EvalSettings:
     square_queries: int = 500
     ood_sets: list[str] | None = None  # None: uniform, gaussian and every other installed data set
     n_samples: int = 1000
-    sampler: str = "ddim"
-    steps: int = 50
-    eta: float | None = None  # DDIM's noise (None: 0)
+    dc_schedule: str = "K:5,3:10"  # the diffusion classifier's rounds KEEP:TRIALS (K = every class)
+    n_dc: int = 100
+    sampler: str | None = None  # None: the model's own sampling defaults (config sample.*), as egc sample
+    steps: int | None = None
+    eta: float | None = None  # DDIM's noise (None: the model's, with DDIM)
     guidance: float | None = None  # None: the model's recommended scale (sample.guidance)
     cfg: float | None = None  # classifier-free guidance; None: the model's recommended scale (sample.cfg)
     guidance_interval: tuple[float, float] | None = None  # (tmin, tmax) of t/T where guidance acts; None: the model's
@@ -105,13 +110,20 @@ def _latents(m: Any, x: torch.Tensor) -> torch.Tensor:
     return x if ae is None else ae.encode_differentiable(x)
 
 
+def _noisy_logits(m: Any) -> bool:
+    """Whether the model's head reads noisy inputs at timesteps (EGC), not only clean images."""
+    from egc.kinds import kind_of
+
+    return kind_of(model_kind(m)).noisy_logits
+
+
 def model_logits_fn(m: Any, t: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """Differentiable ``x01 [B, C, H, W] in [0, 1] -> logits [B, K]``: the computation of ``m.logits``
     (clean token by default, the model's precision), which itself runs under ``no_grad``."""
     from egc.diffusion import energy as en
 
     mc = model_config(m).model
-    tt = en.CLEAN_T if t is None or model_kind(m) == "classifier" else int(t)
+    tt = en.CLEAN_T if t is None or not _noisy_logits(m) else int(t)
     autocast = getattr(m, "_autocast", None)
 
     def fn(x01: torch.Tensor) -> torch.Tensor:
@@ -146,7 +158,7 @@ def energy_scores(m: Any, x: torch.Tensor, batch_size: int = 250) -> torch.Tenso
     out = []
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size]
-        if model_kind(m) == "classifier":
+        if not _noisy_logits(m):  # the classifier baselines and jem: the logit energy of the clean head
             out.append(-torch.logsumexp(m.logits(xb).float(), dim=1))
         else:
             out.append(m.energy(xb).float())
@@ -219,25 +231,29 @@ def cluster_purity(clusters: torch.Tensor, y: torch.Tensor) -> float:
     return float(counts.max(dim=1).values.sum()) / y.numel()
 
 
-def load_test_set(m: Any, name: str, root: str | None, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(x ``[n, C, H, W]`` in [-1, 1], y ``[n]``, size of the full test set): a seeded random subset of
-    the test split, checked against the model's input shape and class count."""
-    from egc.data import load_dataset, to_model_range
+def load_test_set(m: Any, name: str, root: str | None, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor, int, str]:
+    """(x ``[n, C, H, W]`` in [-1, 1], y ``[n]``, size of the full test set, which split that is): a seeded
+    random subset of the test split (a folder's held-out share), in the model's shape, its class count checked."""
+    from egc.data import load_data, load_dataset, to_model_range
 
-    ds = load_dataset(name, "test", root)
     shape = image_shape(m)
+    own = model_config(m).data
+    if name == own.name and root in (None, own.root):  # the model's own data, preprocessed and split as in training
+        ds = load_data(own, "test", shape=shape)
+    else:
+        ds = load_dataset(name, "test", root, image_size=shape[1], channels=shape[0], fit=own.fit)
     got = (ds.channels, ds.image_size, ds.image_size)
     if got != shape:
         raise DataError(f"data set {name} has {got[0]}x{got[1]}x{got[2]} images but the model takes {shape[0]}x{shape[1]}x{shape[2]} (C x H x W)")
     k = model_config(m).model.num_classes
-    if ds.num_classes != k and model_kind(m) != "ddpm" and getattr(m, "supervised", True):
+    if ds.num_classes != k and getattr(m, "can_classify", True) and getattr(m, "supervised", True):
         raise DataError(f"data set {name} has {ds.num_classes} classes but the model has {k}")
     if len(ds) == 0:
         raise DataError(f"data set {name} has no test images")
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
     if n is not None:
         idx = idx[:n]
-    return to_model_range(ds.images[idx]), ds.labels[idx], len(ds)
+    return to_model_range(ds.images[idx]), ds.labels[idx], len(ds), ds.split_note
 
 
 def ood_sets(m: Any, data_name: str, names: list[str] | None, n: int, root: str | None, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -321,8 +337,7 @@ def generation_metrics(m: Any, judge, test_x: torch.Tensor, s: EvalSettings, inc
     same samples and reference images."""
     from .judge import judge_samples
 
-    kind = model_kind(m)
-    conditional = bool(getattr(m, "conditional", kind != "ddpm"))
+    conditional = bool(getattr(m, "conditional", True))
     kw = dict(sampler=s.sampler, steps=s.steps, eta=s.eta, seed=s.seed, batch_size=s.batch_size, progress=not s.quiet)
     if conditional:
         if s.guidance_interval is not None:  # only when asked: other versions of the API have no such argument
@@ -338,6 +353,11 @@ def generation_metrics(m: Any, judge, test_x: torch.Tensor, s: EvalSettings, inc
         if not conditional:
             res.pop(f"cond_acc_{judge.name}", None)
     res["judge"] = None if judge is None else judge.name
+    smp = getattr(model_config(m), "sample", None)  # the sampler as run: given settings, else the model's defaults
+    if smp is not None:
+        sampler = s.sampler or getattr(smp, "sampler", "ddim")
+        res["sampler"] = {"name": sampler, "steps": s.steps or getattr(smp, "steps", 50),
+                          "eta": (getattr(smp, "eta", 0.0) if s.eta is None else s.eta) if sampler == "ddim" else None}
     if inception is not None:
         from .inception import inception_metrics
 
@@ -373,8 +393,8 @@ def parse_metrics(spec: str) -> list[str]:
     out = []
     for n in names:
         n = aliases.get(n, n)
-        if n not in METRICS:
-            raise EgcError(f"--metrics: unknown metric '{n}' (choose from {', '.join(METRICS)} or all)")
+        if n not in METRICS + OPT_IN_METRICS:
+            raise EgcError(f"--metrics: unknown metric '{n}' (choose from {', '.join(METRICS + OPT_IN_METRICS)} or all)")
         if n not in out:
             out.append(n)
     return out
@@ -405,6 +425,7 @@ class _Ctx:
     x: torch.Tensor
     y: torch.Tensor
     out_dir: Path | None
+    split_note: str = ""  # which images the test figures are on (a folder's held-out share, ...)
     metrics: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
@@ -427,8 +448,8 @@ def _check_settings(cfg: Any, s: EvalSettings) -> None:
 def _skips(c: _Ctx) -> None:
     """Why each requested metric that does not apply to this model or data is skipped (asked of the model)."""
     m, kind = c.m, model_kind(c.m)
-    can_classify = bool(getattr(m, "can_classify", kind in ("egc", "classifier")))
-    can_generate = bool(getattr(m, "can_generate", kind in ("egc", "ddpm")))
+    can_classify = bool(m.can_classify)
+    can_generate = bool(m.can_generate)
     supervised = bool(getattr(m, "supervised", True))
     labelled = bool(c.y.numel()) and bool((c.y >= 0).all())
     for name in c.s.metrics:
@@ -440,6 +461,23 @@ def _skips(c: _Ctx) -> None:
             c.skipped[name] = f"the test images of {c.data_name} have no labels"
         if name == "gen" and not can_generate:
             c.skipped[name] = f"a {kind} model does not generate"
+        if name == "dc" and not (m.conditional and m.kind_info.sampler == "diffusion"):
+            c.skipped[name] = f"the diffusion classifier needs a class-conditional diffusion model; this is a {kind} model"
+
+
+def _diffusion_classifier(c: _Ctx) -> None:
+    """metric dc: accuracy of the diffusion classifier on the first n_dc test images, with its cost."""
+    from .diffusion_classifier import diffusion_classify, evaluations, model_eps, parse_schedule
+
+    tick = time.perf_counter()
+    k = model_config(c.m).model.num_classes
+    rounds = parse_schedule(c.s.dc_schedule.replace("K", str(k)), k)
+    eps, space = model_eps(c.m)
+    x, y = c.x[:c.s.n_dc], c.y[:c.s.n_dc]
+    pred, _ = diffusion_classify(eps, space(x), k, c.m.schedule.alphas_cumprod, rounds, seed=c.s.seed)
+    c.wall["dc"] = time.perf_counter() - tick
+    c.metrics["diffusion_classifier"] = {"accuracy": float((pred.cpu() == y).double().mean()), "n": int(x.shape[0]), "schedule": c.s.dc_schedule,
+                                         "evaluations_per_image": evaluations(rounds), "ms_per_image": round(1000 * c.wall["dc"] / x.shape[0], 1)}
 
 
 def _accuracy_and_calibration(c: _Ctx) -> None:
@@ -536,7 +574,7 @@ def _generation(c: _Ctx, inception: Any) -> None:
             gen["judge_skipped"] = why
         if inception is None:
             gen["inception"] = INCEPTION_NOT_GIVEN
-        gen["guidance"] = None if model_kind(m) == "ddpm" else (cfg.sample.guidance if s.guidance is None else s.guidance)
+        gen["guidance"] = None if not m.can_classify else (cfg.sample.guidance if s.guidance is None else s.guidance)
         gen["cfg"] = cfg.sample.cfg if s.cfg is None else s.cfg
         own = (getattr(cfg.sample, "guidance_tmin", 0.0), getattr(cfg.sample, "guidance_tmax", 1.0))
         gen["guidance_interval"] = list(s.guidance_interval or own)
@@ -567,8 +605,8 @@ def run_eval(checkpoint: str, s: EvalSettings, model: Any = None) -> dict[str, A
     data_name = s.data or cfg.data.name
     _check_settings(cfg, s)
     tick = time.perf_counter()
-    x, y, n_full = load_test_set(m, data_name, s.data_root, s.n_test, s.seed)
-    c = _Ctx(m, s, checkpoint, data_name, x, y, Path(s.out_dir) if s.out_dir else None)
+    x, y, n_full, split_note = load_test_set(m, data_name, s.data_root, s.n_test, s.seed)
+    c = _Ctx(m, s, checkpoint, data_name, x, y, Path(s.out_dir) if s.out_dir else None, split_note)
     c.wall["load"] = time.perf_counter() - tick
     _skips(c)
     _accuracy_and_calibration(c)
@@ -578,6 +616,8 @@ def run_eval(checkpoint: str, s: EvalSettings, model: Any = None) -> dict[str, A
         _out_of_distribution(c)
     if c.wants("gen"):
         _generation(c, inception)
+    if c.wants("dc"):
+        _diffusion_classifier(c)
     wall, metrics, skipped, artifacts = c.wall, c.metrics, c.skipped, c.artifacts
     wall["total"] = time.perf_counter() - t_start
 
@@ -598,6 +638,7 @@ def run_eval(checkpoint: str, s: EvalSettings, model: Any = None) -> dict[str, A
         "kind": kind,
         "data": data_name,
         "n_test": int(x.shape[0]),
+        "test_split": c.split_note,
         "n_test_full": n_full,
         "metrics": metrics,
         "skipped": skipped,

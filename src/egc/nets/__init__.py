@@ -2,16 +2,21 @@
 
 from torch import nn
 
-from ..config import AUTOENCODER, ModelConfig
+from ..config import ModelConfig
+from ..kinds import kind_of
 from .autoencoder import KLAutoencoder
+from .cnn import FastCNN
 from .unet import EnergyUNet
 
 
 def build_net(cfg: ModelConfig) -> nn.Module:
-    """The UNet of kinds egc/classifier/ddpm (on latents for a latent run), or the KL autoencoder."""
-    if cfg.kind == AUTOENCODER:
+    """The UNet of kinds egc/classifier/ddpm/jem (on latents for a latent run), the fast CNN, or the KL autoencoder."""
+    net = kind_of(cfg.kind).net
+    if net == "autoencoder":
         return KLAutoencoder(cfg.ae)
+    if net == "cnn":
+        return FastCNN(cfg)
     return EnergyUNet(cfg)
 
 
-__all__ = ["EnergyUNet", "KLAutoencoder", "build_net"]
+__all__ = ["EnergyUNet", "FastCNN", "KLAutoencoder", "build_net"]

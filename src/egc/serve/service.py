@@ -12,7 +12,6 @@ import base64
 import importlib.util
 import io
 import math
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -183,7 +182,7 @@ def _reference(spec: str, m: Any) -> tuple[np.ndarray | None, str]:
     A zoo model uses the test images that ship beside it (egc/zoo/<data set>-examples.npz: no data set
     needed); any other model a seeded subset of its data set's test split, falling back to the shipped
     images of its data set when the split is not installed."""
-    from ..data import load_dataset, to_model_range
+    from ..data import load_data, to_model_range
     from ..demo import examples_file
 
     if not m.has_energy:
@@ -200,7 +199,7 @@ def _reference(spec: str, m: Any) -> tuple[np.ndarray | None, str]:
         desc = f"the {len(imgs)} real {shown} test images shipped with egc (egc/zoo/{shipped.name})"
     else:
         try:
-            ds = load_dataset(name, "test", m.config.data.root)
+            ds = load_data(m.config.data, "test", shape=m.image_shape)
             rng = np.random.default_rng(0)
             k = min(REFERENCE_N, len(ds))
             idx = np.sort(rng.choice(len(ds), size=k, replace=False))
@@ -264,6 +263,8 @@ class Service:
                 "id": e.id, "kind": m.kind, "can_classify": m.can_classify, "can_generate": m.can_generate, "conditional": bool(m.can_generate and m.conditional),
                 "has_energy": m.has_energy, "channels": c, "size": h, "class_names": list(m.class_names),
                 "guidance": float(m.config.sample.guidance), "cfg": float(m.config.sample.cfg), "diffusion_steps": int(m.schedule.num_steps),
+                "sampler": m.config.sample.sampler, "sample_steps": min(int(m.config.sample.steps), int(m.schedule.num_steps)),
+                "eta": float(m.config.sample.eta),
                 "reference": e.reference_desc, "device": str(m.device), "precision": m.precision,
             })
         classifiers = [{"id": c.id, "label": c.label, "class_names": c.class_names, "sizes": c.sizes, "default_size": c.default_size,
@@ -281,9 +282,7 @@ class Service:
     # ---- classify -----------------------------------------------------------------------------
     def classify(self, model_id: Any, data: bytes, filename: str = "upload", top_k: int = 5) -> dict:
         """Top classes, energy and its place among the reference energies of one uploaded image file,
-        read and converted exactly as ``egc classify`` does (egc.imageio.read_image, to_model_range)."""
-        from ..data import to_model_range
-        from ..imageio import read_image
+        read and converted exactly as ``egc classify`` does (``EGC.preprocess``)."""
 
         t0 = time.perf_counter()
         e = self.entry(model_id)
@@ -303,22 +302,16 @@ class Service:
         side = LIMITS["image_side"]
         if w > side or h > side:
             raise RequestError(f"{filename} is {w}x{h} pixels; the limit is {side} pixels a side", 413)
-        c, size, _ = m.image_shape
-        suffix = Path(filename).suffix.lower() if Path(filename).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp") else ""
-        with tempfile.TemporaryDirectory(prefix="egc-serve-") as tmp:
-            path = Path(tmp) / f"upload{suffix}"
-            path.write_bytes(data)
-            try:
-                u8 = read_image(path, size, c)
-            except EgcError as err:
-                msg = str(err).replace(str(path), filename)
-                raise RequestError(msg, 422) from None
-        x = to_model_range(u8[None])
+        notes: list[list[str]] = []
+        try:  # the model's training preprocessing (egc.data.prep), exactly as egc classify applies it
+            x = m.preprocess(Image.open(io.BytesIO(data)), notes=notes)
+        except EgcError as err:
+            raise RequestError(str(err).replace("given", filename), 422) from None
         probs = m.predict_proba(x)[0]
         k = min(top_k, probs.numel())
         v, i = probs.topk(k)
         out: dict[str, Any] = {
-            "model": e.id, "image": filename,
+            "model": e.id, "image": filename, "preprocessed": notes[0],
             "top": [{"class": int(j), "name": m.class_names[int(j)], "prob": round(float(q), 4)} for q, j in zip(v, i)],
             "energy": None, "percentile": None, "reading": None, "reference": e.reference_desc,
         }
@@ -345,17 +338,19 @@ class Service:
         m = e.model
         if not m.can_generate:
             raise RequestError(f"model {e.id} cannot generate (a {m.kind} checkpoint)")
-        sampler = p.get("sampler", "ddim")
+        smp = m.config.sample  # the model's measured sampling defaults fill what the request leaves out
+        sampler = p.get("sampler") or smp.sampler
         if sampler not in SAMPLER_NAMES:
             raise RequestError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLER_NAMES)})")
-        steps = _int(p, "steps", 20, 1, min(LIMITS["steps"], int(m.schedule.num_steps)))
+        most = min(LIMITS["steps"], int(m.schedule.num_steps))
+        steps = _int(p, "steps", min(smp.steps, most), 1, most)
         n = _int(p, "n", 10, 1, LIMITS["n"])
         batch = _int(p, "batch_size", n, 1, LIMITS["batch_size"])
         seed = _int(p, "seed", 0, 0, 2**31 - 1)
         label = _class_index(list(m.class_names), p.get("class"), f"model {e.id}")
         if label is not None and not m.conditional:
             raise RequestError(f"model {e.id} is unconditional: choose class 'none'")
-        eta = None
+        eta = smp.eta if sampler == "ddim" else None
         if p.get("eta") not in (None, ""):
             if sampler != "ddim":
                 raise RequestError(f"eta is DDIM's noise: sampler {sampler} has none")

@@ -26,14 +26,15 @@ from tqdm.auto import tqdm
 
 from ..autoencoder import AE_PREFIX, Autoencoder, embedded_autoencoder, load_autoencoder, measure_latent_scale
 from ..checkpoint import Checkpoint, latest_in, load_checkpoint, optimizer_tensors, remove_stale_tmp, restore_optimizer, save_checkpoint
-from ..config import AUTOENCODER, RunConfig
-from ..data import DEFAULT_FLIP, BatchLoader, load_dataset, to_model_range, to_uint8
+from ..config import RunConfig
+from ..data import DEFAULT_FLIP, BatchLoader, load_data, to_model_range, to_uint8
 from ..data.augment import random_shift
 from ..diffusion.energy import CompiledEps
 from ..diffusion.losses import clean_rows, loss_for, own_rows
 from ..diffusion.schedule import Schedule
 from ..errors import CheckpointError, EgcError
 from ..imageio import atomic_write_bytes, save_grid
+from ..kinds import kind_of
 from ..model import EGC, resolve_channels_last, resolve_precision
 from ..nets import build_net
 from .dist import Dist, start as start_dist
@@ -63,6 +64,12 @@ class _Stop:
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def check_budget(cfg: RunConfig) -> None:
+    """EgcError unless the run has a step or time budget."""
+    if cfg.train.steps == 0 and cfg.train.minutes == 0:
+        raise EgcError("no budget: give --steps N or --minutes M (or train.steps / train.minutes in the config)")
 
 
 def lr_factor(cfg: RunConfig, step: int, elapsed_s: float) -> float:
@@ -135,11 +142,31 @@ class Logger:
                     self.tb.add_scalar(k, v, step)
 
 
+def _mmss(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
 def _int_or_none(s: str) -> int | None:
     try:
         return int(s)
     except ValueError:
         return None
+
+
+def _closing_line(summary: dict[str, Any], run_dir: Path, cfg: RunConfig) -> str:
+    """One line for the user: where the model is, its held-out accuracy, and what to run next."""
+    where = f"egc train: {run_dir} at step {summary['step']} ({summary['elapsed_s'] / 60:.1f} min)"
+    if "test_accuracy" in summary:
+        where += f"; accuracy {summary['test_accuracy']:.3f} on {summary['test_images']} test images ({summary['test_split']})"
+    if summary["budget_left"]:
+        return where + f"; budget not spent: continue with  egc train --out {run_dir} --resume"
+    kind = kind_of(cfg.model.kind)
+    if kind.generates and (kind.classifies and cfg.model.supervised or cfg.model.conditioning == "embedding"):
+        return where + f"; sample with  egc sample {run_dir} --class-balanced"
+    if kind.generates:
+        return where + f"; sample with  egc sample {run_dir}"
+    return where
 
 
 class _NoLog:
@@ -167,20 +194,23 @@ def _fit_model_to_data(cfg: RunConfig, ds: Any) -> None:
     autoencoder's latent shape, after checking that the data has the autoencoder's pixel shape."""
     m = cfg.model
     pix = (ds.channels, ds.image_size, ds.image_size)
-    if m.kind == AUTOENCODER:
+    if kind_of(m.kind).first_stage:
         m.ae.in_channels, m.ae.image_size = ds.channels, ds.image_size
         if ds.image_size % m.ae.downsample:
             raise EgcError(f"image size {ds.image_size} is not divisible by model.ae.downsample {m.ae.downsample}")
     elif m.latent:
+        if ds.channels == m.ae.in_channels and ds.image_size % m.ae.downsample == 0:
+            m.ae.image_size = ds.image_size  # the autoencoder is convolutional: any size its downsampling divides
         want = (m.ae.in_channels, m.ae.image_size, m.ae.image_size)
         if pix != want:
             raise EgcError(f"data {cfg.data.name} has {'x'.join(map(str, pix))} images (CxHxW) but the autoencoder {m.autoencoder} "
                            f"takes {'x'.join(map(str, want))}")
+    kind = kind_of(m.kind)
     if not ds.labeled:
-        if m.kind == "classifier" or (m.kind == "ddpm" and m.conditioning != "none"):
+        if not kind.unconditional_ok or (kind.sampler == "diffusion" and not kind.classifies and m.conditioning != "none"):
             raise EgcError(f"data {cfg.data.name} has no labels: a {m.kind} model with model.conditioning {m.conditioning} needs them "
                            "(unlabelled images train an unsupervised EGC: --model egc, or an unconditional ddpm)")
-        if m.kind == "egc" and m.supervised:
+        if kind.energy == "diffusion" and m.supervised:
             print(f"egc train: {cfg.data.name} has no labels: training an unsupervised EGC (model.supervised=false, "
                   "model.conditioning=none)", file=sys.stderr)
             m.supervised, m.conditioning = False, "none"
@@ -188,7 +218,7 @@ def _fit_model_to_data(cfg: RunConfig, ds: Any) -> None:
     channels, size = (m.ae.latent_channels, m.ae.latent_size) if m.latent else (ds.channels, ds.image_size)
     k = ds.num_classes if m.supervised else (m.clusters or ds.num_classes or 10)
     m.in_channels, m.num_classes, m.image_size = channels, k, size
-    if m.kind != AUTOENCODER and m.image_size % m.patch:
+    if kind.net == "unet" and m.image_size % m.patch:
         raise EgcError(f"image size {m.image_size} is not divisible by model.patch {m.patch}")
     if cfg.loss.clean_shift >= ds.image_size // 2:
         raise EgcError(f"loss.clean_shift {cfg.loss.clean_shift} is too large for {ds.image_size} x {ds.image_size} images "
@@ -196,9 +226,10 @@ def _fit_model_to_data(cfg: RunConfig, ds: Any) -> None:
 
 
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False, stop_at_step: int | None = None,
-          stop_after_minutes: float | None = None) -> dict[str, Any]:
+          stop_after_minutes: float | None = None, data: Any = None) -> dict[str, Any]:
     """Train until the step or time budget is spent (or SIGINT/SIGTERM); returns a summary dict.
 
+    ``data``: the train split already loaded as ``cfg.data`` says (else it is loaded here).
     ``stop_at_step`` and ``stop_after_minutes`` (of training time in this invocation, rank 0's clock)
     end this invocation early, exactly as an interruption would (checkpoint and return) without
     changing the budgets that shape the learning-rate schedule: a multi-hour budget can be trained
@@ -209,14 +240,9 @@ def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
     """
     dist = start_dist(cfg.train.device)
     try:
-        return _train(cfg, run_dir, resume, quiet, stop_at_step, dist, stop_after_minutes)
+        return _Trainer(cfg, Path(run_dir), resume, quiet, dist, data).run(stop_at_step, stop_after_minutes)
     finally:
         dist.close()
-
-
-def _train(cfg: RunConfig, run_dir: str | Path, resume: bool, quiet: bool, stop_at_step: int | None, dist: Dist,
-           stop_after_minutes: float | None = None) -> dict[str, Any]:
-    return _Trainer(cfg, Path(run_dir), resume, quiet, dist).run(stop_at_step, stop_after_minutes)
 
 
 def _resume_config(cfg: RunConfig, run_dir: Path) -> tuple[RunConfig, Checkpoint, Path]:
@@ -260,10 +286,9 @@ class _Trainer:
     signal or ``stop_at_step``, checkpoints on the way and at the end. Every process of a data-parallel
     run builds one; only rank 0 writes files."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, dist: Dist) -> None:
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, quiet: bool, dist: Dist, data: Any = None) -> None:
         tc = cfg.train
-        if tc.steps == 0 and tc.minutes == 0:
-            raise EgcError("no budget: give --steps N or --minutes M (or train.steps / train.minutes in the config)")
+        check_budget(cfg)
         if tc.threads:
             torch.set_num_threads(tc.threads)
         torch.set_flush_denormal(tc.flush_denormal)
@@ -273,11 +298,18 @@ class _Trainer:
         self.cfg, self.tc, self.run_dir, self.quiet, self.dist = cfg, cfg.train, run_dir, quiet, dist
         torch.manual_seed(tc.seed)
         self.ae = self._autoencoder(ckpt)
-        self.ds = load_dataset(cfg.data.name, "train", cfg.data.root)
+        self.ds = data if data is not None else load_data(cfg.data, "train")
+        if dist.is_main and not quiet and data is None:  # a caller that loaded the data has shown its notes
+            for note in self.ds.notes:
+                print(f"egc train: {cfg.data.name}: {note}", file=sys.stderr)
+        cfg.data.image_size = self.ds.image_size  # the preprocessing as decided: saved with the model
         _fit_model_to_data(cfg, self.ds)
+        if self.ae is not None:  # a convolutional autoencoder takes the data's size (checked in _fit_model_to_data)
+            self.ae.net.cfg.image_size = cfg.model.ae.image_size
         cfg.validate()
         self._latent_scale()
         self._build()
+        self.loss_fn = self._loss()  # the one place the model kind picks the objective (before a resume restores its state)
         self.step, self.elapsed = 0, 0.0
         self.lr_scale = 1.0  # product of the rollback_lr_factor of every rollback so far (kept in checkpoints)
         self.last_good: Path | None = None  # the checkpoint a rollback returns to: the newest this run resumed from or wrote
@@ -292,13 +324,26 @@ class _Trainer:
         self.logger: Logger | _NoLog = Logger(run_dir, upto=self.step) if dist.is_main else _NoLog()
         self.sched = Schedule.make(cfg.diffusion.schedule, cfg.diffusion.steps)
         self.precision = resolve_precision(tc.precision, dist.device)  # "auto": bf16 only where it is native
-        self.loss_fn = loss_for(cfg.model.kind)  # the one place the model kind picks the objective
         if tc.compile:
-            if cfg.model.kind != "egc" or dist.world > 1:
+            if kind_of(cfg.model.kind).energy != "diffusion" or dist.world > 1:
                 raise EgcError(f"train.compile applies to model.kind egc in one process (this run: kind {cfg.model.kind}, {dist.world} processes)")
             self.loss_fn = functools.partial(self.loss_fn, eps_fn=CompiledEps())
 
     # ---- set-up ---------------------------------------------------------------------------
+    def _loss(self) -> Any:
+        """The objective of the kind; jem's keeps a replay buffer (train/jem.py), checkpointed with the run."""
+        cfg = self.cfg
+        if kind_of(cfg.model.kind).sampler != "sgld":
+            return loss_for(cfg.model.kind)
+        from .jem import JEMLoss
+
+        if self.dist.world > 1:
+            raise EgcError("model.kind jem trains in one process (its replay buffer is not shared between processes)")
+        if cfg.model.latent:
+            raise EgcError("model.kind jem runs on pixels (drop model.autoencoder / use --set model.space=pixel)")
+        n = min(len(self.ds), 5000)  # the informative init's class Gaussians: the first images, a fixed set
+        return JEMLoss(cfg, to_model_range(self.ds.images[:n]), self.ds.labels[:n], self.gen)
+
     def _autoencoder(self, ckpt: Checkpoint | None) -> Autoencoder | None:
         """A latent run's frozen autoencoder: from the checkpoint when resuming (its file may be gone)."""
         if not self.cfg.model.latent:
@@ -340,6 +385,8 @@ class _Trainer:
         self.gen.set_state(ck.tensors["rng.loss"])
         torch.set_rng_state(ck.tensors["rng.torch"])
         self.loader.load_state_dict({**ck.meta["loader"], **{k: v for k, v in ck.group("loader").items()}})
+        if hasattr(self.loss_fn, "load_state_dict"):  # jem's replay buffer
+            self.loss_fn.load_state_dict(ck.group("jem"))
 
     def _resume_from(self, ckpt: Checkpoint, found: Path) -> None:
         saved_b = int(ckpt.meta["loader"].get("batch_size", self.loader.batch_size))
@@ -382,6 +429,8 @@ class _Trainer:
                   "rng": {"torch": torch.get_rng_state(), "loss": self.gen.get_state()}}
         if self.ae is not None:  # the frozen autoencoder: the checkpoint does not depend on its file
             groups[AE_PREFIX] = self.ae.state_dict()
+        if hasattr(self.loss_fn, "state_dict"):  # jem's replay buffer
+            groups["jem"] = self.loss_fn.state_dict()
         path = save_checkpoint(self.run_dir / "checkpoints" / f"step-{step:07d}.safetensors", cfg, step, groups, meta=meta)
         for q in sorted((self.run_dir / "checkpoints").glob("step-*.safetensors"))[:-tc.keep_ckpts]:
             q.unlink(missing_ok=True)
@@ -403,12 +452,13 @@ class _Trainer:
         classifier draws none."""
         cfg, tc, ds = self.cfg, self.tc, self.ds
         out = self.run_dir / "samples" / f"step-{self.step:07d}.png"
-        if cfg.model.kind == AUTOENCODER:
+        kind = kind_of(cfg.model.kind)
+        if kind.first_stage:
             n = min(tc.sample_n, len(ds), 16)
             x = to_model_range(ds.images[torch.linspace(0, len(ds) - 1, n).long()])
             rec = Autoencoder(self._ema_net()).reconstruct(x)
             save_grid(to_uint8(torch.cat([x, rec])), out, nrow=n, scale=2)
-        elif cfg.model.kind != "classifier":
+        elif kind.generates:
             # The grid is drawn on the CPU: the precision chosen for a GPU need not suit it.
             cpu_precision = self.precision if self.dist.device.type == "cpu" else "auto"
             model = EGC(self._ema_net(), cfg, ds.class_names, cpu_precision, autoencoder=self.ae)
@@ -448,9 +498,10 @@ class _Trainer:
         generator (checkpointed, the same on every rank), only when the option is on."""
         cfg = self.cfg
         s = cfg.loss.clean_shift
-        if s == 0 or cfg.model.kind not in ("egc", "classifier"):
+        kind = kind_of(cfg.model.kind)
+        if s == 0 or not kind.classifies or kind.sampler == "sgld":
             return x, None
-        if cfg.model.kind == "classifier":
+        if kind.energy != "diffusion":  # classifier, cnn: the whole batch is the clean view
             return random_shift(x, s, self.gen), None
         n_clean = clean_rows(cfg.loss, x.shape[0])
         if not cfg.model.supervised or cfg.loss.clean_ce_weight == 0 or n_clean == 0:
@@ -507,7 +558,10 @@ class _Trainer:
             ips = self.window_imgs / max(time.time() - self.window_t, 1e-9)
             self.window_imgs, self.window_t = 0, time.time()
             shown = {n: f"{self.stats[k]:.{d}f}" for n, k, d in (("mse", "mse", 4), ("acc", "clean_acc", 2)) if k in self.stats}
-            self.bar.set_postfix(loss=f"{self.stats['total']:.4f}", **shown, ips=f"{ips:.0f}")
+            if tc.minutes:  # a time budget: how much of it is spent and how much is left (the step count is open)
+                self.bar.set_description(f"train {_mmss(self.elapsed)} of {_mmss(60 * tc.minutes)}, {_mmss(max(0.0, 60 * tc.minutes - self.elapsed))} left",
+                                         refresh=False)
+            self.bar.set_postfix(loss=f"{self.stats['total']:.4f}", **shown, ips=f"{ips:.0f}")  # refreshes the bar
             self.logger.log(self.step, {**sc, "lr": self.opt.param_groups[0]["lr"], "grad_norm": float(gnorm), "img_per_s": ips, "elapsed_s": self.elapsed})
         if due:
             self.last_good = self.checkpoint()
@@ -523,8 +577,32 @@ class _Trainer:
                    "interrupted": self.stop.requested or self.stopping, "budget_left": self.budget_left(), "skipped_steps": self.skipped, "rollbacks": self.rollbacks,
                    "lr_scale": self.lr_scale, **{k: round(v, 5) for k, v in self.stats.items()}}
         if self.dist.is_main:
+            summary.update(self._held_out())
             atomic_write_bytes(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+            if not self.quiet:
+                print(_closing_line(summary, self.run_dir, self.cfg), file=sys.stderr)
         return summary
+
+    def _held_out(self) -> dict[str, Any]:
+        """Accuracy of the EMA weights on the test split (a folder's held-out share), and which split that is."""
+        cfg = self.cfg
+        if not kind_of(cfg.model.kind).classifies or not cfg.model.supervised:
+            return {}
+        try:
+            test = load_data(cfg.data, "test", shape=cfg.model.pixel_shape)
+        except EgcError as e:
+            return {"test_split": f"none ({' '.join(str(e).split())[:120]})"}
+        if not test.labeled or len(test) == 0:
+            return {}
+        # on the CPU, like the grids (_ema_net builds there), in the training precision when training ran on the CPU
+        model = EGC(self._ema_net(), cfg, self.ds.class_names, self.precision if self.dist.device.type == "cpu" else "auto",
+                    autoencoder=self.ae.to("cpu") if self.ae is not None else None)
+        n = min(len(test), 10_000)  # the whole test split of every supported set
+        correct = 0
+        for i in range(0, n, 500):
+            x = to_model_range(test.images[i:min(i + 500, n)])
+            correct += int((model.logits(x).argmax(1).cpu() == test.labels[i:min(i + 500, n)]).sum())
+        return {"test_accuracy": round(correct / n, 4), "test_images": n, "test_split": test.split_note}
 
     def run(self, stop_at_step: int | None, stop_after_minutes: float | None = None) -> dict[str, Any]:
         tc, dist = self.tc, self.dist

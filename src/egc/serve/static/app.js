@@ -50,7 +50,9 @@ function onModel() {
   opt(sel, "none", "none (unconditional)");
   if (m.conditional) m.class_names.forEach((n, i) => opt(sel, String(i), `${i}: ${n}`));
   sel.disabled = !m.conditional;
-  $("gen-guidance").value = m.guidance;
+  $("gen-guidance").value = m.guidance;  // the model's measured sampling defaults (the server adds its eta)
+  if (m.sampler) $("gen-sampler").value = m.sampler;
+  if (m.sample_steps) $("gen-steps").value = String(m.sample_steps);
   $("gen-cfg").value = m.cfg;
   $("gen-start").disabled = !m.can_generate;
   $("gen-status").textContent = m.can_generate ? "idle" : `model ${m.id} cannot generate`;
@@ -126,13 +128,14 @@ async function classify(blob, name) {
     const msg = await errorOf(res);
     setError("classify-error", msg);
     show($("classify-result"), false);
-    // A readable image of another size or colour: offer the browser-side fit (the server never resizes).
+    // The server applies the model's own preprocessing to any readable image; the browser-side fit stays
+    // on offer for an image it still refuses (a 422).
     show($("fit"), res.status === 422 && lastFile !== null && name === lastFile.name);
     return;
   }
   const r = await res.json();
   $("classified-name").textContent = r.image;
-  $("classify-ms").textContent = `${r.ms} ms on the server`;
+  $("classify-ms").textContent = `${r.ms} ms on the server` + (r.preprocessed && r.preprocessed.length ? ` · ${r.preprocessed.join(", ")}` : "");
   const top = $("top");
   top.innerHTML = "";
   for (const t of r.top) {

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Issue 33: the generative classifiers a researcher would pick instead, trained the same minutes on the same
+# machine by the same code, then measured by the same commands. Resumable: run it again (in a later session)
+# and it continues the training that was cut off, skips what is done, and evaluates what is not yet evaluated.
+#
+#   bash bench/compare_kinds.sh fashion-mnist 45 runs/cmp-fm      # six models x 45 minutes, then the evaluations
+#   bash bench/compare_kinds.sh cifar10 60 runs/cmp-c10
+#
+# One job at a time (never two torch processes on 2 cores). Each model's row: OUT/<name>/eval.json,
+# OUT/<name>/certify.json (pixel models), OUT/<name>/dc-*.json (conditional diffusion models); then
+# python bench/compare_table.py OUT prints the table.
+set -euo pipefail
+DATA=${1:?data set}; MIN=${2:?minutes per model}; OUT=${3:?output folder}
+SIGMA=${SIGMA:-0.25}        # randomized smoothing noise on [0, 1] pixels (also the noise the baselines train with)
+NTEST=${NTEST:-2000}        # test images for accuracy / ECE / OOD; samples for fd
+NCERT=${NCERT:-100}         # images certified (n0 100, n 1000: CPU-sized; Cohen et al. use n 100,000)
+NDC=${NDC:-100}             # images the diffusion classifier classifies, at each budget
+EGC=${EGC:-.venv/bin/egc}
+mkdir -p "$OUT"
+
+# name | egc train flags (each model gets --minutes $MIN, the same data and seed)
+MODELS=(
+  "egc|--model egc"
+  "jem|--model jem --set jem.init=data --set jem.sgld_clip=0.03"       # JEM++'s informative init + proximal SGLD
+  "cnn|--model cnn --set loss.clean_shift=2"                            # airbench-style augmentation: flips (where the set allows) + 2 px shifts
+  "classifier-noise|--model classifier --set loss.noise_sigma=$SIGMA"   # randomized smoothing's base classifier
+  "cnn-noise|--model cnn --set loss.clean_shift=2 --set loss.noise_sigma=$SIGMA"
+  "ddpm-cond|--model ddpm --set model.conditioning=embedding"           # a diffusion model to read a diffusion classifier from
+)
+[ "$DATA" = cifar10 ] && MODELS[0]="egc|--model egc --set model.space=pixel"   # pixels, as every other row (the latent form: zoo:cifar10)
+
+train() {  # name flags...: train to the whole budget (resuming), skip when done
+  local name=$1; shift
+  local run="$OUT/$name"
+  if [ -f "$run/summary.json" ] && grep -q '"budget_left": false' "$run/summary.json"; then return; fi
+  if [ -d "$run/checkpoints" ]; then
+    $EGC train --out "$run" --resume --quiet
+  else
+    # shellcheck disable=SC2086
+    $EGC train --data "$DATA" --minutes "$MIN" --seed 0 --out "$run" --quiet $*
+  fi
+}
+
+for row in "${MODELS[@]}"; do train "${row%%|*}" ${row#*|}; done
+
+for row in "${MODELS[@]}"; do
+  name=${row%%|*}; run="$OUT/$name"
+  [ -f "$run/eval.json" ] || $EGC eval "$run" --n-test "$NTEST" --n-samples 500 --n-robust 200 --eps-l2 0.5,1.5 --json "$run/eval.json" --quiet > /dev/null
+  case $name in egc|classifier-noise|cnn-noise)
+    [ -f "$run/certify.json" ] || $EGC certify "$run" --sigma "$SIGMA" --n-test "$NCERT" --n0 100 --n 1000 --radii 0.25,0.5 --json "$run/certify.json" --quiet > /dev/null ;;
+  esac
+  case $name in egc|ddpm-cond)
+    for sched in K:2 K:5,3:10 K:20,3:60; do
+      f="$run/dc-${sched//[:,]/_}.json"
+      [ -f "$f" ] || .venv/bin/python bench/dc_accuracy.py "$run" --schedule "$sched" --n "$NDC" > "$f"
+    done ;;
+  esac
+done
+.venv/bin/python bench/compare_table.py "$OUT"
