@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from egc.checkpoint import ZOO_DIR, load_checkpoint, save_checkpoint
 from egc.cli import main
@@ -30,6 +32,15 @@ def test_demo_writes_pngs_and_summary(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["classified"]["images"] == 20 and summary["samples"]["n"] == 20
     assert summary["precision"] in ("bf16", "fp32")  # "auto" resolved, never left as "auto"
+    # the classified count is the model's own: the shipped 20 images classified by it, label by label
+    from egc import EGC
+    from egc.data import to_model_range
+    from egc.demo import examples_file
+
+    with np.load(examples_file("fashion-mnist")) as z:
+        imgs, labels = torch.from_numpy(z["images"]), torch.from_numpy(z["labels"])
+    m = EGC.load(str(fm), precision=summary["precision"])
+    assert summary["classified"]["correct"] == int((m.logits(to_model_range(imgs)).argmax(1) == labels).sum())
     assert (out / "classified.png").stat().st_size > 0 and (out / "samples.png").stat().st_size > 0
 
 

@@ -142,6 +142,9 @@ def test_convert_images_grey_and_size():
     rgb = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
     out = convert_images(rgb, 1, 28)
     assert out.shape == (2, 1, 28, 28) and out.min() >= -1 and out.max() <= 1
+    flat = torch.full((1, 32, 32, 3), 0, dtype=torch.uint8)
+    flat[..., 0] = 255  # pure red: grey by luma is 0.299 * 255 = 76, i.e. 76 / 127.5 - 1 = -0.40 on the model's scale
+    assert convert_images(flat, 1, 28).mean().item() == pytest.approx(76 / 127.5 - 1, abs=0.02)
     assert convert_images(torch.zeros(1, 8, 8, 1, dtype=torch.uint8), 3, 8).shape == (1, 3, 8, 8)
 
 

@@ -143,8 +143,12 @@ def test_latent_model_loads_without_the_autoencoder_file(runs, tmp_path, capsys)
     x = torch.rand(4, 1, 8, 8) * 2 - 1
     p = m.predict_proba(x)
     assert p.shape == (4, 3) and torch.allclose(p.sum(1), torch.ones(4))
-    assert m.energy(x).shape == (4,)
-    assert m.eps(torch.zeros(2, 2, 4, 4), 10).shape == (2, 2, 4, 4)  # eps/score: latent space
+    # classification and the energy go through the encoder's scaled posterior mean; eps works on latents
+    z = m.autoencoder.encode(x)
+    assert z.shape == (4, 2, 4, 4) and torch.allclose(p, torch.softmax(m.energy_model.logits(z), 1), atol=1e-6)
+    assert torch.allclose(m.energy(x), m.energy_model.energy(z, torch.zeros(4, dtype=torch.long)), atol=1e-5)
+    zt = torch.randn(2, 2, 4, 4)
+    assert torch.allclose(m.eps(zt, 10), m.energy_model.eps_and_logits(zt, torch.full((2,), 10))[0], atol=1e-5)
     # The CLI works unchanged on a latent checkpoint.
     img = tmp_path / "one.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(img)
@@ -222,10 +226,12 @@ def test_latent_baselines(runs, tmp_path, kind):
                   TINY + [f"model.autoencoder={runs['ae']}"]) == 0
     m = EGC.load(run, "fp32")
     assert m.kind == kind and m.image_shape == (1, 8, 8) and m.latent_shape == (2, 4, 4)
-    if kind == "classifier":
-        assert m.predict_proba(torch.zeros(2, 1, 8, 8)).shape == (2, 3)
-    else:
-        assert m.sample(2, steps=2)[0].shape == (2, 1, 8, 8)
+    x = torch.rand(2, 1, 8, 8) * 2 - 1
+    if kind == "classifier":  # through the encoder, like EGC
+        assert torch.allclose(m.predict_proba(x), torch.softmax(m.energy_model.logits(m.autoencoder.encode(x)), 1), atol=1e-6)
+    else:  # samples are decoded latents: the decoder's image of what the sampler ends at
+        imgs = m.sample(2, steps=2)[0]
+        assert imgs.shape == (2, 1, 8, 8) and imgs.abs().max() <= 1
 
 
 def test_inference_side_imports_no_training_code():

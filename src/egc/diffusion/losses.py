@@ -8,8 +8,7 @@ Baselines on the same UNet:
     classifier   L = CE_ls(l(x_0, CLEAN_T), y)                           (clean images only, one backward; the cnn too)
     jem          L = CE(l(x_0), y) + E(x_0) - E(x_sgld),  E = -logsumexp l   (x_sgld: SGLD from a replay buffer)
     ddpm         L = mean ||net(x_t, t) - eps||^2                        (eps-prediction, same schedule)
-The latent runs' first stage (kind "autoencoder", ``autoencoder_loss``; not in LOSSES, which holds
-the kinds that share the UNet; ``loss_for`` covers every kind):
+The latent runs' first stage (kind "autoencoder", ``autoencoder_loss``):
     autoencoder  L = recon(D(z), x0) + kl_weight * KL(q(z|x0) || N(0, I)),  z ~ q(z|x0)
 All take (net, model config, loss config, schedule, x0, y, gen, shard) so the training loop calls any of them.
 
