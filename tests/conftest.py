@@ -81,3 +81,17 @@ def fit_fixed_batch(loss_fn, net: torch.nn.Module, cfg, x0: torch.Tensor, y: tor
         parts.total.backward()
         opt.step()
     return before, eval_loss(), parts
+
+
+# Modules whose tests train, spawn processes or drive a browser (about 5 s or more each by the --durations of
+# scripts/test.sh on 2 cores): marked slow, so `FAST=1 bash scripts/test.sh` (pytest -m "not slow") leaves
+# them out for a quick run while CI runs everything.
+SLOW_MODULES = {"test_bench", "test_kill_resume", "test_distributed", "test_serve_browser", "test_inception"}
+SLOW_TESTS = {"test_full_disk", "test_defaults_reach_the_class_for_every_classifier_kind"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module in SLOW_MODULES or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
