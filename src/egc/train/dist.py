@@ -161,7 +161,7 @@ def start(device: str = "auto", timeout_minutes: float = 60.0) -> Dist:
     if not dist.is_initialized():
         for k in ("MASTER_ADDR", "MASTER_PORT"):
             if k not in os.environ:
-                raise EgcError(f"WORLD_SIZE={world} but {k} is not set: launch with torchrun (see README, 'Many processes / GPUs')")
+                raise EgcError(f"WORLD_SIZE={world} but {k} is not set: launch with torchrun (see docs/ddp.md)")
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(minutes=timeout_minutes))
         owns = True
