@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import PRECISION_HELP, PRECISIONS, parse_guidance_interval
+from .config import MODEL_SIZES, PRECISION_HELP, PRECISIONS, SAMPLER_NAMES, parse_guidance_interval
 from .errors import ConfigError, EgcError
 
 DEVICE_HELP = "auto (cuda when available, the default) | cpu | cuda[:N]: where the network runs"
@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     t.add_argument("--model", metavar="KIND", help="egc (default) | classifier | ddpm | jem: the EGC model or a baseline on the same UNet; "
                    "cnn: a small fast ResNet classifier; autoencoder: the KL autoencoder of latent runs (egc/kinds.py lists them)")
-    t.add_argument("--model-size", choices=["tiny", "small", "base", "large"])
+    t.add_argument("--model-size", choices=list(MODEL_SIZES))
     t.add_argument("--data", help="fashion-mnist | mnist | cifar10 | folder:PATH | npz:PATH")
     t.add_argument("--data-root", help="where the data set lives (default: $EGC_DATA or the system location)")
     t.add_argument("--image-size", type=_positive_int, metavar="N", help="train on N x N images (data.image_size; default: the images' own "
@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=_positive_int, default=100)
     s.add_argument("--label", help="class id(s) or name(s), comma-separated; one value applies to all")
     s.add_argument("--class-balanced", action="store_true", help="n/K samples of each class")
-    s.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpm++2m"], help="default: the model's own (egc zoo shows it)")
+    s.add_argument("--sampler", default=None, choices=SAMPLER_NAMES, help="default: the model's own (egc zoo shows it)")
     s.add_argument("--steps", type=_positive_int, default=None, help="sampler steps (default: the model's own, 50 for new models)")
     s.add_argument("--guidance", type=_nonneg_float, default=None, help="classifier guidance s from the model's (null-label) classifier head "
                    "(default: the model's recommended scale)")
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--guidance", type=_nonneg_float, help="record this measured classifier-guidance scale as the model's default for sampling")
     e.add_argument("--cfg", type=_nonneg_float, help="record this measured classifier-free guidance scale as the model's default for sampling")
     e.add_argument("--guidance-interval", type=_interval, metavar="LO,HI", help="record this measured guidance interval (fractions t/T) as the model's default")
-    e.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++2m"], help="record this sampler as the model's default")
+    e.add_argument("--sampler", choices=SAMPLER_NAMES, help="record this sampler as the model's default")
     e.add_argument("--steps", type=_positive_int, help="record this many sampler steps as the model's default")
     e.add_argument("--eta", type=_nonneg_float, help="record this DDIM noise as the model's default")
     e.set_defaults(fn=cmd_export)

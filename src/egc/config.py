@@ -19,6 +19,9 @@ import yaml
 from .errors import ConfigError
 from .kinds import AUTOENCODER, KINDS, kind_of
 
+# The shared vocabulary of flags and config values (here, not in the modules that implement them, so the CLI
+# can offer them without importing torch): samplers (diffusion/samplers.py checks its registry against this).
+SAMPLER_NAMES = ("ddpm", "ddim", "dpm++2m")
 # Inference precisions (egc sample/classify/eval, EGC.load); "auto" is resolved by model.resolve_precision.
 PRECISIONS = ("auto", "bf16", "fp32")
 PRECISION_HELP = "auto: bf16 on CPUs with native bf16 (AVX-512 BF16 or AMX), else fp32"

@@ -15,11 +15,13 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..config import SAMPLER_NAMES
+
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Called after every step as callback(step, total, x0_hat [B, C, H, W]) with the current estimate of
 # x_0 (live previews); raising from it stops the sampler (how a caller cancels a run).
 Callback = Callable[[int, int, torch.Tensor], None]
-SAMPLERS = ("ddpm", "ddim", "dpm++2m")
+SAMPLERS = SAMPLER_NAMES  # the names live in config.py (the CLI offers them without importing torch)
 
 
 def timesteps(num_train_steps: int, n: int) -> list[int]:

@@ -11,7 +11,7 @@ import math
 import sys
 from pathlib import Path
 
-from egc.config import PRECISION_HELP, PRECISIONS
+from egc.config import PRECISION_HELP, PRECISIONS, SAMPLER_NAMES
 from egc.errors import EgcError
 
 
@@ -215,7 +215,7 @@ def add_eval_parsers(sub) -> None:
     e.add_argument("--dc-schedule", default="K:5,3:10", metavar="KEEP:TRIALS,...", help="metric dc (asked for by name: --metrics acc,dc): "
                    "the diffusion classifier's rounds (K = all classes; Li et al.: 10:50,5:450)")
     e.add_argument("--n-dc", type=int, default=100, help="metric dc: test images it classifies (the first of the --n-test subset)")
-    e.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpm++2m"], help="default: the model's own (egc zoo lists it)")
+    e.add_argument("--sampler", default=None, choices=SAMPLER_NAMES, help="default: the model's own (egc zoo lists it)")
     e.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own)")
     e.add_argument("--guidance", type=float, default=None, help="classifier guidance scale (default: the model's recommended scale)")
     e.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale of a conditional model (default: the model's recommended scale)")

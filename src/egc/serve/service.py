@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config import SAMPLER_NAMES as CONFIG_SAMPLERS
 from ..errors import EgcError
 
 #: Limits of one request; each is refused with a one-line 4xx message.
@@ -37,7 +38,7 @@ LIMITS: dict[str, int] = {
     "cag_size": 256,  # CaG image side
     "queue": 32,  # heavy jobs waiting (beyond the one running)
 }
-SAMPLER_NAMES: tuple[str, ...] = ("ddim", "ddpm", "dpm++2m")
+SAMPLER_NAMES: tuple[str, ...] = ("ddim",) + tuple(n for n in CONFIG_SAMPLERS if n != "ddim")  # the page lists DDIM first
 REFERENCE_N = 500  # test images (a seeded subset) whose energies a classified image is placed among
 UNUSUAL_PERCENTILE = 95.0  # energy above this share of the reference: "unusual"
 FRAME_INTERVAL = 0.05  # seconds between streamed frames (the first and the last are always sent)
