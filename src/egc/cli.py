@@ -160,17 +160,9 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
 
 def _class_id(m, s: str) -> int:
-    k = m.config.model.num_classes
-    s = s.strip()
-    if s.lstrip("-").isdigit():
-        i = int(s)
-        if not 0 <= i < k:
-            raise EgcError(f"class id {i} out of range: this model has classes 0..{k - 1}")
-        return i
-    names = [n.lower() for n in m.class_names]
-    if s.lower() in names:
-        return names.index(s.lower())
-    raise EgcError(f"unknown class '{s}' (this model's classes: {', '.join(m.class_names)})")
+    from .classes import class_index
+
+    return class_index(m.class_names, s.strip(), "this model")
 
 
 def cmd_classify(a: argparse.Namespace) -> int:

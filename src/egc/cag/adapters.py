@@ -30,7 +30,6 @@ the CaG report): lite0 top-5 41 % with (p - 127) / 128 vs. 31 % with ImageNet me
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import re
 import warnings
@@ -316,30 +315,12 @@ def imagenet_class_names() -> list[str]:
     return names
 
 
-def _norm_name(s: str) -> str:
-    return " ".join(s.strip().lower().replace("_", " ").split())
-
-
 def resolve_class(clf: Any, spec: str | int) -> int:
-    """Class index from an index (int or digit string) or a class name (case-insensitive, "_" = " ").
+    """Class index from an index (int or digit string) or a class name (case-insensitive, "_" = " "):
+    egc.classes.class_index, the one rule; EgcError with the closest names for an unknown one."""
+    from ..classes import class_index
 
-    Raises EgcError for an index out of range or an unknown name (with the closest names).
-    """
-    names = list(clf.class_names)
-    k = len(names)
-    if isinstance(spec, int) or str(spec).strip().lstrip("-").isdigit():
-        i = int(spec)
-        if not 0 <= i < k:
-            raise EgcError(f"class id {i} out of range: classifier {clf.name} has classes 0..{k - 1}")
-        return i
-    want = _norm_name(str(spec))
-    normed = [_norm_name(n) for n in names]
-    if want in normed:
-        return normed.index(want)
-    close = difflib.get_close_matches(want, normed, n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(repr(names[normed.index(c)]) for c in close)}?" if close else ""
-    shown = "" if k > 20 else f" (classes: {', '.join(names)})"
-    raise EgcError(f"unknown class '{spec}' for classifier {clf.name}{shown}{hint}")
+    return class_index(list(clf.class_names), spec, f"classifier {clf.name}")
 
 
 # ---- loaders -----------------------------------------------------------------------------------

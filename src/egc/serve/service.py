@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..classes import class_index
 from ..config import SAMPLER_NAMES as CONFIG_SAMPLERS
 from ..errors import EgcError
 
@@ -139,20 +140,12 @@ def _class_index(names: list[str], value: Any, owner: str) -> int | None:
     """A class id or name -> index; None / "" / "none" -> None (unconditional)."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
         return None
-    k = len(names)
-    if isinstance(value, bool):
+    if not isinstance(value, (int, str)):
         raise RequestError(f"unknown class {value!r} for {owner}")
-    if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
-        i = int(value)
-        if not 0 <= i < k:
-            raise RequestError(f"class id {i} out of range: {owner} has classes 0..{k - 1}")
-        return i
-    if isinstance(value, str):
-        low = [n.lower() for n in names]
-        if value.strip().lower() in low:
-            return low.index(value.strip().lower())
-    shown = f" (classes: {', '.join(names)})" if k <= 20 else ""
-    raise RequestError(f"unknown class {value!r} for {owner}{shown}")
+    try:  # the one rule of egc/classes.py (the CLI and CaG read class names the same way)
+        return class_index(names, value.strip() if isinstance(value, str) else value, owner)
+    except EgcError as e:
+        raise RequestError(str(e)) from None
 
 
 # ---- models --------------------------------------------------------------------------------------
