@@ -134,30 +134,9 @@ def load_folder(path: str | os.PathLike[str], split: str, size: int = 0, channel
     if not base.is_dir():
         raise DataError(f"{name}: {base} is not a directory; {_LAYOUT}")
     dirs = _split_dirs(base)
-    try:
-        pools = {s: _class_listing(d) for s, d in dirs.items()} if dirs else {"all": _class_listing(base)}
-        class_names = sorted({c for per_class, _ in pools.values() for c in per_class})
-        if not class_names:  # unlabelled: the images directly in the folder(s)
-            pools = {s: ({"": _files_under(d, False)[0]}, _files_under(d, False)[1]) for s, d in (dirs or {"all": base}).items()}
-    except OSError as exc:
-        raise DataError(f"{name}: cannot list {base} ({exc.strerror}); {_LAYOUT}") from exc
-    labelled = bool(class_names)
-    groups = class_names if labelled else [""]
-    notes: list[str] = []
-    if dirs:
-        chosen = {c: pools[split][0].get(c, []) for c in groups}
-        split_note = f"{dirs[split]} ({split}/ folder)"
-    else:
-        per_class = pools["all"][0]
-        chosen = {}
-        for i, c in enumerate(groups):
-            train_files, test_files = holdout_split(per_class.get(c, []), holdout, holdout_seed, i)
-            chosen[c] = train_files if holdout == 0 else test_files if split == "test" else train_files  # no share held out: both are all
-            if holdout > 0 and len(per_class.get(c, [])) == 1:
-                notes.append(f"class {c!r} has one image: it trains, none is held out")
-        split_note = (f"held out: {holdout:.0%} of each class of {base} (seed {holdout_seed}), never trained on" if holdout > 0 and split == "test"
-                      else f"{base} less the {holdout:.0%} held out" if holdout > 0
-                      else f"all images of {base} (no test/ folder and data.holdout 0: test figures are on training images)")
+    pools, class_names = _pools(base, dirs, name)
+    groups = class_names or [""]
+    chosen, split_note, notes = _choose(pools, dirs, groups, split, holdout, holdout_seed, base)
     every = sorted({f for per_class, _ in pools.values() for files in per_class.values() for f in files})
     if not every:
         raise DataError(f"{name}: no images in {base}; {_LAYOUT}")
@@ -176,26 +155,13 @@ def load_folder(path: str | os.PathLike[str], split: str, size: int = 0, channel
         grey, why = _is_grey(headers)
         channels = 1 if grey else 3
         notes.append(f"{'grey' if grey else 'colour'}: {why}")
-    prep = Prep(size, channels, fit)
     files = [(f, gi) for gi, c in enumerate(groups) for f in chosen[c] if f in headers]
-    images = np.empty((len(files), size, size, channels), dtype=np.uint8)
-    keep: list[int] = []
-    late: list[tuple[Path, str]] = []
-    resized = 0
-    for i, (f, _) in enumerate(files):
-        try:  # a truncated file passes the header probe and fails here
-            with Image.open(f) as img:
-                images[i], changed = prep.pixels(img)
-        except Exception as exc:
-            late.append((f, one_line(exc)))
-            continue
-        resized += any(n.startswith("resized") for n in changed)
-        keep.append(i)
+    images, keep, late, resized = _decode(files, Prep(size, channels, fit))
     if late:
         notes.append(_skipped(f"files that failed to decode ({split} split)", late, base))
     if resized:
-        notes.append(f"{resized} of {len(keep)} {split} images resized to {prep.describe()}")
-    if labelled and split == "train":  # a class with nothing to learn from would be a class the model never saw
+        notes.append(f"{resized} of {len(keep)} {split} images resized to {Prep(size, channels, fit).describe()}")
+    if class_names and split == "train":  # a class with nothing to learn from would be a class the model never saw
         kept = {files[i][1] for i in keep}
         for gi, c in enumerate(groups):
             if gi not in kept and (chosen[c] or not dirs):
@@ -205,6 +171,59 @@ def load_folder(path: str | os.PathLike[str], split: str, size: int = 0, channel
     if not keep:
         raise DataError(f"{name}: no usable images in the {split} split of {base} ({len(unreadable) + len(late)} unreadable); {_LAYOUT}")
     idx = np.array(keep)
-    labels = np.array([files[i][1] for i in keep], dtype=np.int64) if labelled else np.full(len(keep), -1, dtype=np.int64)
+    labels = np.array([files[i][1] for i in keep], dtype=np.int64) if class_names else np.full(len(keep), -1, dtype=np.int64)
     return ImageDataset(torch.from_numpy(images[idx]), torch.from_numpy(labels), class_names, name, split_note=split_note,
                         files=[str(files[i][0].relative_to(base)) for i in keep], notes=notes)
+
+
+Pools = dict[str, tuple[dict[str, list[Path]], list[Path]]]  # pool ("train" | "test" | "all") -> (files per class, non-images)
+
+
+def _pools(base: Path, dirs: dict[str, Path] | None, name: str) -> tuple[Pools, list[str]]:
+    """The listing of each pool (train/ and test/, or the folder itself) and the class names over both;
+    no class folders: one unnamed group of the images directly in the pool's folder."""
+    try:
+        pools = {s: _class_listing(d) for s, d in dirs.items()} if dirs else {"all": _class_listing(base)}
+        class_names = sorted({c for per_class, _ in pools.values() for c in per_class})
+        if not class_names:  # unlabelled: the images directly in the folder(s)
+            pools = {s: ({"": _files_under(d, False)[0]}, _files_under(d, False)[1]) for s, d in (dirs or {"all": base}).items()}
+    except OSError as exc:
+        raise DataError(f"{name}: cannot list {base} ({exc.strerror}); {_LAYOUT}") from exc
+    return pools, class_names
+
+
+def _choose(pools: Pools, dirs: dict[str, Path] | None, groups: list[str], split: str, holdout: float, holdout_seed: int,
+            base: Path) -> tuple[dict[str, list[Path]], str, list[str]]:
+    """(the split's files per class, which images they are, notes): the split's own folder, or the
+    held-out share (or, with holdout 0, all images for both splits)."""
+    if dirs:
+        return {c: pools[split][0].get(c, []) for c in groups}, f"{dirs[split]} ({split}/ folder)", []
+    per_class, chosen, notes = pools["all"][0], {}, []
+    for i, c in enumerate(groups):
+        train_files, test_files = holdout_split(per_class.get(c, []), holdout, holdout_seed, i)
+        chosen[c] = train_files if holdout == 0 else test_files if split == "test" else train_files  # no share held out: both are all
+        if holdout > 0 and len(per_class.get(c, [])) == 1:
+            notes.append(f"class {c!r} has one image: it trains, none is held out")
+    note = (f"held out: {holdout:.0%} of each class of {base} (seed {holdout_seed}), never trained on" if holdout > 0 and split == "test"
+            else f"{base} less the {holdout:.0%} held out" if holdout > 0
+            else f"all images of {base} (no test/ folder and data.holdout 0: test figures are on training images)")
+    return chosen, note, notes
+
+
+def _decode(files: list[tuple[Path, int]], prep: Prep) -> tuple[np.ndarray, list[int], list[tuple[Path, str]], int]:
+    """(uint8 [N, S, S, C] with a row per file, the rows that decoded, (file, why) of those that did not, how
+    many were resized). A truncated file passes the header probe and fails only here."""
+    images = np.empty((len(files), prep.size, prep.size, prep.channels), dtype=np.uint8)
+    keep: list[int] = []
+    late: list[tuple[Path, str]] = []
+    resized = 0
+    for i, (f, _) in enumerate(files):
+        try:
+            with Image.open(f) as img:
+                images[i], changed = prep.pixels(img)
+        except Exception as exc:
+            late.append((f, one_line(exc)))
+            continue
+        resized += any(n.startswith("resized") for n in changed)
+        keep.append(i)
+    return images, keep, late, resized
