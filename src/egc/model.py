@@ -425,9 +425,8 @@ class EGC:
         A latent model samples latents and returns them decoded: pixel images of ``image_shape``.
 
         ``sampler``, ``steps``, ``eta`` (DDIM's noise), ``guidance`` (classifier guidance s) and ``cfg``
-        (classifier-free guidance w) None take the model's own measured defaults (config sample.*; eta only
-        when the sampler is DDIM) (config sample.guidance / sample.cfg, set by ``egc export --guidance/--cfg``
-        after measuring them). ``guidance_interval`` (tmin, tmax): both guidances act only at steps with
+        (classifier-free guidance w) None take the model's own measured defaults (config sample.*, recorded by
+        ``egc export`` after measuring them; eta only with DDIM). ``guidance_interval`` (tmin, tmax): both guidances act only at steps with
         tmin <= t / T <= tmax, the plain conditional energy elsewhere (None: the model's sample.guidance_tmin
         / tmax). ``class_balanced`` asks for n/K of each class (cycling classes when n is not a
         multiple of K); ``labels`` gives them explicitly; neither means unconditional (the null label).

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from egc.data.dataset import ImageDataset, one_line
+from egc.data.images import GREY_MODES
 from egc.data.prep import READABLE, Prep, auto_size
 from egc.errors import DataError
 
@@ -83,14 +84,11 @@ def _probe(files: list[Path]) -> tuple[dict[Path, tuple[str, tuple[int, int]]], 
     return ok, bad
 
 
-_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-
-
 def _is_grey(headers: dict[Path, tuple[str, tuple[int, int]]]) -> tuple[bool, str]:
     """Grey or colour for the whole folder, and why: grey when every image is stored grey, or every
     colour-stored image has channels that agree (scans saved as RGB JPEG); colour at the first that
     does not."""
-    colour = [f for f, (mode, _) in headers.items() if mode not in _GREY_MODES]
+    colour = [f for f, (mode, _) in headers.items() if mode not in GREY_MODES]
     if not colour:
         return True, "every image is stored grey"
     for f in colour:
@@ -156,11 +154,12 @@ def load_folder(path: str | os.PathLike[str], split: str, size: int = 0, channel
         channels = 1 if grey else 3
         notes.append(f"{'grey' if grey else 'colour'}: {why}")
     files = [(f, gi) for gi, c in enumerate(groups) for f in chosen[c] if f in headers]
-    images, keep, late, resized = _decode(files, Prep(size, channels, fit))
+    prep = Prep(size, channels, fit)
+    images, keep, late, resized = _decode(files, prep)
     if late:
         notes.append(_skipped(f"files that failed to decode ({split} split)", late, base))
     if resized:
-        notes.append(f"{resized} of {len(keep)} {split} images resized to {Prep(size, channels, fit).describe()}")
+        notes.append(f"{resized} of {len(keep)} {split} images resized to {prep.describe()}")
     if class_names and split == "train":  # a class with nothing to learn from would be a class the model never saw
         kept = {files[i][1] for i in keep}
         for gi, c in enumerate(groups):

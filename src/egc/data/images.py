@@ -16,7 +16,7 @@ from egc.errors import DataError
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 
 # Modes with one intensity channel; anything else (RGB, RGBA, P, CMYK, ...) counts as colour.
-GREY_MODES: frozenset[str] = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+GREY_MODES: frozenset[str] = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 Source = bytes | Path
 

@@ -105,11 +105,16 @@ def make_plan(cfg: RunConfig, ds: ImageDataset) -> Plan:
     return plan
 
 
+def _downsample(size: int) -> int:
+    """The autoencoder's downsampling for images of ``size`` px: 4, or 8 above 64 px."""
+    return 4 if size <= 64 else 8
+
+
 def _ae_config(cfg: RunConfig, size: int) -> RunConfig:
     """The autoencoder stage of ``cfg``: configs/cifar10-ae.yaml's recipe on the same data, AE_SHARE of the budget."""
     ae = copy.deepcopy(cfg)
     # 8 latent channels and 4x downsampling (8x at more than 64 px); width and depth as the user's model.ae says
-    arch = dataclasses.replace(cfg.model.ae, latent_channels=8, downsample=4 if size <= 64 else 8)
+    arch = dataclasses.replace(cfg.model.ae, latent_channels=8, downsample=_downsample(size))
     ae.model = type(cfg.model)(kind=AUTOENCODER, size=cfg.model.size, ae=arch)
     ae.loss = type(cfg.loss)()
     ae.train.minutes = round(cfg.train.minutes * AE_SHARE, 3)
@@ -124,7 +129,7 @@ def _latent_stage(cfg: RunConfig, plan: Plan, run_dir: Path) -> RunConfig:
     out.model.space = "latent"
     out.model.autoencoder = str(run_dir / "autoencoder") if plan.ae_here else plan.autoencoder
     size = cfg.data.image_size or 32
-    latent = size // (4 if size <= 64 else 8)
+    latent = size // _downsample(size)
     if latent <= 8:
         out.model.patch = 1
     if out.loss.clean_shift == 0:
