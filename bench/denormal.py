@@ -14,6 +14,7 @@ import time
 import torch
 
 from egc.checkpoint import load_checkpoint
+from egc.diffusion.energy import EnergyModel
 from egc.diffusion.losses import egc_loss
 from egc.diffusion.schedule import Schedule
 from egc.nets import build_net
@@ -22,10 +23,11 @@ from egc.nets import build_net
 def step_time(net: torch.nn.Module, cfg, sched: Schedule, x: torch.Tensor, y: torch.Tensor, reps: int) -> float:
     """Best-of-reps seconds for one loss + backward (the first call is a warm-up)."""
     gen = torch.Generator().manual_seed(0)
+    em = EnergyModel(net, cfg.model, sched)
     times = []
     for _ in range(reps + 1):
         t0 = time.perf_counter()
-        egc_loss(net, cfg.model, cfg.loss, sched, x, y, gen).total.backward()
+        egc_loss(em, cfg.loss, x, y, gen).total.backward()
         times.append(time.perf_counter() - t0)
     return min(times[1:])
 

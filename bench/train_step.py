@@ -60,6 +60,7 @@ MODES: dict[str, list[str]] = {
 
 def _setup(mode: str, size: str, batch: int, image: int, channels: int, classes: int, extra: list[str]):
     from egc.config import load_config
+    from egc.diffusion.energy import EnergyModel
     from egc.diffusion.schedule import Schedule
     from egc.nets import build_net
 
@@ -78,18 +79,19 @@ def _setup(mode: str, size: str, batch: int, image: int, channels: int, classes:
     if resolve_channels_last(cfg.train.channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (batch,))
-    return cfg, net, opt, Schedule.make(cfg.diffusion.schedule), x, y
+    return cfg, net, opt, EnergyModel(net, cfg.model, Schedule.make(cfg.diffusion.schedule)), x, y
 
 
-def _step(cfg, net, opt, sched, x, y, gen, eps_fn=None):
-    """One step exactly as ``egc train`` takes it (the library's forward_backward, then the optimiser)."""
+def _step(cfg, net, opt, em, x, y, gen, eps_fn=None):
+    """One step exactly as ``egc train`` takes it (the library's forward_backward, then the optimiser);
+    ``em`` is the energy model of ``net``, built once as the trainer does."""
     import functools
 
     from egc.diffusion.losses import egc_loss
     from egc.train.loop import forward_backward
 
     loss_fn = egc_loss if eps_fn is None else functools.partial(egc_loss, eps_fn=eps_fn)
-    parts, _, _ = forward_backward(net, net, opt, loss_fn, cfg, sched, x, y, gen, resolve_precision(cfg.train.precision))
+    parts, _, _ = forward_backward(em, net, opt, loss_fn, cfg, x, y, gen, resolve_precision(cfg.train.precision))
     opt.step()
     return float(parts.total.detach())
 
@@ -122,14 +124,14 @@ _CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_s
              "aten::thnn_conv2d", "aten::_convolution")
 
 
-def _conv_profile(cfg, net, opt, sched, x, y, gen, by_op: dict, peak: float) -> dict:
+def _conv_profile(cfg, net, opt, em, x, y, gen, by_op: dict, peak: float) -> dict:
     """Where one step's time goes: the convolutions' share of the profiled CPU time and the rate they
     run at, against the matmul peak. Convolutions near the peak mean that, at this architecture and
     FLOP count, no kernel-level change can buy much more (the question issue 5 asks)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        _step(cfg, net, opt, sched, x, y, gen)
+        _step(cfg, net, opt, em, x, y, gen)
     events = prof.key_averages()
     total_us = sum(e.self_cpu_time_total for e in events)
     conv_us = sum(e.self_cpu_time_total for e in events if e.key in _CONV_OPS)
@@ -157,7 +159,7 @@ def _cpu() -> dict:
 def run_mode(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)  # as egc train does (train.flush_denormal)
-    cfg, net, opt, sched, x, y = _setup(a.mode, a.size, a.batch, a.image, a.channels, a.classes, a.set or [])
+    cfg, net, opt, em, x, y = _setup(a.mode, a.size, a.batch, a.image, a.channels, a.classes, a.set or [])
     gen = torch.Generator().manual_seed(0)
     eps_fn = None
     out: dict = {"mode": a.mode}
@@ -166,14 +168,14 @@ def run_mode(a: argparse.Namespace) -> dict:
 
         eps_fn = CompiledEps()
         t0 = time.perf_counter()
-        _step(cfg, net, opt, sched, x, y, gen, eps_fn)  # the first call compiles
+        _step(cfg, net, opt, em, x, y, gen, eps_fn)  # the first call compiles
         out["compile_s"] = time.perf_counter() - t0
         if eps_fn.error:
             out["compile_error"] = eps_fn.error
     times = []
     for i in range(a.warmup + a.steps):
         t0 = time.perf_counter()
-        _step(cfg, net, opt, sched, x, y, gen, eps_fn)
+        _step(cfg, net, opt, em, x, y, gen, eps_fn)
         if i >= a.warmup:
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
@@ -183,7 +185,7 @@ def run_mode(a: argparse.Namespace) -> dict:
         # same arithmetic, so achieved = counted FLOPs / this mode's measured step time.
         counter = _Flops()
         with counter:
-            _step(cfg, net, opt, sched, x, y, gen)
+            _step(cfg, net, opt, em, x, y, gen)
         flops = counter.total
         out["flops_by_op"] = counter.by_op
         out["flops_per_step"] = flops
@@ -198,7 +200,7 @@ def run_mode(a: argparse.Namespace) -> dict:
             out["matmul_peak_fp32_gflops"] = _matmul_peak(torch.float32, a.peak_n)
             out["dtype_peak_ratio"] = peak / out["matmul_peak_fp32_gflops"]
         if a.mode != "reference":
-            out.update(_conv_profile(cfg, net, opt, sched, x, y, gen, counter.by_op, peak))
+            out.update(_conv_profile(cfg, net, opt, em, x, y, gen, counter.by_op, peak))
     return out
 
 

@@ -65,18 +65,19 @@ def fit_fixed_batch(loss_fn, net: torch.nn.Module, cfg, x0: torch.Tensor, y: tor
     """Adam on one fixed batch for ``steps`` steps; returns (loss before, loss after, last parts).
 
     Both losses use the same noise draw (seed 123) so they compare like with like."""
+    from egc.diffusion.energy import EnergyModel
     from egc.diffusion.schedule import Schedule
 
-    sched = Schedule.make("ldm-linear")
+    em = EnergyModel(net, cfg.model, Schedule.make("ldm-linear"))
     opt = torch.optim.Adam(net.parameters(), lr)
 
     def eval_loss() -> float:
-        return float(loss_fn(net, cfg.model, cfg.loss, sched, x0, y, torch.Generator().manual_seed(123)).total.detach())
+        return float(loss_fn(em, cfg.loss, x0, y, torch.Generator().manual_seed(123)).total.detach())
 
     before = eval_loss()
     gen = torch.Generator().manual_seed(1)
     for _ in range(steps):
-        parts = loss_fn(net, cfg.model, cfg.loss, sched, x0, y, gen)
+        parts = loss_fn(em, cfg.loss, x0, y, gen)
         opt.zero_grad()
         parts.total.backward()
         opt.step()

@@ -11,6 +11,7 @@ from egc.checkpoint import load_checkpoint
 from egc.cli import main
 from egc.config import load_config
 from egc.data.augment import random_shift
+from egc.diffusion.energy import EnergyModel
 from egc.diffusion.losses import LOSSES
 from egc.diffusion.schedule import Schedule
 from egc.errors import ConfigError
@@ -44,12 +45,12 @@ def test_egc_loss_takes_the_clean_view_for_the_clean_ce_only():
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    sched = Schedule.make(cfg.diffusion.schedule, cfg.diffusion.steps)
+    em = EnergyModel(net, cfg.model, Schedule.make(cfg.diffusion.schedule, cfg.diffusion.steps))
     x, y = torch.rand(8, 1, 8, 8) * 2 - 1, torch.arange(8) % 3
     view = random_shift(x[:4], 2, torch.Generator().manual_seed(5))
 
     def parts(**kw):
-        return LOSSES["egc"](net, cfg.model, cfg.loss, sched, x, y, torch.Generator().manual_seed(1), **kw)
+        return LOSSES["egc"](em, cfg.loss, x, y, torch.Generator().manual_seed(1), **kw)
 
     plain, same, shifted = parts(), parts(x0_clean=x[:4]), parts(x0_clean=view)
     assert float(same.clean_ce) == pytest.approx(float(plain.clean_ce), rel=1e-6)

@@ -195,7 +195,7 @@ def test_fast_path_matches_reference_loss_and_gradients():
     contiguous) on one tiny model and batch: loss within 2 % and a bf16 gradient closer to the fp32
     one than another noise draw's fp32 gradient is; channels_last alone agrees to float rounding."""
     from egc.config import load_config
-    from egc.diffusion.energy import _eps_and_logits_func
+    from egc.diffusion.energy import EnergyModel, _eps_and_logits_func
     from egc.diffusion.losses import egc_loss
     from egc.diffusion.schedule import Schedule
     from egc.nets import build_net
@@ -214,7 +214,7 @@ def test_fast_path_matches_reference_loss_and_gradients():
         xx = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
         with ctx:
-            parts = egc_loss(m, cfg.model, cfg.loss, sched, xx, y, torch.Generator().manual_seed(seed), eps_fn=eps_fn)
+            parts = egc_loss(EnergyModel(m, cfg.model, sched), cfg.loss, xx, y, torch.Generator().manual_seed(seed), eps_fn=eps_fn)
         parts.total.backward()
         g = torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
         return float(parts.total.detach()), g
@@ -249,14 +249,16 @@ def test_compiled_eps_falls_back_to_eager_with_one_message(capsys):
     """A torch.compile failure (here a backend that raises) costs one stderr line, not the run, and
     the fallback returns the eager input gradient."""
     from egc.config import load_config
-    from egc.diffusion.energy import CompiledEps, eps_and_logits
+    from egc.diffusion.energy import CompiledEps, EnergyModel
+    from egc.diffusion.schedule import Schedule
     from egc.nets import build_net
 
     cfg = load_config(None, ["model.size=tiny", "model.image_size=8", "model.num_classes=3"])
     torch.manual_seed(0)
     net = build_net(cfg.model)
     torch.nn.init.normal_(net.out.weight, std=0.05)
-    x, t, abar = torch.randn(2, 1, 8, 8), torch.tensor([5, 500]), torch.tensor([0.9, 0.3])
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([5, 500])
+    em = EnergyModel(net, cfg.model, Schedule.make(cfg.diffusion.schedule, cfg.diffusion.steps))
     fn = CompiledEps()
 
     def broken(*a):
@@ -264,8 +266,8 @@ def test_compiled_eps_falls_back_to_eager_with_one_message(capsys):
 
     fn._fn = broken
     for _ in range(2):
-        eps, logits, energy = fn(net, cfg.model, x, t, abar)
-    ref = eps_and_logits(net, cfg.model, x, t, abar)
+        eps, logits, energy = fn(em, x, t)
+    ref = em.eps_and_logits(x, t)
     torch.testing.assert_close(eps, ref[0])
     torch.testing.assert_close(logits, ref[1])
     assert fn.error == "RuntimeError: no C compiler"

@@ -46,14 +46,15 @@ def test_every_classification_path_uses_the_null_label(cond):
     want = _pool(net(x, clean, null_in) if null_in is not None else net(x, clean))
     m = EGC(net, cfg, None, "fp32")
     assert torch.allclose(m.logits(x.float().double()).double(), want.float().double(), atol=1e-5)
-    assert torch.allclose(en.classify(net, cfg.model, x), want)
+    em = en.EnergyModel(net, cfg.model, Schedule.make(cfg.diffusion.schedule, cfg.diffusion.steps))
+    assert torch.allclose(em.logits(x), want)
     if cond == "embedding":
         # Changing what the class labels embed changes E(x | y) but not the classifier (null label only).
         y = torch.tensor([0, 1, 2, 0])
         e_before = m.energy(x, 500, y=y)
         with torch.no_grad():
             net.label_emb.weight[:K] += 1.0
-        assert torch.allclose(en.classify(net, cfg.model, x), want)
+        assert torch.allclose(em.logits(x), want)
         assert not torch.allclose(m.energy(x, 500, y=y), e_before)
 
 
@@ -87,7 +88,7 @@ def test_the_diffusion_loss_feeds_the_network_null_labels_at_the_configured_rate
     loss = egc_loss if kind == "egc" else ddpm_loss
     cfg.loss.noisy_ce_weight = 0.0  # only the diffusion forward sees labels then
     with torch.no_grad() if kind == "ddpm" else torch.enable_grad():
-        loss(net, cfg.model, cfg.loss, Schedule.make("ldm-linear"), x, y, torch.Generator().manual_seed(0))
+        loss(en.EnergyModel(net, cfg.model, Schedule.make("ldm-linear")), cfg.loss, x, y, torch.Generator().manual_seed(0))
     labels = torch.cat(seen)
     null_share = (labels == K).float().mean().item()
     assert abs(null_share - 0.25) < 0.03, null_share

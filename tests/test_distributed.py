@@ -16,6 +16,7 @@ import torch
 
 from egc.checkpoint import load_checkpoint
 from egc.config import load_config
+from egc.diffusion.energy import EnergyModel
 from egc.diffusion.losses import LOSSES
 from egc.diffusion.schedule import Schedule
 from egc.errors import EgcError
@@ -124,12 +125,12 @@ def test_shard_losses_average_to_the_global_loss(kind, clean_fraction):
     with torch.no_grad():  # leave the zero-initialised start so every gradient is informative
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    sched = Schedule.make(cfg.diffusion.schedule, cfg.diffusion.steps)
+    em = EnergyModel(net, cfg.model, Schedule.make(cfg.diffusion.schedule, cfg.diffusion.steps))
     x, y = torch.rand(8, 1, 8, 8) * 2 - 1, torch.arange(8) % 3
 
     def run(shard):
         net.zero_grad()
-        parts = LOSSES[kind](net, cfg.model, cfg.loss, sched, x, y, torch.Generator().manual_seed(1), shard=shard)
+        parts = LOSSES[kind](em, cfg.loss, x, y, torch.Generator().manual_seed(1), shard=shard)
         parts.total.backward()
         return parts.scalars(), [p.grad.clone() for p in net.parameters()]
 

@@ -11,6 +11,14 @@ from egc.diffusion.schedule import Schedule
 from egc.nets import build_net
 
 
+class _Float64Abar(en.EnergyModel):
+    """The schedule's abar_t widened to float64 (``sched.abar(t).double()``), as the float64 networks of
+    these tests compare against float64 formulas at rtol 1e-9 (the schedule itself gives float32)."""
+
+    def abar(self, t: torch.Tensor) -> torch.Tensor:
+        return self.sched.abar(t).double()
+
+
 def _net(prior: str = "gaussian"):
     cfg = load_config(None, ["model.size=tiny", "model.image_size=8", "model.num_classes=3", f"model.energy_prior={prior}",
                              "model.conditioning=none", "model.logit_scale=1"])  # the hand-written logits below are unscaled
@@ -23,18 +31,17 @@ def _net(prior: str = "gaussian"):
 def test_eps_is_finite_difference_gradient_of_energy():
     for prior in ("gaussian", "none", "denoiser"):
         net, cfg = _net(prior)
-        sched = Schedule.make("ldm-linear")
+        model = _Float64Abar(net, cfg.model, Schedule.make("ldm-linear"))
         x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
         t = torch.tensor([10, 700])
-        abar = sched.abar(t).double()
-        eps, _, e0 = en.eps_and_logits(net, cfg.model, x, t, abar)
+        eps, _, e0 = model.eps_and_logits(x, t)
         h = 1e-6
         for idx in [(0, 0, 1, 2), (1, 0, 5, 7), (1, 0, 3, 3)]:
             xp, xm = x.clone(), x.clone()
             xp[idx] += h
             xm[idx] -= h
-            ep = en.energy_and_logits(net, cfg.model, xp, t, abar)[0][idx[0]]
-            em = en.energy_and_logits(net, cfg.model, xm, t, abar)[0][idx[0]]
+            ep = model.energy_and_logits(xp, t)[0][idx[0]]
+            em = model.energy_and_logits(xm, t)[0][idx[0]]
             fd = (ep - em) / (2 * h)
             assert torch.allclose(eps[idx], fd, rtol=1e-5, atol=1e-7), (prior, idx, float(eps[idx]), float(fd))
 
@@ -47,7 +54,7 @@ def test_zero_init_gives_flat_network_energy_and_prior_only_eps():
     x = torch.randn(2, 1, 8, 8)
     t = torch.tensor([999, 999])
     abar = sched.abar(t)
-    eps, logits, _ = en.eps_and_logits(net, cfg.model, x, t, abar)
+    eps, logits, _ = en.EnergyModel(net, cfg.model, sched).eps_and_logits(x, t)
     assert torch.allclose(logits, torch.zeros_like(logits))
     # At init only the Gaussian prior acts: eps = c_t x, c_t = sqrt(1 - abar) / (abar sigma_data^2 + 1 - abar)
     # written out here (not en.prior_coef, which the code under test uses itself).
@@ -63,8 +70,9 @@ def test_guided_eps_adds_classifier_gradient():
     t = torch.tensor([100, 500])
     abar = sched.abar(t).double()
     y = torch.tensor([0, 2])
-    base = en.guided_eps(net, cfg.model, x, t, abar, None, 0.0)
-    guided = en.guided_eps(net, cfg.model, x, t, abar, y, 2.0)
+    model = _Float64Abar(net, cfg.model, sched)
+    base = model.guided_eps(x, t, None, 0.0)
+    guided = model.guided_eps(x, t, y, 2.0)
     # The expected values from the network's raw output map F = net(x, t) [B, K, H, W], every formula
     # written out here (no egc.diffusion.energy code):
     #   E   = -sum_hw logsumexp_k F + 0.5 c_t |x|^2,  c_t = sqrt(1 - a) / (a sd^2 + 1 - a)
@@ -114,7 +122,7 @@ def test_loss_decreases_on_a_tiny_batch():
     cfg = load_config(None, ["model.size=tiny", "model.image_size=8", "model.num_classes=3", "loss.noisy_ce_weight=0.1"])
     torch.manual_seed(0)
     net = build_net(cfg.model)
-    sched = Schedule.make("ldm-linear")
+    em = en.EnergyModel(net, cfg.model, Schedule.make("ldm-linear"))
     y = torch.arange(16) % 3
     x0 = torch.full((16, 1, 8, 8), -0.8) + 0.1 * torch.randn(16, 1, 8, 8)
     for i, k in enumerate(y.tolist()):  # class k = a bright quadrant: a learnable signal
@@ -124,12 +132,12 @@ def test_loss_decreases_on_a_tiny_batch():
 
     def eval_loss() -> float:
         g = torch.Generator().manual_seed(123)  # same t and noise every time: a fixed objective
-        return float(egc_loss(net, cfg.model, cfg.loss, sched, x0, y, g).total.detach())
+        return float(egc_loss(em, cfg.loss, x0, y, g).total.detach())
 
     before = eval_loss()
     gen = torch.Generator().manual_seed(1)
     for _ in range(60):
-        parts = egc_loss(net, cfg.model, cfg.loss, sched, x0, y, gen)
+        parts = egc_loss(em, cfg.loss, x0, y, gen)
         opt.zero_grad()
         parts.total.backward()
         opt.step()
@@ -172,12 +180,13 @@ def test_first_order_eps_is_the_denoiser_gradient_with_r_fixed_and_not_the_full_
     x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
     t = torch.tensor([20, 400, en.CLEAN_T])
     abar = sched.abar(t).double()
-    eps1, logits = en.first_order_eps_and_logits(net, cfg.model, x, t, abar)
-    r = en.EnergyModel(net, cfg.model, sched).fmap(x, t)[:, cfg.model.num_classes:].detach()
+    model = _Float64Abar(net, cfg.model, sched)
+    eps1, logits = model.first_order_eps_and_logits(x, t)
+    r = model.fmap(x, t)[:, cfg.model.num_classes:].detach()
     _, g = en.input_grad(lambda z: en.denoiser_term(z, r, abar, cfg.model.sigma_data), x)  # r held fixed
     assert torch.allclose(eps1[:2], g[:2], rtol=1e-9, atol=1e-10)
     assert eps1[2].abs().max() == 0  # a clean row has no noise to predict
-    full, full_logits, _ = en.eps_and_logits(net, cfg.model, x, t, abar)
+    full, full_logits, _ = model.eps_and_logits(x, t)
     assert torch.allclose(logits, full_logits)  # same forward, same head
     assert (full[:2] - eps1[:2]).abs().max() > 1e-3  # the logit energy and r's Jacobian add to the full eps
 
@@ -189,16 +198,17 @@ def test_energy_step_share_mixes_first_order_and_energy_steps():
     net = build_net(cfg.model)
     torch.nn.init.normal_(net.out.weight, std=0.1)
     sched = Schedule.make("ldm-linear")
+    em = en.EnergyModel(net, cfg.model, sched)
     x0, y = torch.rand(8, 1, 8, 8) * 2 - 1, torch.arange(8) % 3
     gen = torch.Generator().manual_seed(5)
-    kinds = ["mse" if egc_loss(net, cfg.model, cfg.loss, sched, x0, y, gen).mse is not None else "first" for _ in range(80)]
+    kinds = ["mse" if egc_loss(em, cfg.loss, x0, y, gen).mse is not None else "first" for _ in range(80)]
     assert 8 <= kinds.count("mse") <= 32, kinds.count("mse")  # ~20 of 80 at p = 0.25
     # A first-order step's weight gradient is that of ||denoiser_eps - eps||^2 (+ the same CE terms):
     # rebuilt here by hand from the same draws.
     g1 = torch.Generator().manual_seed(5)
     while True:
         state = g1.get_state()
-        parts = egc_loss(net, cfg.model, cfg.loss, sched, x0, y, g1)
+        parts = egc_loss(em, cfg.loss, x0, y, g1)
         if parts.mse_first_order is not None:
             break
     g2 = torch.Generator()
@@ -259,17 +269,18 @@ def test_logit_scale_scales_the_classifier_not_the_energy():
     t = torch.tensor([100, 500])
     abar = sched.abar(t).double()
     y = torch.tensor([1, 2])
-    e1, l1 = en.energy_and_logits(net, cfg.model, x, t, abar)
-    e4, l4 = en.energy_and_logits(net, scaled, x, t, abar)
+    plain, four = _Float64Abar(net, cfg.model, sched), _Float64Abar(net, scaled, sched)
+    e1, l1 = plain.energy_and_logits(x, t)
+    e4, l4 = four.energy_and_logits(x, t)
     torch.testing.assert_close(e4, e1)  # the energy (and so the unguided eps) does not see the scale
     torch.testing.assert_close(l4, 4.0 * l1)
     assert float(l1.detach().abs().max()) > 1e-3  # not a zero map, where any scale would pass
-    torch.testing.assert_close(en.classify(net, scaled, x, t), 4.0 * en.classify(net, cfg.model, x, t))
+    torch.testing.assert_close(four.logits(x, t), 4.0 * plain.logits(x, t))
     # classifier guidance follows the classifier: grad_x [E - s sqrt(1 - a) log_softmax(4 l)[y]]
     xg = x.clone().requires_grad_(True)
-    e, lg = en.energy_and_logits(net, cfg.model, xg, t, abar)
+    e, lg = plain.energy_and_logits(xg, t)
     logp = torch.log_softmax(4.0 * lg, 1)[torch.arange(2), y]
     (want,) = torch.autograd.grad((e - 2.0 * (1 - abar).sqrt() * logp).sum(), xg)
-    torch.testing.assert_close(en.guided_eps(net, scaled, x, t, abar, y, 2.0), want, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(four.guided_eps(x, t, y, 2.0), want, rtol=1e-9, atol=1e-10)
     with pytest.raises(ConfigError, match="logit_scale must be > 0"):
         load_config(None, ["model.logit_scale=-1"])

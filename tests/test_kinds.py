@@ -12,7 +12,7 @@ from safetensors import safe_open
 from egc.checkpoint import latest_in
 from egc.cli import main
 from egc.config import load_config
-from egc.diffusion.energy import classify
+from egc.diffusion.energy import EnergyModel
 from egc.diffusion.losses import classifier_loss, jem_loss
 from egc.diffusion.schedule import Schedule
 from egc.errors import EgcError
@@ -84,11 +84,12 @@ def test_sgld_step_and_jem_loss_by_hand() -> None:
     net = build_net(cfg.model)
     torch.nn.init.normal_(net.out.weight, std=0.5)  # a fresh net's zero output layer would make every energy 0
     xd, xf, y = torch.rand(4, 1, 8, 8) * 2 - 1, torch.rand(4, 1, 8, 8) * 2 - 1, torch.tensor([0, 1, 2, 0])
-    parts = jem_loss(net, cfg.model, cfg.loss, xd, y, xf, energy_weight=0.5)
-    ld, lf = classify(net, cfg.model, xd), classify(net, cfg.model, xf)
+    em = EnergyModel(net, cfg.model, Schedule.make(cfg.diffusion.schedule, cfg.diffusion.steps))
+    parts = jem_loss(em, cfg.loss, xd, y, xf, energy_weight=0.5)
+    ld, lf = em.logits(xd), em.logits(xf)
     want = torch.nn.functional.cross_entropy(ld, y) + 0.5 * (-torch.logsumexp(ld, 1).mean() + torch.logsumexp(lf, 1).mean())
     assert parts.total.item() == pytest.approx(want.item(), rel=1e-5)
-    assert torch.isnan(jem_loss(net, cfg.model, cfg.loss, xd, y, xf, diverge_at=1e-9).total)  # a diverged step is non-finite
+    assert torch.isnan(jem_loss(em, cfg.loss, xd, y, xf, diverge_at=1e-9).total)  # a diverged step is non-finite
 
 
 def _tensors(run: Path) -> dict[str, torch.Tensor]:
@@ -114,12 +115,12 @@ def test_the_fast_cnn_and_noise_training(tmp_path: Path) -> None:
     net = build_net(cfg.model)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     out = net(x)
-    assert out.shape == (2, 10, 1, 1) and torch.allclose(classify(net, cfg.model, x), out[:, :, 0, 0], atol=1e-6)  # pooling one pixel returns it
+    em = EnergyModel(net, cfg.model, Schedule.make("ldm-linear"))
+    assert out.shape == (2, 10, 1, 1) and torch.allclose(em.logits(x), out[:, :, 0, 0], atol=1e-6)  # pooling one pixel returns it
     y = torch.tensor([1, 2])
-    sched = Schedule.make("ldm-linear")
-    clean = classifier_loss(net, cfg.model, cfg.loss, sched, x, y, torch.Generator().manual_seed(0)).total
+    clean = classifier_loss(em, cfg.loss, x, y, torch.Generator().manual_seed(0)).total
     cfg.loss.noise_sigma = 0.5
-    noisy = classifier_loss(net, cfg.model, cfg.loss, sched, x, y, torch.Generator().manual_seed(0)).total
+    noisy = classifier_loss(em, cfg.loss, x, y, torch.Generator().manual_seed(0)).total
     assert not torch.allclose(clean, noisy)
 
 

@@ -31,12 +31,12 @@ def _inject(monkeypatch, bad: set[int] | None = None, kind: str = "loss", after:
     orig = LOSSES["egc"]
     calls = [0]
 
-    def wrapped(model, mcfg, lcfg, sched, x, y, gen=None, shard=(0, 1)):
-        parts = orig(model, mcfg, lcfg, sched, x, y, gen, shard=shard)
+    def wrapped(em, lcfg, x, y, gen=None, shard=(0, 1)):
+        parts = orig(em, lcfg, x, y, gen, shard=shard)
         calls[0] += 1
         n = calls[0]
         if (bad and n in bad) or (after is not None and n > after):
-            p = next(model.parameters())
+            p = next(em.net.parameters())
             if kind == "grad":
                 s = p.float().sum()
                 parts.total = parts.total + torch.sqrt(s - s.detach())  # adds 0, d/dp = inf

@@ -11,6 +11,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .config import MODEL_SIZES, PRECISION_HELP, PRECISIONS, SAMPLER_NAMES, parse_guidance_interval
 from .errors import ConfigError, EgcError
@@ -285,10 +286,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="egc", description="Energy-based generative classifiers: one network that classifies and generates.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-
+def _add_train(sub: Any) -> None:
+    """The `egc train` subcommand."""
     t = sub.add_parser("train", help="train an EGC model")
     t.add_argument("--config", help="YAML config (see configs/)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
@@ -317,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
 
+
+def _add_sample(sub: Any) -> None:
+    """The `egc sample` subcommand."""
     s = sub.add_parser("sample", help="generate images (unconditional or class-conditional)")
     s.add_argument("checkpoint", help="checkpoint file, run folder, or zoo:NAME")
     s.add_argument("--n", type=_positive_int, default=100)
@@ -342,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_sample)
 
+
+def _add_classify(sub: Any) -> None:
+    """The `egc classify` subcommand."""
     c = sub.add_parser("classify", help="top-k classes and energy of images")
     c.add_argument("checkpoint")
     c.add_argument("images", nargs="+", help="image files or folders")
@@ -357,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=_positive_int)
     c.set_defaults(fn=cmd_classify)
 
+
+def _add_export(sub: Any) -> None:
+    """The `egc export` subcommand."""
     e = sub.add_parser("export", help="write a checkpoint's EMA weights + config as a small inference file")
     e.add_argument("checkpoint")
     e.add_argument("--out", required=True)
@@ -369,10 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eta", type=_nonneg_float, help="record this DDIM noise as the model's default")
     e.set_defaults(fn=cmd_export)
 
+
+def _add_zoo(sub: Any) -> None:
+    """The `egc zoo` subcommand."""
     z = sub.add_parser("zoo", help="list the models and judges that ship with egc (zoo:NAME)")
     z.add_argument("--json", action="store_true", help="one JSON list instead of lines")
     z.set_defaults(fn=cmd_zoo)
 
+
+def _add_demo(sub: Any) -> None:
+    """The `egc demo` subcommand."""
     d = sub.add_parser("demo", help="classify real test images and draw a class-balanced grid with the shipped model")
     d.add_argument("--out", default="egc-demo", help="output folder")
     d.add_argument("--checkpoint", "--model", dest="checkpoint", default="zoo:fashion-mnist",
@@ -382,6 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto", help=DEVICE_HELP)
     d.add_argument("--threads", type=_positive_int)
     d.set_defaults(fn=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="egc", description="Energy-based generative classifiers: one network that classifies and generates.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for add in (_add_train, _add_sample, _add_classify, _add_export, _add_zoo, _add_demo):
+        add(sub)
     from .cag.cli import add_cag_parser  # CaG needs none of the EGC training code
 
     add_cag_parser(sub)

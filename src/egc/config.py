@@ -208,6 +208,12 @@ class LossConfig:
     # step and the eps-MSE after 300 steps is 1.35x that at 0.1 (BENCHMARKS.md 7, "what is in the way");
     # 0.02 with logit scale 10 (above). The shipped zoo:fashion-mnist was trained with 1.0 (v1), 0.1 (v2).
     clean_ce_weight: float = 0.02
+    # Early boost of both CE weights: x ce_boost at step 0, falling linearly to x 1 at step ce_boost_steps
+    # (kind egc). Without it the head of a short run sits at chance for its first ~550 steps on a messy
+    # digit folder while the eps fit takes Adam's steps; with the weights 5x it leaves chance by step ~250
+    # (BENCHMARKS.md 9). Long runs end on the weights above. 1 = off (checkpoints written before it).
+    ce_boost: float = 5.0
+    ce_boost_steps: int = 1500
     clean_fraction: float = 0.25  # share of the batch also used for the clean CE term
     # Random translation of up to this many pixels (reflect padding) of the clean-CE view only (EGC; the
     # classifier baseline: its whole batch), as the released code augments its clean images; the
@@ -235,6 +241,8 @@ class LossConfig:
         _check(self.recon in AE_RECON, f"loss.recon must be l1 or mse, got '{self.recon}'")
         _check(0 <= self.kl_weight <= 1, f"loss.kl_weight must be in [0, 1], got {self.kl_weight}")
         _check(self.noisy_ce_weight >= 0 and self.clean_ce_weight >= 0, "loss weights must be >= 0")
+        _check(math.isfinite(self.ce_boost) and self.ce_boost >= 1, f"loss.ce_boost must be a number >= 1 (1 = off), got {self.ce_boost}")
+        _check(self.ce_boost_steps >= 0, f"loss.ce_boost_steps must be >= 0, got {self.ce_boost_steps}")
         _check(0 <= self.clean_fraction <= 1, f"loss.clean_fraction must be in [0, 1], got {self.clean_fraction}")
         _check(0 <= self.clean_shift <= 16, f"loss.clean_shift must be an integer in [0, 16] (pixels), got {self.clean_shift}")
         _check(0 <= self.noise_sigma <= 2, f"loss.noise_sigma must be in [0, 2] (on [0, 1] pixels), got {self.noise_sigma}")
@@ -477,6 +485,7 @@ LEGACY: tuple[tuple[str, str, Any], ...] = (
     ("sample", "eta", 0.0),
     ("data", "holdout", 0.0),
     ("model", "space", "pixel"),
+    ("loss", "ce_boost", 1.0),
 )
 
 

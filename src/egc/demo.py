@@ -65,8 +65,9 @@ def run_demo(out: str | Path, checkpoint: str = "zoo:fashion-mnist", quick: bool
     if tuple(images.shape[1:]) != (model.image_shape[1], model.image_shape[2], model.image_shape[0]):
         raise EgcError(f"{checkpoint} expects {model.image_shape} images; the demo's {data} images are {tuple(images.shape[1:])} (H, W, C)")
     x = to_model_range(torch.from_numpy(images))
-    probs = model.predict_proba(x).cpu()
-    p, pred = probs.max(dim=1)
+    logits = model.logits(x).cpu()
+    pred = logits.argmax(dim=1)  # from the logits: a saturated softmax can tie where the logits do not
+    p = torch.softmax(logits, dim=1).gather(1, pred[:, None])[:, 0]
     correct = int((pred == torch.from_numpy(labels)).sum())
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()

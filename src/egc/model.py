@@ -6,6 +6,9 @@
     >>> probs = m.predict_proba(["a.jpg", "b.png"])  # or files / PIL images of any size: m.preprocess
     >>> imgs, labels = m.sample(20, class_balanced=True, steps=50)
 
+``logits`` runs without gradients; ``differentiable_logits`` (pixels in [-1, 1]) and ``logits_fn`` (pixels
+in [0, 1], for attacks and CaG) are the same computation with the graph kept.
+
 The same class serves the baselines (``model.kind``, exposed as ``EGC.kind``): a "classifier"
 checkpoint classifies (its energy is -logsumexp of the logits, an OOD score) but cannot generate;
 a "ddpm" checkpoint samples unconditionally but has no classes. The other methods raise EgcError.
@@ -324,13 +327,38 @@ class EGC:
         x may also be image files, PIL images or uint8 arrays of any size: they go through :meth:`preprocess`.
 
         A classifier baseline knows no timesteps (it was trained on clean images only): t is ignored.
-        A latent model encodes x first (its posterior mean, scaled)."""
+        A latent model encodes x first (its posterior mean, scaled). The computation is
+        :meth:`differentiable_logits`, here without gradients."""
         self._need(self.can_classify, "class logits")
-        x = self._net_input(self._as_input(x))
-        if not self.kind_info.noisy_logits:  # classifier, cnn, jem: a clean-image head only
-            t = en.CLEAN_T
+        return self.differentiable_logits(self._as_input(x), t)
+
+    def differentiable_logits(self, x: torch.Tensor, t: int | torch.Tensor = en.CLEAN_T) -> torch.Tensor:
+        """Classifier logits [B, K] float32 for pixel images x [B, C, H, W] in [-1, 1], with the graph kept so
+        input gradients pass (attacks, CaG): the one pixel-space path to the logits, which :meth:`logits`
+        runs under no_grad. A latent model's pixels go through its frozen encoder (differentiably); the
+        network runs in the model's precision (bf16 autocast or not); t defaults to the clean token, and a
+        kind with a clean-image head only (classifier, cnn, jem) ignores it (``kind_info.noisy_logits``)."""
+        self._need(self.can_classify, "class logits")
+        self.check_input(x)
+        x = x.to(self.device)
+        z = self.autoencoder.encode_differentiable(x) if self.autoencoder is not None else x
+        return self.net_logits(z, t if self.kind_info.noisy_logits else en.CLEAN_T)
+
+    def logits_fn(self, t: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """:meth:`differentiable_logits` on the pixel scale [0, 1] (where attack budgets are usually
+        quoted): ``fn(x01 [B, C, H, W] in [0, 1]) -> logits [B, K]`` at t (None: the clean token)."""
+        tt = en.CLEAN_T if t is None else t
+        return lambda x01: self.differentiable_logits(x01 * 2 - 1, tt)
+
+    def net_logits(self, z: torch.Tensor, t: int | torch.Tensor = en.CLEAN_T) -> torch.Tensor:
+        """Classifier logits [B, K] float32 of the network's own input z [B, c, h, w] (a latent model's scaled
+        latents, else pixels in [-1, 1]) at timestep t exactly as given, in the model's precision, with
+        the graph kept: for inputs already in the network's space (noisy latents, a latent CaG's z).
+        Pixel images take :meth:`differentiable_logits`, which also applies the clean-head rule."""
+        self._need(self.can_classify, "class logits")
+        z = z.to(self.device)
         with self._autocast():
-            return self.energy_model.logits(x, self._t(x, t)).float()
+            return self.energy_model.logits(z, self._t(z, t)).float()
 
     def predict_proba(self, x: "torch.Tensor | ImageLike | Sequence[ImageLike]", t: int | torch.Tensor = en.CLEAN_T) -> torch.Tensor:
         """Class probabilities [B, K] (softmax of :meth:`logits`; images of any size are preprocessed)."""
@@ -400,11 +428,7 @@ class EGC:
             x0 = (torch.rand((b, *self.latent_shape), generator=gen) * 2 - 1).to(self.device)
             yb = None if y is None else y[i:i + b].to(self.device)
 
-            def logits_fn(x: torch.Tensor) -> torch.Tensor:
-                with self._autocast():
-                    return self.energy_model.logits(x).float()
-
-            out.append(sgld(logits_fn, x0, steps, jc.sgld_step_size, jc.sgld_noise, jc.sgld_clip, y=yb, gen=gen).cpu())
+            out.append(sgld(self.net_logits, x0, steps, jc.sgld_step_size, jc.sgld_noise, jc.sgld_clip, y=yb, gen=gen).cpu())
         return torch.cat(out)
 
     def score(self, x: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None = None, guidance: float = 1.0, cfg: float = 0.0) -> torch.Tensor:

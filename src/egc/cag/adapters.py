@@ -35,12 +35,15 @@ import re
 import warnings
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from ..errors import EgcError
+
+if TYPE_CHECKING:
+    from ..model import EGC
 
 #: (mean, std) applied to [0, 1] pixels before the network.
 NORMS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -183,13 +186,14 @@ class EGCClassifier(nn.Module):
     """An EGC (or classifier-baseline) checkpoint's classifier head on clean images (the clean time
     token, as ``EGC.logits``), taking [0, 1] images [B, C, S, S].
 
-    Logits come from :func:`egc.diffusion.energy.classify` (not ``EGC.logits``, which runs under
-    no_grad), so input gradients can pass. Features: "mid" = the UNet's middle block output
+    Logits come from the model's differentiable doors (``EGC.differentiable_logits`` for pixels,
+    ``EGC.net_logits`` for a latent model's z or a noisy input; ``EGC.logits`` runs under no_grad), so
+    input gradients can pass. Features: "mid" = the UNet's middle block output
     [B, C', h, w] average-pooled to [B, C'] (a richer embedding than K logits), or "logits". A latent
     model takes pixel images too: they pass through its frozen encoder (gradients included).
     """
 
-    def __init__(self, model: Any, name: str, features: str = "mid") -> None:
+    def __init__(self, model: "EGC", name: str, features: str = "mid") -> None:
         super().__init__()
         if features not in ("mid", "logits"):
             raise EgcError(f"EGC features must be 'mid' or 'logits', got '{features}'")
@@ -201,7 +205,7 @@ class EGCClassifier(nn.Module):
         self.class_names = list(model.class_names)
         # a latent model's head sees the encoder's latents of the pixels (model.autoencoder): CaG paints
         # pixels, and its gradient passes back through the frozen encoder
-        self.autoencoder = getattr(model, "autoencoder", None)
+        self.autoencoder = model.autoencoder
         c, size, _ = model.image_shape
         self.channels = int(c)
         self.input_size: int | None = int(size)
@@ -220,15 +224,9 @@ class EGCClassifier(nn.Module):
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [B, K], features [B, D]) for x [B, C, S, S] in [0, 1]."""
-        from ..diffusion.energy import CLEAN_T, classify
-
         check_images(self, x)
         self._mid = None
-        t = torch.full((x.shape[0],), CLEAN_T, dtype=torch.long, device=x.device)
-        z = x * 2 - 1
-        if self.autoencoder is not None:
-            z = self.autoencoder.encode_differentiable(z)
-        logits = classify(self.net, self.model.config.model, z, t)
+        logits = self.model.differentiable_logits(x * 2 - 1)  # clean token; a latent model's encoder included
         if self._feature_kind == "mid" and self._mid is not None:
             feats = self._mid.float().mean(dim=(2, 3))
         else:
@@ -259,7 +257,7 @@ class EGCClassifier(nn.Module):
         """(logits, features) of scaled latents z [B, c, h, w] as the head sees them: noised to the
         timestep of ``sigma`` (:meth:`timestep_for`) when sigma > 0, else at the clean token. CaG's
         ``param="latent"`` optimises z itself, so the image stays what the decoder makes of a latent."""
-        from ..diffusion.energy import CLEAN_T, classify
+        from ..diffusion.energy import CLEAN_T
 
         self._mid = None
         if sigma > 0:
@@ -268,8 +266,7 @@ class EGCClassifier(nn.Module):
             z = abar ** 0.5 * z + (1 - abar) ** 0.5 * torch.randn(z.shape, generator=gen).to(z.device, z.dtype)
         else:
             tt = CLEAN_T
-        t = torch.full((z.shape[0],), tt, dtype=torch.long, device=z.device)
-        logits = classify(self.net, self.model.config.model, z, t)
+        logits = self.model.net_logits(z, tt)
         feats = self._mid.float().mean(dim=(2, 3)) if self._feature_kind == "mid" and self._mid is not None else logits
         return logits, feats
 
@@ -284,8 +281,6 @@ class EGCClassifier(nn.Module):
         x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps on the model's scale (latents for a latent model),
         eps drawn from ``gen``, and classified at t = :meth:`timestep_for` (sigma). EGC's head was trained
         on exactly these inputs, so its input gradient there is that of a noise-robust classifier."""
-        from ..diffusion.energy import classify
-
         check_images(self, x)
         self._mid = None
         tt = self.timestep_for(sigma)
@@ -295,8 +290,7 @@ class EGCClassifier(nn.Module):
         abar = float(self.model.schedule.alphas_cumprod[tt])
         eps = torch.randn(z.shape, generator=gen).to(z.device, z.dtype)
         zt = abar ** 0.5 * z + (1 - abar) ** 0.5 * eps
-        t = torch.full((x.shape[0],), tt, dtype=torch.long, device=x.device)
-        logits = classify(self.net, self.model.config.model, zt, t)
+        logits = self.model.net_logits(zt, tt)
         feats = self._mid.float().mean(dim=(2, 3)) if self._feature_kind == "mid" and self._mid is not None else logits
         return logits, feats
 

@@ -132,14 +132,67 @@ def _config(a: argparse.Namespace, size: int, clf: Any = None) -> Any:
     return without(cfg, *off).validate()
 
 
+def _check_outputs(a: argparse.Namespace) -> None:
+    """Refuse bad output paths before the optimisation: a bad path should not cost a run."""
+    from ..imageio import check_output_file
+
+    if a.npz and Path(a.npz).suffix != ".npz":
+        raise EgcError(f"--npz path must end in .npz, got {a.npz}")
+    if Path(a.out).suffix.lower() != ".png":
+        raise EgcError(f"--out must be a .png path, got {a.out}")
+    check_output_file(a.out)
+    if a.npz:
+        check_output_file(a.npz, "--npz")
+
+
+def _real_stats(a: argparse.Namespace, clf: Any, cfg: Any, size: int, target: int, is_text: bool) -> tuple[Any, Any]:
+    """(the target class's real feature statistics, the pixel prior of --init data) from --stats-from, or Nones."""
+    if not a.stats_from:
+        if cfg.init == "data":
+            raise EgcError("--init data needs --stats-from DATA (the images the class Gaussian is fitted to)")
+        return None, None
+    if is_text:
+        raise EgcError("--stats-from needs a classifier with classes, not a text prompt")
+    from .stats import PixelPrior, check_classes, class_feature_stats, load_class_images
+
+    sx, sy, names = load_class_images(a.stats_from, a.stats_per_class, a.seed, image_size=size)  # made the size generated here
+    check_classes(clf, names, a.stats_from)
+    if tuple(sx.shape[-2:]) != (size, size):
+        raise EgcError(f"--stats-from {a.stats_from} has {sx.shape[-1]}x{sx.shape[-2]} images but the images made here are {size}x{size}")
+    mine = sy == target  # only the target's statistics are used: do not run the classifier on the other classes
+    real_stats = class_feature_stats(clf, sx[mine], sy[mine], view=cfg.view)[target]
+    prior = None
+    if cfg.init == "data":  # a latent head (param latent) starts from a Gaussian of its own latents
+        prior = PixelPrior.fit(clf.encode(sx) if cfg.parameterisation == "latent" else sx, sy)
+    return real_stats, prior
+
+
+def _write_outputs(a: argparse.Namespace, u8: Any, target: int) -> None:
+    """The grid PNG and (with --npz) the images uint8 [n, S, S, C] and labels: all outputs or none."""
+    import io
+
+    import numpy as np
+
+    from ..imageio import atomic_write_bytes, save_grid
+
+    grid = save_grid(u8, a.out, scale=a.scale)
+    if not a.npz:
+        return
+    buf = io.BytesIO()
+    np.savez(buf, images=u8.numpy(), labels=np.full(a.n, target, dtype=np.int64))
+    try:
+        atomic_write_bytes(Path(a.npz), buf.getvalue())
+    except BaseException:
+        grid.unlink(missing_ok=True)
+        raise
+
+
 def cmd_cag(a: argparse.Namespace) -> int:
     """Run ``egc cag``: write the grid (and npz), print one JSON line; 0 on success."""
-    import numpy as np
     from dataclasses import replace
 
     import torch
 
-    from ..imageio import atomic_write_bytes, check_output_file, save_grid
     from .adapters import load_classifier, resolve_class
     from .generate import default_view, generate, parts_off
     from .schedule import resize
@@ -147,13 +200,7 @@ def cmd_cag(a: argparse.Namespace) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.npz and Path(a.npz).suffix != ".npz":
-        raise EgcError(f"--npz path must end in .npz, got {a.npz}")
-    if Path(a.out).suffix.lower() != ".png":
-        raise EgcError(f"--out must be a .png path, got {a.out}")
-    check_output_file(a.out)  # before the optimisation: a bad output path should not cost a run
-    if a.npz:
-        check_output_file(a.npz, "--npz")
+    _check_outputs(a)
     is_text = a.classifier.strip().lower().startswith("clip:")
     clf = load_classifier(a.classifier, prompts=prompt_classes(a.target) if is_text else None)
     from egc.model import resolve_device
@@ -164,39 +211,14 @@ def cmd_cag(a: argparse.Namespace) -> int:
     cfg = _config(a, size, clf)
     # Unless --view-size says otherwise, an ImageNet network sees a 128 x 128 image at its own 224.
     cfg = replace(cfg, view_size=default_view(clf, size, a.view_size))
-    real_stats, prior = None, None
-    if a.stats_from:
-        if is_text:
-            raise EgcError("--stats-from needs a classifier with classes, not a text prompt")
-        from .stats import PixelPrior, check_classes, class_feature_stats, load_class_images
-
-        sx, sy, names = load_class_images(a.stats_from, a.stats_per_class, a.seed, image_size=size)  # made the size generated here
-        check_classes(clf, names, a.stats_from)
-        if tuple(sx.shape[-2:]) != (size, size):
-            raise EgcError(f"--stats-from {a.stats_from} has {sx.shape[-1]}x{sx.shape[-2]} images but the images made here are {size}x{size}")
-        mine = sy == target  # only the target's statistics are used: do not run the classifier on the other classes
-        real_stats = class_feature_stats(clf, sx[mine], sy[mine], view=cfg.view)[target]
-        if cfg.init == "data":  # a latent head (param latent) starts from a Gaussian of its own latents
-            prior = PixelPrior.fit(clf.encode(sx) if cfg.parameterisation == "latent" else sx, sy)
-    elif cfg.init == "data":
-        raise EgcError("--init data needs --stats-from DATA (the images the class Gaussian is fitted to)")
+    real_stats, prior = _real_stats(a, clf, cfg, size, target, is_text)
     t0 = time.perf_counter()
     imgs = generate(clf, target, a.n, cfg, real_stats=real_stats, progress=not a.quiet, prior=prior).cpu()  # [n, C, S, S] in [0, 1]
     seconds = time.perf_counter() - t0
     with torch.no_grad():
         probs = torch.softmax(clf(resize(imgs, cfg.view)).float(), dim=1)  # the generating classifier's own view, clean images
     u8 = (imgs * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # [n, S, S, C]
-    grid = save_grid(u8, a.out, scale=a.scale)
-    if a.npz:
-        import io
-
-        buf = io.BytesIO()
-        np.savez(buf, images=u8.numpy(), labels=np.full(a.n, target, dtype=np.int64))
-        try:
-            atomic_write_bytes(Path(a.npz), buf.getvalue())
-        except BaseException:
-            grid.unlink(missing_ok=True)  # all outputs or none
-            raise
+    _write_outputs(a, u8, target)
     print(json.dumps({
         "out": str(a.out), "npz": a.npz, "classifier": clf.name, "target": clf.class_names[target], "target_index": target,
         "n": a.n, "size": size, "view_size": cfg.view, "plan": cfg.plan(), "seconds": round(seconds, 2), "seconds_per_image": round(seconds / a.n, 3),

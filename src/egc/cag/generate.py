@@ -322,6 +322,23 @@ def _class_and_feature_terms(logits: torch.Tensor, feats: torch.Tensor, target: 
     return loss
 
 
+def _classifier_view(x: torch.Tensor, size_final: int, view: int, shift: tuple[int, int], mirror: bool, warp: torch.Tensor | None,
+                     mask: torch.Tensor | None, fill: str, gen: torch.Generator) -> torch.Tensor:
+    """What the classifier sees of x [b, C, s, s]: the final-size image [b, C, S, S] jittered (shift, mirror),
+    at the view size [b, C, V, V], warped and masked. Only the mask's noise fill draws from ``gen``."""
+    xs = resize(x, size_final)  # jitter acts on the final image
+    if shift != (0, 0):
+        xs = torch.roll(xs, shifts=shift, dims=(2, 3))
+    if mirror:
+        xs = xs.flip(3)
+    xs = resize(xs, view)
+    if warp is not None:
+        xs = apply_affine(xs, warp.to(xs.device))
+    if mask is not None:
+        xs = apply_mask(xs, mask, fill, gen)
+    return xs
+
+
 def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_stats: tuple[torch.Tensor, torch.Tensor] | None,
                     gen: torch.Generator, bar: tqdm, recorder: BNStatsRecorder | None, device: torch.device,
                     on_step: Callable[[torch.Tensor], None] | None = None, prior: Any = None) -> torch.Tensor:
@@ -357,16 +374,7 @@ def _generate_batch(classifier: Any, target: int, b: int, cfg: CaGConfig, real_s
 
             def objective(zz: torch.Tensor) -> torch.Tensor:
                 x = param_image(param, zz, cfg.fourier_decay, cfg.colour)  # [b, C, s, s]
-                xs = resize(x, size_final)  # [b, C, S, S]: jitter acts on the final image
-                if shift != (0, 0):
-                    xs = torch.roll(xs, shifts=shift, dims=(2, 3))
-                if mirror:
-                    xs = xs.flip(3)
-                xs = resize(xs, view)  # [b, C, V, V]
-                if warp is not None:
-                    xs = apply_affine(xs, warp.to(xs.device))
-                if mask is not None:
-                    xs = apply_mask(xs, mask, cfg.mask_fill, gen)
+                xs = _classifier_view(x, size_final, view, shift, mirror, warp, mask, cfg.mask_fill, gen)
                 if recorder is not None:
                     recorder.reset()
                 # Only the classifier runs under autocast; the image, the losses and Adam stay fp32.
@@ -423,6 +431,21 @@ def _generate_latent_batch(classifier: Any, target: int, b: int, cfg: CaGConfig,
     return classifier.decode(z.detach())
 
 
+def _check_request(classifier: Any, target: int, n: int, cfg: CaGConfig, real_stats: tuple[torch.Tensor, torch.Tensor] | None,
+                   prior: Any) -> None:
+    """One-line errors for a request :func:`generate` cannot serve."""
+    if n < 1:
+        raise EgcError(f"number of images must be >= 1, got {n}")
+    _check_target(classifier, target)
+    _check_size(classifier, cfg)
+    if cfg.parameterisation == "latent" and getattr(classifier, "latent_shape", None) is None:
+        raise EgcError(f"cag param 'latent' needs a latent EGC model's head; classifier {classifier.name} takes pixels")
+    if cfg.init == "data" and prior is None:
+        raise EgcError("cag init 'data' needs a prior of real images (egc cag --stats-from DATA)")
+    if real_stats is not None and (len(real_stats) != 2 or real_stats[0].dim() != 1 or real_stats[0].shape != real_stats[1].shape):
+        raise EgcError("real_stats must be (mean [D], std [D]) of the classifier's features")
+
+
 def generate(classifier: Any, target: int, n: int, cfg: CaGConfig | None = None,
              real_stats: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
              callback: Callable[[int, int, torch.Tensor], None] | None = None, prior: Any = None) -> torch.Tensor:
@@ -449,16 +472,7 @@ def generate(classifier: Any, target: int, n: int, cfg: CaGConfig | None = None,
         bit for bit on the same machine (one torch.Generator seeded with ``cfg.seed``).
     """
     cfg = (cfg or CaGConfig()).validate()
-    if n < 1:
-        raise EgcError(f"number of images must be >= 1, got {n}")
-    _check_target(classifier, target)
-    _check_size(classifier, cfg)
-    if cfg.parameterisation == "latent" and getattr(classifier, "latent_shape", None) is None:
-        raise EgcError(f"cag param 'latent' needs a latent EGC model's head; classifier {classifier.name} takes pixels")
-    if cfg.init == "data" and prior is None:
-        raise EgcError("cag init 'data' needs a prior of real images (egc cag --stats-from DATA)")
-    if real_stats is not None and (len(real_stats) != 2 or real_stats[0].dim() != 1 or real_stats[0].shape != real_stats[1].shape):
-        raise EgcError("real_stats must be (mean [D], std [D]) of the classifier's features")
+    _check_request(classifier, target, n, cfg, real_stats, prior)
     try:
         device = next(classifier.parameters()).device
     except (AttributeError, StopIteration):

@@ -53,40 +53,53 @@ def random_mask(shape: tuple[int, ...] | torch.Size, family: str, ratio: float, 
     """
     _check(family, ratio)
     b, h, w = int(shape[0]), int(shape[-2]), int(shape[-1])
-    mask = torch.zeros(b, 1, h, w, dtype=torch.bool)
     if ratio == 0.0:
-        return mask
+        return torch.zeros(b, 1, h, w, dtype=torch.bool)
     p = patch if patch is not None else _default_patch(h, w)
-    if family == "pixels":
-        k = round(ratio * h * w)
-        # argsort of uniform noise = a uniform random permutation per row; its first k are hidden.
-        idx = torch.rand(b, h * w, generator=gen).argsort(dim=1)[:, :k]
-        flat = mask.view(b, h * w)
-        flat.scatter_(1, idx, True)
-        return mask
-    if family == "grid":
-        gh, gw = math.ceil(h / p), math.ceil(w / p)
-        k = round(ratio * gh * gw)
-        idx = torch.rand(b, gh * gw, generator=gen).argsort(dim=1)[:, :k]
-        cells = torch.zeros(b, gh * gw, dtype=torch.bool)
-        cells.scatter_(1, idx, True)
-        # Each cell becomes a p x p block; the last row / column of cells is cropped when p does
-        # not divide the size.
-        big = cells.view(b, 1, gh, gw).repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)
-        return big[:, :, :h, :w].contiguous()
-    if family == "cutout":
-        side = max(1, min(h, w, round(math.sqrt(ratio * h * w))))
-        ys = torch.randint(0, h - side + 1, (b,), generator=gen)
-        xs = torch.randint(0, w - side + 1, (b,), generator=gen)
-        for i in range(b):
-            mask[i, 0, ys[i]:ys[i] + side, xs[i]:xs[i] + side] = True
-        return mask
-    # "patches": squares at random positions until the hidden share reaches the ratio. A square
-    # may hang over the border (its centre is uniform over the image), so edges are hidden as
-    # often as the middle. Vectorised: centres are scattered as points and grown into p x p squares
-    # by a max-pool; k starts below the count that covers ``ratio`` on average (1 - exp(-k p^2 / HW)
-    # = ratio), then images still short get one more square per round, so the share ends in
-    # [ratio, ratio + p^2 / HW).
+    return _FAMILY_MASKS[family](b, h, w, ratio, p, gen)
+
+
+def _pixels_mask(b: int, h: int, w: int, ratio: float, p: int, gen: torch.Generator | None) -> torch.Tensor:
+    """Exactly round(ratio * H * W) random pixels per image (``p`` unused)."""
+    k = round(ratio * h * w)
+    # argsort of uniform noise = a uniform random permutation per row; its first k are hidden.
+    idx = torch.rand(b, h * w, generator=gen).argsort(dim=1)[:, :k]
+    flat = torch.zeros(b, h * w, dtype=torch.bool)
+    flat.scatter_(1, idx, True)
+    return flat.view(b, 1, h, w)
+
+
+def _grid_mask(b: int, h: int, w: int, ratio: float, p: int, gen: torch.Generator | None) -> torch.Tensor:
+    """Exactly round(ratio * cells) random p x p cells per image."""
+    gh, gw = math.ceil(h / p), math.ceil(w / p)
+    k = round(ratio * gh * gw)
+    idx = torch.rand(b, gh * gw, generator=gen).argsort(dim=1)[:, :k]
+    cells = torch.zeros(b, gh * gw, dtype=torch.bool)
+    cells.scatter_(1, idx, True)
+    # Each cell becomes a p x p block; the last row / column of cells is cropped when p does
+    # not divide the size.
+    big = cells.view(b, 1, gh, gw).repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)
+    return big[:, :, :h, :w].contiguous()
+
+
+def _cutout_mask(b: int, h: int, w: int, ratio: float, p: int, gen: torch.Generator | None) -> torch.Tensor:
+    """One square of area ~ ratio * H * W per image, fully inside (``p`` unused)."""
+    mask = torch.zeros(b, 1, h, w, dtype=torch.bool)
+    side = max(1, min(h, w, round(math.sqrt(ratio * h * w))))
+    ys = torch.randint(0, h - side + 1, (b,), generator=gen)
+    xs = torch.randint(0, w - side + 1, (b,), generator=gen)
+    for i in range(b):
+        mask[i, 0, ys[i]:ys[i] + side, xs[i]:xs[i] + side] = True
+    return mask
+
+
+def _patches_mask(b: int, h: int, w: int, ratio: float, p: int, gen: torch.Generator | None) -> torch.Tensor:
+    """p x p squares at random positions until the hidden share reaches the ratio.
+
+    A square may hang over the border (its centre is uniform over the image), so edges are hidden as
+    often as the middle. Vectorised: centres are scattered as points and grown into p x p squares by a
+    max-pool; k starts below the count that covers ``ratio`` on average (1 - exp(-k p^2 / HW) = ratio),
+    then images still short get more squares per round, so the share ends in [ratio, ratio + p^2 / HW)."""
     hw = h * w
     k0 = max(1, int(0.8 * -math.log(1 - ratio) * hw / (p * p)))
     centres = torch.zeros(b, hw)
@@ -112,6 +125,9 @@ def random_mask(shape: tuple[int, ...] | torch.Size, family: str, ratio: float, 
         centres.scatter_reduce_(1, idx, valid, reduce="amax")
         mask = grow(centres)
     return mask
+
+
+_FAMILY_MASKS = {"pixels": _pixels_mask, "grid": _grid_mask, "cutout": _cutout_mask, "patches": _patches_mask}
 
 
 def _default_patch(h: int, w: int) -> int:

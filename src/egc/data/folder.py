@@ -109,6 +109,27 @@ def _skipped(what: str, items: list[tuple[Path, str]] | list[Path], base: Path) 
     return f"skipped {len(names)} {what} ({shown}{first})"
 
 
+def _shape(headers: dict[Path, tuple[str, tuple[int, int]]], size: int, channels: int, notes: list[str]) -> tuple[int, int]:
+    """The square size and channel count: the asked ones, else decided from the headers (said in ``notes``)."""
+    if size == 0:
+        size, why = auto_size([s for _, s in headers.values()])
+        notes.append(f"image size {size}x{size}: {why} (set it with --image-size)")
+    if channels == 0:
+        grey, why = _is_grey(headers)
+        channels = 1 if grey else 3
+        notes.append(f"{'grey' if grey else 'colour'}: {why}")
+    return size, channels
+
+
+def _check_classes(name: str, base: Path, groups: list[str], chosen: dict[str, list[Path]], kept: set[int], split_dirs: bool) -> None:
+    """Refuse a train split in which a class has no usable image (the model would never see it)."""
+    for gi, c in enumerate(groups):
+        if gi not in kept and (chosen[c] or not split_dirs):
+            lost = [str(f.relative_to(base)) for f in chosen[c]][:_SHOWN]
+            raise DataError(f"{name}: class {c!r} has no usable image ({', '.join(lost) or 'none'} unreadable); "
+                            "add readable images or remove the class folder")
+
+
 def load_folder(path: str | os.PathLike[str], split: str, size: int = 0, channels: int = 0, fit: str = "crop",
                 holdout: float = 0.0, holdout_seed: int = 0) -> ImageDataset:
     """Load ``split`` ("train" or "test") of an image folder.
@@ -146,13 +167,7 @@ def load_folder(path: str | os.PathLike[str], split: str, size: int = 0, channel
         notes.append(_skipped("files that are not images", other, base))
     if not headers:
         raise DataError(f"{name}: none of the {len(every)} image files in {base} is readable ({unreadable[0][0].name}: {unreadable[0][1]})")
-    if size == 0:
-        size, why = auto_size([s for _, s in headers.values()])
-        notes.append(f"image size {size}x{size}: {why} (set it with --image-size)")
-    if channels == 0:
-        grey, why = _is_grey(headers)
-        channels = 1 if grey else 3
-        notes.append(f"{'grey' if grey else 'colour'}: {why}")
+    size, channels = _shape(headers, size, channels, notes)
     files = [(f, gi) for gi, c in enumerate(groups) for f in chosen[c] if f in headers]
     prep = Prep(size, channels, fit)
     images, keep, late, resized = _decode(files, prep)
@@ -161,12 +176,7 @@ def load_folder(path: str | os.PathLike[str], split: str, size: int = 0, channel
     if resized:
         notes.append(f"{resized} of {len(keep)} {split} images resized to {prep.describe()}")
     if class_names and split == "train":  # a class with nothing to learn from would be a class the model never saw
-        kept = {files[i][1] for i in keep}
-        for gi, c in enumerate(groups):
-            if gi not in kept and (chosen[c] or not dirs):
-                lost = [str(f.relative_to(base)) for f in chosen[c]][:_SHOWN]
-                raise DataError(f"{name}: class {c!r} has no usable image ({', '.join(lost) or 'none'} unreadable); "
-                                "add readable images or remove the class folder")
+        _check_classes(name, base, groups, chosen, {files[i][1] for i in keep}, bool(dirs))
     if not keep:
         raise DataError(f"{name}: no usable images in the {split} split of {base} ({len(unreadable) + len(late)} unreadable); {_LAYOUT}")
     idx = np.array(keep)

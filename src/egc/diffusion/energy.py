@@ -7,7 +7,9 @@ Given the per-pixel class-logit map F(x_t, t) [B, K, H, W] (EGC paper, Sec. 3):
 Since eps_hat = -sqrt(1 - abar_t) * score, E = -sqrt(1 - abar_t) log p(x_t) + const: the energy is
 the log-density scaled by the noise level (the network learns that scale, as in the released code).
 A clean input (the clean token, t = CLEAN_T) has no noise level; its energy is the logit energy alone.
-Label-conditioned energies (model.conditioning) and guidance are in :class:`EnergyModel`.
+Label-conditioned energies (model.conditioning) and guidance are in :class:`EnergyModel`, the one door
+into the energy: the trainer builds one and hands it to every loss, ``EGC`` keeps one (``energy_model``);
+the functions here are pure helpers of it (and of the baselines, which have no energy of their own).
 
 ``prior`` (model.energy_prior = "gaussian", the project's default; "none" is the released form) is
 0.5 * c_t * ||x_t||^2 with c_t = sqrt(1 - abar_t) / (abar_t * sigma_data^2 + 1 - abar_t): the exact
@@ -144,6 +146,9 @@ class EnergyModel:
     i.e. E is the log-density scaled by sqrt(1 - abar_t) (the network learns that scale, as released).
     The classifier logits l(x_t, t) = model.logit_scale * pool_hw F always come from the null-label forward, so
     classification means the same for every conditioning.
+
+    ``net`` is whatever computes the map (a DDP-wrapped network in data-parallel training); ``sched``
+    None serves :meth:`logits` and :meth:`fmap` only (nothing that needs abar_t).
     """
 
     def __init__(self, net: nn.Module, cfg: ModelConfig, sched: Schedule | None) -> None:
@@ -263,49 +268,13 @@ class EnergyModel:
         return input_grad(lambda xg: self.guided_energy(xg, t, y, guidance, cfg_scale), x)[1].detach()
 
 
-class _GivenAbar(EnergyModel):
-    """An EnergyModel whose abar_t is given with the batch (the functional wrappers below)."""
-
-    def __init__(self, net: nn.Module, cfg: ModelConfig, abar: torch.Tensor) -> None:
-        super().__init__(net, cfg, None)
-        self._given = abar
-
-    def abar(self, t: torch.Tensor) -> torch.Tensor:
-        return self._given
-
-
-def energy_and_logits(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor,
-                      y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """E(x_t, t | y) [B] and logits [B, K] for x [B, C, H, W], t [B], abar [B] (functional form of
-    :meth:`EnergyModel.energy_and_logits`)."""
-    return _GivenAbar(net, cfg, abar).energy_and_logits(x, t, y)
-
-
-def classify(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-    """Classifier logits [B, K] (null label, no input gradient needed). t defaults to CLEAN_T."""
-    return EnergyModel(net, cfg, None).logits(x, t)
-
-
-def eps_and_logits(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor, create_graph: bool = False,
-                   y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(eps_hat [B, C, H, W], logits [B, K], energy [B]) from one forward and one input gradient."""
-    return _GivenAbar(net, cfg, abar).eps_and_logits(x, t, y, create_graph=create_graph)
-
-
-def first_order_eps_and_logits(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor,
-                               y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Functional form of :meth:`EnergyModel.first_order_eps_and_logits` (abar [B] given)."""
-    return _GivenAbar(net, cfg, abar).first_order_eps_and_logits(x, t, y)
-
-
-def _eps_and_logits_func(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor,
-                         y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """eps_and_logits(create_graph=True) written with torch.func.grad. The results stay differentiable
-    with respect to the weights (functorch levels compose with ordinary autograd), and torch.compile
-    can trace it: AOTAutograd refuses the double backward of autograd.grad(create_graph=True)
+def _eps_and_logits_func(em: EnergyModel, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``em.eps_and_logits(x, t, y, create_graph=True)`` written with torch.func.grad. The results stay
+    differentiable with respect to the weights (functorch levels compose with ordinary autograd), and
+    torch.compile can trace it: AOTAutograd refuses the double backward of autograd.grad(create_graph=True)
     ("does not currently support double backward"), but a traced func.grad is a plain forward graph
     whose first-order backward it can build."""
-    em = _GivenAbar(net, cfg, abar)
 
     def fn(xg: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         e, lg = em.energy_and_logits(xg, t, y)
@@ -316,41 +285,31 @@ def _eps_and_logits_func(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: t
 
 
 class CompiledEps:
-    """The training path's eps_and_logits(create_graph=True) through torch.compile (train.compile).
+    """The training path's ``em.eps_and_logits(..., create_graph=True)`` through torch.compile (train.compile).
 
-    Call it like ``eps_and_logits(net, cfg, x, t, abar, y=None)``. The first call compiles (minutes on 2 CPU
-    cores; a new input shape compiles again). If compiling fails (for example no C compiler for the
-    CPU backend), it says so once on stderr and runs the same torch.func path eagerly from then on,
-    so a run never dies of it; ``self.error`` keeps the reason.
+    Call it as ``CompiledEps()(em, x, t, y=None)`` with the trainer's :class:`EnergyModel` (built once, so
+    the compiled graph's guards on it keep holding). The first call compiles (minutes on 2 CPU cores; a new
+    input shape compiles again). If compiling fails (for example no C compiler for the CPU backend), it
+    says so once on stderr and runs the same torch.func path eagerly from then on, so a run never dies of
+    it; ``self.error`` keeps the reason.
     """
 
     def __init__(self) -> None:
         self._fn: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = torch.compile(_eps_and_logits_func, dynamic=False)
         self.error: str | None = None
 
-    def __call__(self, net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor,
-                 y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, em: EnergyModel, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.error is None:
             try:
-                return self._fn(net, cfg, x, t, abar, y)
+                return self._fn(em, x, t, y)
             except Exception as e:  # noqa: BLE001 - any backend failure: fall back, never lose the run
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 self.error = f"{type(e).__name__}: {first}"[:300]
                 import sys
 
                 print(f"egc: torch.compile failed ({self.error}); training continues uncompiled", file=sys.stderr)
-        return _eps_and_logits_func(net, cfg, x, t, abar, y)
-
-
-def guided_eps(net: nn.Module, cfg: ModelConfig, x: torch.Tensor, t: torch.Tensor, abar: torch.Tensor, y: torch.Tensor | None, scale: float,
-               cfg_scale: float = 0.0) -> torch.Tensor:
-    """Class-conditional noise prediction (functional form of :meth:`EnergyModel.guided_eps`):
-
-        eps' = grad_x [ (1 + w) E(x_t | y) - w E(x_t | null) - s * sqrt(1 - abar_t) * log p(y | x_t) ]
-
-    y [B] int64 (None: unconditional, the gradient of the null energy alone); s = scale, w = cfg_scale.
-    """
-    return _GivenAbar(net, cfg, abar).guided_eps(x, t, y, scale, cfg_scale)
+        return _eps_and_logits_func(em, x, t, y)
 
 
 # ---- the baselines (model.kind "classifier" / "ddpm"): plain forward passes, no input gradient ----

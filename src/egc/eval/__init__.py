@@ -1,5 +1,6 @@
 """Evaluation: an independent judge network and sample-quality metrics in its feature space;
-calibration, adversarial attacks and OOD AUROC (``egc eval`` / ``egc report``: evaluate.py, report.py, cli.py).
+calibration, adversarial attacks and OOD AUROC (``egc eval`` / ``egc report``: evaluate.py, the runner, with
+one module per metric group; report.py, cli.py).
 
 Metric names always carry the judge's name (``fd_fashioncnn``, ``kid_fashioncnn``, ...): a
 Frechet distance in one network's feature space is not comparable to one in another's.

@@ -45,7 +45,7 @@ def _positive(flag: str, v: int | None) -> None:
 def settings_from_args(a: argparse.Namespace):
     """EvalSettings from parsed ``egc eval`` flags (validated; EgcError on bad values)."""
     from ..config import parse_guidance_interval
-    from .evaluate import EvalSettings, parse_metrics
+    from .settings import EvalSettings, parse_metrics
 
     for flag, v in (("--n-test", a.n_test), ("--n-samples", a.n_samples), ("--n-dc", a.n_dc), ("--steps", a.steps), ("--pgd-steps", a.pgd_steps),
                     ("--restarts", a.restarts), ("--n-robust", a.n_robust), ("--square-queries", a.square_queries),

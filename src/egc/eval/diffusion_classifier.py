@@ -14,12 +14,17 @@ class energies (eps_y = grad_x E(x_t | y): a forward and a backward per class an
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import EgcError
+
+if TYPE_CHECKING:
+    from ..model import EGC
+    from .settings import EvalContext
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t [N,C,H,W], t [N], y [N]) -> eps [N,C,H,W]
 
@@ -88,10 +93,10 @@ def diffusion_classify(eps_fn: EpsFn, x: torch.Tensor, num_classes: int, alphas_
     return mean.argmin(1), mean
 
 
-def model_eps(m: Any) -> tuple[EpsFn, Callable[[torch.Tensor], torch.Tensor]]:
+def model_eps(m: EGC) -> tuple[EpsFn, Callable[[torch.Tensor], torch.Tensor]]:
     """(the class-conditional eps of an EGC or conditional ddpm checkpoint without guidance, the map from
     pixel images to the space it works in: a latent model's scaled latents)."""
-    if not getattr(m, "conditional", False):
+    if not m.conditional:
         raise EgcError(f"the diffusion classifier needs a class-conditional diffusion model (an EGC or a ddpm with "
                        f"model.conditioning embedding); this is a {'unconditional ' if m.kind == 'ddpm' else ''}{m.kind} checkpoint")
 
@@ -104,3 +109,16 @@ def model_eps(m: Any) -> tuple[EpsFn, Callable[[torch.Tensor], torch.Tensor]]:
             return m.autoencoder.encode(x.to(m.device)) if m.autoencoder is not None else x.to(m.device)
 
     return eps, space
+
+
+def diffusion_classifier_metric(c: EvalContext) -> None:
+    """``egc eval``'s metric dc: accuracy of the diffusion classifier on the first n_dc test images, with its cost."""
+    tick = time.perf_counter()
+    k = c.m.config.model.num_classes
+    rounds = parse_schedule(c.s.dc_schedule.replace("K", str(k)), k)
+    eps, space = model_eps(c.m)
+    x, y = c.x[:c.s.n_dc], c.y[:c.s.n_dc]
+    pred, _ = diffusion_classify(eps, space(x), k, c.m.schedule.alphas_cumprod, rounds, seed=c.s.seed)
+    c.wall["dc"] = time.perf_counter() - tick
+    c.metrics["diffusion_classifier"] = {"accuracy": float((pred.cpu() == y).double().mean()), "n": int(x.shape[0]), "schedule": c.s.dc_schedule,
+                                         "evaluations_per_image": evaluations(rounds), "ms_per_image": round(1000 * c.wall["dc"] / x.shape[0], 1)}

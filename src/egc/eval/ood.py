@@ -8,13 +8,32 @@ Mann-Whitney U statistic computed from average ranks.
 OOD sets are converted to the model's input format (channels and size): uniform noise, Gaussian
 noise, and other data sets when they are installed (CIFAR-10 in grey resized to 28 x 28 for a grey
 model, MNIST / Fashion-MNIST repeated over 3 channels and resized for an RGB model).
+
+``egc eval``'s metric ``ood`` (:func:`out_of_distribution`) scores the model's test images against each
+set with the energy and, as a baseline, with the maximum softmax probability (MSP).
 """
 
 from __future__ import annotations
 
+import time
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import torch
 import torch.nn.functional as tfn
+
+from egc.errors import DataError
+
+from .modelio import batched_logits, energy_scores
+from .testsets import norm_name
+
+if TYPE_CHECKING:
+    from egc.model import EGC
+
+    from .settings import EvalContext
+
+OOD_DATASETS = ("cifar10", "mnist", "fashion-mnist")
+OOD_NOISE = ("uniform", "gaussian")
 
 
 def auroc(scores_in: torch.Tensor | np.ndarray, scores_out: torch.Tensor | np.ndarray) -> float:
@@ -79,3 +98,62 @@ def ood_set_key(name: str, src_channels: int, channels: int) -> str:
     if src_channels == 1 and channels == 3:
         return f"{key}_rgb"
     return key
+
+
+def _ood_data_set(name: str, root: str | None, n: int, c: int, s: int, seed: int) -> tuple[str, torch.Tensor | None, str]:
+    """(key, images ``[n', c, s, s]`` in [-1, 1] or None, why not) of an installed data set's test split."""
+    from egc.data import load_dataset
+
+    ds, err = None, ""
+    for r in dict.fromkeys([None, root]):  # the default locations first, then --data-root
+        try:
+            ds = load_dataset(name, "test", r)
+            break
+        except DataError as e:
+            err = str(e)
+    if ds is None:
+        return name, None, f"not available ({err})"
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    return ood_set_key(norm_name(name), ds.channels, c), convert_images(ds.images[idx], c, s), ""
+
+
+def ood_sets(m: EGC, data_name: str, names: list[str] | None, n: int, root: str | None, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """({key: images ``[n', C, H, W]`` in [-1, 1]}, {name: why skipped}) for the requested OOD sets
+    (None: both noise sets and every data set but the model's own)."""
+    c, s, _ = m.image_shape
+    own = norm_name(data_name)
+    wanted = names if names is not None else [*OOD_NOISE, *(d for d in OOD_DATASETS if d != own)]
+    sets: dict[str, torch.Tensor] = {}
+    notes: dict[str, str] = {}
+    for name in wanted:
+        if name == "uniform":
+            sets["uniform_noise"] = uniform_noise(n, (c, s, s), seed)
+        elif name == "gaussian":
+            sets["gaussian_noise"] = gaussian_noise(n, (c, s, s), seed + 1)
+        else:
+            key, images, why = _ood_data_set(name, root, n, c, s, seed)
+            if images is None:
+                notes[name] = why
+            else:
+                sets[key] = images
+    return sets, notes
+
+
+def out_of_distribution(c: EvalContext) -> None:
+    """metric ood: AUROC of the energy (``ood_auroc``) and of the MSP (``ood_auroc_msp``) on each OOD set
+    against the test images (``c.logits``: their clean logits, computed by the accuracy step)."""
+    s, m = c.s, c.m
+    tick = time.perf_counter()
+    sets, notes = ood_sets(m, c.data_name, s.ood_sets, c.x.shape[0], s.data_root, s.seed)
+    e_in = energy_scores(m, c.x, s.batch_size)
+    msp_in = -torch.softmax(c.logits, dim=1).max(dim=1).values
+    ood: dict[str, Any] = {}
+    ood_msp: dict[str, Any] = {}
+    for key, xo in sets.items():
+        ood[key] = auroc(e_in, energy_scores(m, xo, s.batch_size))
+        ood_msp[key] = auroc(msp_in, -torch.softmax(batched_logits(m, xo, None, s.batch_size), dim=1).max(dim=1).values)
+    c.metrics["ood_auroc"] = ood
+    c.metrics["ood_auroc_msp"] = ood_msp
+    if notes:
+        c.metrics["ood_notes"] = notes
+    c.wall["ood"] = time.perf_counter() - tick

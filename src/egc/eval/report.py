@@ -17,7 +17,7 @@ from typing import Any
 
 from egc.errors import EgcError
 
-from .evaluate import SCHEMA
+from .settings import SCHEMA
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 # Rows where a smaller number is better (for the bold "best" cell); everything else: larger is better.

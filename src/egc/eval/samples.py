@@ -17,6 +17,8 @@ import torch
 
 from egc.errors import DataError, EgcError
 
+from .testsets import norm_name
+
 SAMPLES_SCHEMA = "egc-eval-samples/1"
 
 
@@ -65,7 +67,7 @@ def score_samples(images: torch.Tensor, labels: torch.Tensor, data: str, *, data
     ``n_ref`` real test images (a seeded subset; None = all) are the reference of every metric;
     ``reference`` = :func:`reference_images` (data, ...) passes them ready-made (a benchmark scoring many sets).
     """
-    from .evaluate import DEFAULT_JUDGES, _norm_name
+    from .generation import DEFAULT_JUDGES
     from .judge import judge_samples, load_judge
     from .naturalness import naturalness
 
@@ -81,7 +83,7 @@ def score_samples(images: torch.Tensor, labels: torch.Tensor, data: str, *, data
         raise EgcError(f"sample label {int(labels.max())} out of range: {data} has classes 0..{k - 1}")
     out: dict[str, Any] = {"schema": SAMPLES_SCHEMA, "data": data, "n": int(images.shape[0]), "n_ref": int(real.shape[0]),
                            "conditional": conditional}
-    spec = judge or DEFAULT_JUDGES.get(_norm_name(data))
+    spec = judge or DEFAULT_JUDGES.get(norm_name(data))
     if spec is None:
         out["judge"] = None
         out["judge_skipped"] = f"no independent judge for data set {data}; pass --judge FILE"

@@ -17,11 +17,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import EgcError
+
+if TYPE_CHECKING:
+    from ..model import EGC
 
 BaseFn = Callable[[torch.Tensor], torch.Tensor]  # noisy images [B, C, H, W] on the model's scale -> class ids [B]
 
@@ -98,11 +101,11 @@ def certify(base: BaseFn, x: torch.Tensor, sigma: float, n0: int, n: int, alpha:
     return Certificate(guess if r > 0 else -1, r, p_lower, n0 + n)
 
 
-def base_classifier(m: Any, sigma: float) -> tuple[BaseFn, str]:
+def base_classifier(m: EGC, sigma: float) -> tuple[BaseFn, str]:
     """(the base classifier f of noisy images on the model's scale, how it reads them) for an EGC
     checkpoint (its head at the timestep whose noise level matches, no denoiser) or a classifier
     baseline (its clean-image head on the noisy image: meaningful when it was trained with that noise)."""
-    if not getattr(m, "can_classify", False):
+    if not m.can_classify:
         raise EgcError(f"certify needs a model that classifies; this is a {m.kind} checkpoint")
     if m.autoencoder is not None:
         raise EgcError("certify: latent models are excluded: the smoothing noise is on pixels, and their head sees noise on the "

@@ -83,6 +83,58 @@ def _sse(event: dict) -> bytes:
     return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
 
 
+async def _stream(queue: JobQueue, job: Job) -> AsyncIterator[bytes]:
+    """A job's events as server-sent events, with keep-alives; a closed page cancels the job."""
+    try:
+        yield _sse({"type": "accepted", "job": job.id, "kind": job.kind})
+        while True:
+            try:
+                ev = await asyncio.wait_for(job.events.get(), timeout=1.0)
+            except asyncio.TimeoutError:
+                yield b": keep-alive\n\n"  # also how a closed page is noticed while waiting
+                continue
+            yield _sse(ev)
+            if ev["type"] in FINAL:
+                return
+    finally:
+        queue.cancel(job)  # the page went away (or the job ended: then a no-op)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 500)
+    detail = {404: f"not found: {request.url.path}", 405: f"method {request.method} not allowed on {request.url.path}"}
+    return _error(detail.get(status, getattr(exc, "detail", "error")), status)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return _error(f"internal error ({type(exc).__name__}); the server keeps running", 500)
+
+
+def _middleware(allowed_hosts: list[str] | None) -> list[Any]:
+    """Host-header checking (DNS rebinding protection) when ``allowed_hosts`` is given."""
+    if not allowed_hosts:
+        return []
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    return [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)]
+
+
+def _classify_route(service: Service) -> Callable[[Request], Awaitable[Response]]:
+    """POST /api/classify?model=&name=&top_k=: the uploaded image's top-k classes (in a worker thread)."""
+
+    async def classify(request: Request) -> Response:
+        data = await _read_body(request, LIMITS["upload_bytes"], "upload")
+        model = request.query_params.get("model")
+        name = request.query_params.get("name") or "upload"
+        top_k = request.query_params.get("top_k", "5")
+        if not top_k.isdigit() or not 1 <= int(top_k) <= 100:
+            raise RequestError(f"top_k must be a whole number in [1, 100], got {top_k!r}")
+        return JSONResponse(await run_in_threadpool(service.classify, model, data, name, int(top_k)))
+
+    return classify
+
+
 def build_app(service: Service, allowed_hosts: list[str] | None = None) -> Starlette:
     """The app around ``service``. ``allowed_hosts``: refuse other Host headers (DNS rebinding
     protection for a loopback server); None accepts any."""
@@ -97,33 +149,9 @@ def build_app(service: Service, allowed_hosts: list[str] | None = None) -> Starl
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True, **queue.status()})
 
-    async def classify(request: Request) -> Response:
-        data = await _read_body(request, LIMITS["upload_bytes"], "upload")
-        model = request.query_params.get("model")
-        name = request.query_params.get("name") or "upload"
-        top_k = request.query_params.get("top_k", "5")
-        if not top_k.isdigit() or not 1 <= int(top_k) <= 100:
-            raise RequestError(f"top_k must be a whole number in [1, 100], got {top_k!r}")
-        return JSONResponse(await run_in_threadpool(service.classify, model, data, name, int(top_k)))
-
-    async def stream(job: Job) -> AsyncIterator[bytes]:
-        try:
-            yield _sse({"type": "accepted", "job": job.id, "kind": job.kind})
-            while True:
-                try:
-                    ev = await asyncio.wait_for(job.events.get(), timeout=1.0)
-                except asyncio.TimeoutError:
-                    yield b": keep-alive\n\n"  # also how a closed page is noticed while waiting
-                    continue
-                yield _sse(ev)
-                if ev["type"] in FINAL:
-                    return
-        finally:
-            queue.cancel(job)  # the page went away (or the job ended: then a no-op)
-
     def start(kind: str, run: Callable[[Job], dict]) -> Response:
         job = queue.submit(kind, run)
-        return StreamingResponse(stream(job), media_type="text/event-stream",
+        return StreamingResponse(_stream(queue, job), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Job-Id": job.id})
 
     async def generate(request: Request) -> Response:
@@ -141,36 +169,23 @@ def build_app(service: Service, allowed_hosts: list[str] | None = None) -> Starl
         queue.cancel(job)
         return JSONResponse({"cancelled": job.id})
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        status = getattr(exc, "status_code", 500)
-        detail = {404: f"not found: {request.url.path}", 405: f"method {request.method} not allowed on {request.url.path}"}
-        return _error(detail.get(status, getattr(exc, "detail", "error")), status)
-
-    async def server_error(request: Request, exc: Exception) -> Response:
-        return _error(f"internal error ({type(exc).__name__}); the server keeps running", 500)
-
     routes = [
         Route("/", index),
         Route("/api/info", _guard(info)),
         Route("/api/health", _guard(health)),
-        Route("/api/classify", _guard(classify), methods=["POST"]),
+        Route("/api/classify", _guard(_classify_route(service)), methods=["POST"]),
         Route("/api/generate", _guard(generate), methods=["POST"]),
         Route("/api/cag", _guard(cag), methods=["POST"]),
         Route("/api/jobs/{jid}/cancel", _guard(cancel), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    middleware = []
-    if allowed_hosts:
-        from starlette.middleware import Middleware
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         queue.close()
 
-    app = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error, Exception: server_error},
+    app = Starlette(routes=routes, middleware=_middleware(allowed_hosts), exception_handlers={HTTPException: _http_error, Exception: _server_error},
                     lifespan=lifespan)
     app.state.service = service
     app.state.jobs = queue

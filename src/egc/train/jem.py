@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..config import JEMConfig, RunConfig
-from ..diffusion.energy import classify
+from ..diffusion.energy import EnergyModel
 from ..diffusion.losses import LossParts, jem_loss
 from ..errors import EgcError
 from ..sgld import sgld
@@ -64,8 +64,9 @@ class ReplayBuffer:
 
 
 class JEMLoss:
-    """The shared loss signature (net, mcfg, lcfg, sched, x0, y, gen, shard) around jem_loss: draws a
-    batch from the buffer, runs SGLD on the current network, puts the samples back, returns the loss."""
+    """The shared loss signature (em, lcfg, x0, y, gen, shard) around jem_loss: draws a batch from the
+    buffer, runs SGLD on the current network's clean-token logits (``em.logits``), puts the samples back,
+    returns the loss."""
 
     def __init__(self, cfg: RunConfig, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> None:
         self.jc: JEMConfig = cfg.jem
@@ -73,16 +74,15 @@ class JEMLoss:
         init = InitDistribution(self.jc.init, shape, images, labels)
         self.buffer = ReplayBuffer(self.jc.buffer_size, init, gen)
 
-    def __call__(self, net: Any, mcfg: Any, lcfg: Any, sched: Any, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+    def __call__(self, em: EnergyModel, lcfg: Any, x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
                  shard: tuple[int, int] = (0, 1), **_: Any) -> LossParts:
         if shard[1] != 1:
             raise EgcError("model.kind jem trains in one process (its replay buffer is not shared between processes)")
         jc = self.jc
         idx, start = self.buffer.draw(x0.shape[0], jc.reinit, gen)
-        x_sgld = sgld(lambda x: classify(net, mcfg, x), start.to(x0.device), jc.sgld_steps, jc.sgld_step_size, jc.sgld_noise, jc.sgld_clip,
-                      gen=gen)
+        x_sgld = sgld(em.logits, start.to(x0.device), jc.sgld_steps, jc.sgld_step_size, jc.sgld_noise, jc.sgld_clip, gen=gen)
         self.buffer.put(idx, x_sgld)
-        return jem_loss(net, mcfg, lcfg, x0, y, x_sgld, jc.energy_weight, jc.diverge_at)
+        return jem_loss(em, lcfg, x0, y, x_sgld, jc.energy_weight, jc.diverge_at)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"buffer": self.buffer.x}

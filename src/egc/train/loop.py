@@ -29,8 +29,8 @@ from ..checkpoint import Checkpoint, latest_in, load_checkpoint, optimizer_tenso
 from ..config import RunConfig
 from ..data import DEFAULT_FLIP, BatchLoader, load_data, to_model_range, to_uint8
 from ..data.augment import random_shift
-from ..diffusion.energy import CompiledEps
-from ..diffusion.losses import clean_rows, loss_for, own_rows
+from ..diffusion.energy import CompiledEps, EnergyModel
+from ..diffusion.losses import clean_rows, loss_config_at, loss_for, own_rows
 from ..diffusion.schedule import Schedule
 from ..errors import CheckpointError, EgcError
 from ..imageio import atomic_write_bytes, save_grid
@@ -259,17 +259,19 @@ def _resume_config(cfg: RunConfig, run_dir: Path) -> tuple[RunConfig, Checkpoint
     return saved.validate(), ckpt, found
 
 
-def forward_backward(model: torch.nn.Module, net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: Any, cfg: RunConfig, sched: Schedule,
+def forward_backward(em: EnergyModel, net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: Any, cfg: RunConfig,
                      x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, precision: str, shard: tuple[int, int] = (0, 1),
                      all_true: Any = bool, **loss_kwargs: Any) -> tuple[Any, str, torch.Tensor | None]:
     """The gradient half of one training step (what ``egc train`` and bench/train_step.py both run):
     the loss under the run's precision, backward, gradient clipping. Returns (loss parts, "" or what
     was non-finite ("loss" | "gradient"), the gradient norm); the optimiser step is the caller's.
-    ``model`` is what the loss calls (DDP-wrapped or not), ``net`` the weights; ``all_true`` agrees a
-    flag across processes (plain ``bool`` for one); ``loss_kwargs`` go to the loss (EGC's x0_clean)."""
+    ``em`` is the energy model the loss is given (built once by the caller: ``em.net`` is what the loss
+    calls, DDP-wrapped or not, with the model config and noise schedule), ``net`` the weights;
+    ``all_true`` agrees a flag across processes (plain ``bool`` for one); ``loss_kwargs`` go to the loss
+    (EGC's x0_clean)."""
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     with autocast:
-        parts = loss_fn(model, cfg.model, cfg.loss, sched, x, y, gen, shard=shard, **loss_kwargs)
+        parts = loss_fn(em, cfg.loss, x, y, gen, shard=shard, **loss_kwargs)
     if not all_true(torch.isfinite(parts.total)):  # every rank sees it, or none does
         return parts, "loss", None
     opt.zero_grad(set_to_none=True)
@@ -323,6 +325,9 @@ class _Trainer:
         # The log describes the steps this run's checkpoints hold: rows after ``step`` (of a killed attempt) go.
         self.logger: Logger | _NoLog = Logger(run_dir, upto=self.step) if dist.is_main else _NoLog()
         self.sched = Schedule.make(cfg.diffusion.schedule, cfg.diffusion.steps)
+        # the one energy model every loss call is given: the network the loss calls (DDP-wrapped for
+        # several processes), the model config and the schedule
+        self.energy_model = EnergyModel(self.model, cfg.model, self.sched)
         self.precision = resolve_precision(tc.precision, dist.device)  # "auto": bf16 only where it is native
         if tc.compile:
             if kind_of(cfg.model.kind).energy != "diffusion" or dist.world > 1:
@@ -487,7 +492,9 @@ class _Trainer:
             g["lr"] = tc.lr * self.lr_scale * lr_factor(cfg, self.step, self.elapsed)
         self.net.train()
         extra = {} if clean is None else {"x0_clean": clean}
-        parts, bad, gnorm = forward_backward(self.model, self.net, self.opt, self.loss_fn, cfg, self.sched, x, y, self.gen,
+        lcfg = loss_config_at(cfg.loss, self.step)  # the early CE boost (loss.ce_boost), else cfg.loss itself
+        cfg = cfg if lcfg is cfg.loss else dataclasses.replace(cfg, loss=lcfg)
+        parts, bad, gnorm = forward_backward(self.energy_model, self.net, self.opt, self.loss_fn, cfg, x, y, self.gen,
                                              self.precision, dist.shard, dist.all_true, **extra)
         return parts, bad, gnorm, x.shape[0]
 
@@ -558,14 +565,18 @@ class _Trainer:
             ips = self.window_imgs / max(time.time() - self.window_t, 1e-9)
             self.window_imgs, self.window_t = 0, time.time()
             shown = {n: f"{self.stats[k]:.{d}f}" for n, k, d in (("mse", "mse", 4), ("acc", "clean_acc", 2)) if k in self.stats}
-            if tc.minutes:  # a time budget: how much of it is spent and how much is left (the step count is open)
-                self.bar.set_description(f"train {_mmss(self.elapsed)} of {_mmss(60 * tc.minutes)}, {_mmss(max(0.0, 60 * tc.minutes - self.elapsed))} left",
-                                         refresh=False)
+            if tc.minutes:
+                self.bar.set_description_str(self._clock(), refresh=False)  # (set_description would add a second colon)
             self.bar.set_postfix(loss=f"{self.stats['total']:.4f}", **shown, ips=f"{ips:.0f}")  # refreshes the bar
             self.logger.log(self.step, {**sc, "lr": self.opt.param_groups[0]["lr"], "grad_norm": float(gnorm), "img_per_s": ips, "elapsed_s": self.elapsed})
         if due:
             self.last_good = self.checkpoint()
             self.last_ckpt_t, self.last_ckpt_step = time.time(), self.step
+
+    def _clock(self) -> str:
+        """A time budget's progress: how much of it is spent and how much is left (the step count is open)."""
+        budget = 60 * self.tc.minutes
+        return f"train {_mmss(self.elapsed)} of {_mmss(budget)}, {_mmss(max(0.0, budget - self.elapsed))} left"
 
     def _finish(self) -> dict[str, Any]:
         """The final checkpoint (unless the newest one holds this step) and summary.json."""
@@ -608,7 +619,8 @@ class _Trainer:
         tc, dist = self.tc, self.dist
         # this invocation's share of the budget, on the agreed training clock (self.elapsed), so every rank stops together
         session_end = self.elapsed + 60 * stop_after_minutes if stop_after_minutes else float("inf")
-        self.bar = tqdm(total=tc.steps or None, initial=self.step, disable=self.quiet or not dist.is_main, dynamic_ncols=True, desc="train")
+        self.bar = tqdm(total=tc.steps or None, initial=self.step, disable=self.quiet or not dist.is_main, dynamic_ncols=True,
+                        desc=self._clock() if tc.minutes else "train")
         self.last_ckpt_t, self.last_ckpt_step = time.time(), self.step
         self.window_imgs, self.window_t = 0, time.time()
         self.stats: dict[str, float] = {}
