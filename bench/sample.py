@@ -35,7 +35,7 @@ from egc.eval.judge import judge_samples
 
 def _cpu() -> str:
     """The CPU model and its bf16 support, recorded beside every figure."""
-    from egc.model import native_bf16
+    from egc.device import native_bf16
 
     name = "unknown"
     try:

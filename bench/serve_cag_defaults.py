@@ -38,7 +38,7 @@ def main() -> None:
         data = svc.models[spec].model.config.data.name
         judge = load_judge(DEFAULT_JUDGES[data])
         classes = [int(v) for v in a.classes.split(",") if v] or list(range(len(c.class_names)))
-        own, judged, total, probs, steps = 0, 0, 0, [], None
+        judged, total, probs, steps = 0, 0, [], None
         for k in classes:
             q = svc.check_cag({"classifier": cid, "class": k})
             steps = q["steps"]

@@ -28,7 +28,7 @@ import time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from egc.model import resolve_channels_last, resolve_precision
+from egc.device import resolve_channels_last, resolve_precision
 
 
 _PAPER = ["model.energy_prior=none"]  # the loss exactly as in the paper (no Gaussian prior term)

@@ -222,3 +222,15 @@ def test_cag_adapter_logits_are_the_models_own(runs, kind):
     torch.testing.assert_close(got.detach(), want, rtol=1e-4, atol=1e-5)
     got[:, 0].sum().backward()
     assert x01.grad is not None and x01.grad.abs().sum() > 0
+
+
+def test_score_and_eps_share_their_defaults(runs):
+    """EGC.score is -eps / sqrt(1 - abar_t) of EGC.eps called the same way, labels included: one default
+    (no guidance) for both. Classifier guidance is shown to change the conditional score."""
+    m = EGC.load(runs["egc"], "fp32")
+    x = torch.rand(2, *m.image_shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    y = torch.tensor([0, 1])
+    root = (1 - float(m.schedule.alphas_cumprod[10])) ** 0.5
+    assert torch.allclose(m.score(x, 10, y), -m.eps(x, 10, y) / root, atol=1e-5)
+    assert torch.allclose(m.score(x, 10, y, guidance=5.0), -m.eps(x, 10, y, guidance=5.0) / root, atol=1e-5)
+    assert not torch.allclose(m.score(x, 10, y, guidance=5.0), m.score(x, 10, y), atol=1e-6)

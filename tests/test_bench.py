@@ -74,7 +74,7 @@ def test_train_step_bench():
     r = out["reference"]
     assert r["peak_dtype"] == "float32" and r["flops_per_step"] > 0 and 0 < r["share_of_peak"] < 1 and "dtype_peak_ratio" not in r
     # "default" runs train.precision auto: bf16 exactly where this CPU multiplies bf16 natively.
-    from egc.model import native_bf16
+    from egc.device import native_bf16
 
     if native_bf16():
         assert d["peak_dtype"] == "bfloat16" and d["matmul_peak_fp32_gflops"] > 0 and d["dtype_peak_ratio"] > 0

@@ -10,7 +10,8 @@ import torch
 from egc.config import load_config
 from egc.diffusion.samplers import SAMPLERS, run_sampler
 from egc.errors import EgcError
-from egc.model import EGC, resolve_device
+from egc.device import resolve_device
+from egc.model import EGC
 from egc.nets import build_net
 
 

@@ -289,6 +289,7 @@ def test_space_rule_and_a_staged_latent_run(tmp_path: Path, monkeypatch) -> None
     ck = load_checkpoint(str(run))
     assert ck.config.model.latent and ck.config.model.autoencoder == str(run / "autoencoder") and ck.step == 5
     assert ck.config.model.in_channels == 8 and ck.config.model.image_size == 8  # 32 px / 4, 8 latent channels
+    assert ck.config.sample.eta == 0.0 and ck.config.model.space == "latent"  # the latent default, not the pixel one decided before the plan
     ae_ckpt = latest_in(run / "autoencoder")
     stamp = ae_ckpt.stat().st_mtime_ns
     assert main(["train", "--out", str(run), "--resume", "--steps", "7", "--quiet"]) == 0

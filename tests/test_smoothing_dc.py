@@ -108,3 +108,18 @@ def test_eval_reports_the_diffusion_classifier_beside_the_head(tiny_run, tmp_pat
                  "--quiet"]) == 0
     dc = json.loads(out.read_text())["metrics"]["diffusion_classifier"]
     assert dc["n"] == 4 and dc["evaluations_per_image"] == 3 + 2 and 0 <= dc["accuracy"] <= 1
+
+
+def test_clean_head_kinds_are_certified_on_the_unscaled_noisy_image(tmp_path, tiny_npz) -> None:
+    """A cnn (like the classifier baseline) has no timesteps: its base classifier must see x + delta itself,
+    not sqrt(abar_t) (x + delta) as EGC's noisy head does."""
+    from egc import EGC
+    from egc.eval.smoothing import base_classifier
+
+    run = tmp_path / "cnn"
+    assert main(tiny_train_argv(run, tiny_npz, 1, "--model", "cnn")) == 0
+    m = EGC.load(str(run))
+    f, how = base_classifier(m, 0.25)
+    assert "cnn's head on x + delta" in how
+    x = torch.rand(6, *m.image_shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert torch.equal(f(x), m.logits(x).argmax(1))

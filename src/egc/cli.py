@@ -7,51 +7,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from .config import MODEL_SIZES, PRECISION_HELP, PRECISIONS, SAMPLER_NAMES, parse_guidance_interval
-from .errors import ConfigError, EgcError
+from .config import MODEL_SIZES, PRECISION_HELP, PRECISIONS, SAMPLER_NAMES
+from .argtypes import interval as _interval
+from .argtypes import nonneg_float as _nonneg_float
+from .argtypes import positive_float as _positive_float
+from .argtypes import positive_int as _positive_int
+from .errors import EgcError
 
 DEVICE_HELP = "auto (cuda when available, the default) | cpu | cuda[:N]: where the network runs"
-
-
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{s}'") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _nonneg_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{s}'") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    v = _nonneg_float(s)
-    if v == 0:
-        raise argparse.ArgumentTypeError("expected a number > 0, got 0")
-    return v
-
-
-def _interval(s: str) -> tuple[float, float]:
-    """LO,HI with 0 <= LO <= HI <= 1 (a guidance interval in fractions t / T of the noise schedule)."""
-    try:
-        return parse_guidance_interval(s, "LO,HI")
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 INTERVAL_HELP = ("LO,HI: guidance (both kinds) acts only at sampler steps with LO <= t/T <= HI, the plain conditional "

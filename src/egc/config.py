@@ -12,12 +12,15 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .errors import ConfigError
 from .kinds import AUTOENCODER, KINDS, kind_of
+
+if TYPE_CHECKING:  # annotations only: the config is read without importing torch
+    import torch
 
 # The shared vocabulary of flags and config values (here, not in the modules that implement them, so the CLI
 # can offer them without importing torch): samplers (diffusion/samplers.py checks its registry against this).
@@ -389,7 +392,7 @@ class SampleConfig:
 
         _check(self.sampler in SAMPLERS, f"sample.sampler must be one of {', '.join(SAMPLERS)}, got '{self.sampler}'")
         _check(self.steps >= 1, f"sample.steps must be >= 1, got {self.steps}")
-        _check(math.isfinite(self.eta) and self.eta >= 0, f"sample.eta must be finite and >= 0 (DDIM's noise), got {self.eta}")
+        _check(math.isfinite(self.eta) and (self.eta >= 0 or self.eta == -1), f"sample.eta must be finite and >= 0 (DDIM's noise; -1 = automatic), got {self.eta}")
         _check(math.isfinite(self.guidance) and self.guidance >= 0, f"sample.guidance must be finite and >= 0, got {self.guidance}")
         _check(math.isfinite(self.cfg) and self.cfg >= 0, f"sample.cfg must be finite and >= 0, got {self.cfg}")
         _check(_interval_ok(self.guidance_tmin, self.guidance_tmax),
@@ -446,7 +449,9 @@ class RunConfig:
             self.sample.cfg = 1.0 if ddpm else 0.0
         if self.sample.guidance_tmax == -1:
             self.sample.guidance_tmax = 1.0 if ddpm else 0.6
-        if self.sample.eta == -1:
+        # eta's default follows the space; "auto" space is decided when training starts (train/stages.py), so
+        # eta stays automatic (-1) until then: a run that turns latent must not keep the pixel default.
+        if self.sample.eta == -1 and (self.model.latent or self.model.space != "auto"):
             self.sample.eta = 0.0 if self.model.latent else 1.0
         for f in fields(self):
             getattr(self, f.name).validate()

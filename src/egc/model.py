@@ -33,10 +33,11 @@ import torch
 
 from .autoencoder import Autoencoder, embedded_autoencoder
 from .checkpoint import Checkpoint, load_checkpoint
-from .config import PRECISIONS, RunConfig
+from .config import RunConfig, SampleConfig
 from .diffusion import energy as en
 from .diffusion.samplers import SAMPLERS, run_sampler
 from .diffusion.schedule import Schedule
+from .device import native_bf16, resolve_channels_last, resolve_device, resolve_precision  # noqa: F401 (re-exported)
 from .errors import CheckpointError, EgcError
 from .kinds import ModelKind, kind_of
 from .nets import build_net
@@ -48,60 +49,6 @@ if TYPE_CHECKING:
     from .data.prep import Prep
 
     ImageLike = Union[str, Path, Image.Image, np.ndarray]
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" (cuda when available, else cpu) | "cpu" | "cuda[:N]" -> a torch.device; a cuda request
-    on a machine without CUDA is a one-line error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise EgcError(f"device must be auto, cpu or cuda, got '{device}'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EgcError("device cuda requested but this torch build sees no CUDA GPU (use --device cpu or auto)")
-    if dev.type not in ("cpu", "cuda", "meta"):
-        raise EgcError(f"device must be auto, cpu or cuda, got '{device}'")
-    return dev
-
-
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX tiles). Without it oneDNN
-    emulates bf16 and autocast runs slower than fp32, so "auto" must not pick it there."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # a torch without these probes: assume nothing
-        return False
-
-
-def resolve_channels_last(setting: str, device: str | torch.device = "cpu") -> bool:
-    """train.channels_last ("auto" | "true" | "false") -> whether the training step runs channels_last.
-    "auto" is True on CPUs with AMX tiles only, where it measured 1.74x vs 1.21x over fp32 (issue 17);
-    on AVX-512 BF16 hosts it measured 1.0x, and on GPUs it was not measured."""
-    if setting != "auto":
-        return setting == "true"
-    if torch.device(device).type != "cpu":
-        return False
-    try:
-        return bool(torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
-
-
-def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
-    """"auto" | "bf16" | "fp32" -> the precision a network runs in on ``device`` (training and
-    inference alike). "auto" is bf16 where bf16 is native (CPUs with AVX-512 BF16 or AMX; CUDA devices
-    that support it), else fp32: on such a CPU bf16 classified the shipped fp32-trained model at equal
-    accuracy and ECE 1.9x faster, and sampled at equal FD and conditional accuracy 1.7x faster
-    (BENCHMARKS.md 3); on an AVX2-only CPU emulated bf16 made a training step 13x slower."""
-    if precision not in PRECISIONS:
-        raise EgcError(f"precision must be auto, bf16 or fp32, got '{precision}'")
-    if precision == "auto":
-        if torch.device(device).type == "cuda":
-            return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-        return "bf16" if native_bf16() else "fp32"
-    return precision
 
 
 class EGC:
@@ -431,9 +378,11 @@ class EGC:
             out.append(sgld(self.net_logits, x0, steps, jc.sgld_step_size, jc.sgld_noise, jc.sgld_clip, y=yb, gen=gen).cpu())
         return torch.cat(out)
 
-    def score(self, x: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None = None, guidance: float = 1.0, cfg: float = 0.0) -> torch.Tensor:
-        """grad_x log p_t(x) (or of the guided log p_t(x | y) with labels y) = -eps / sqrt(1 - abar_t),
-        for t in [0, T-1] (the clean token has no noise level: an error).
+    def score(self, x: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None = None, guidance: float = 0.0, cfg: float = 0.0) -> torch.Tensor:
+        """grad_x log p_t(x) (or of the guided log p_t(x | y) with labels y) = -eps / sqrt(1 - abar_t) of
+        :meth:`eps` with the same arguments (so the same defaults: no guidance), for t in [0, T-1] (the
+        clean token has no noise level: an error). The paper's pure class score grad log p(x_t) + grad log
+        p(y | x_t) is ``guidance=1`` of an unconditional (model.conditioning none) EGC.
 
         A latent model: the score of its scaled latents (x of shape ``latent_shape``)."""
         x, tt, y = self._eps_inputs(x, t, y)
@@ -462,25 +411,51 @@ class EGC:
         included); raising from it stops sampling (cancellation) and the exception propagates.
         """
         self._need(self.can_generate, "sampler")
+        sampler, steps, eta, guidance, cfg, interval = self._sampling(n, sampler, steps, eta, guidance, cfg, guidance_interval)
+        y = self._sample_labels(labels, class_balanced, n)
+        gen = torch.Generator().manual_seed(seed)
+        labels_out = y if y is not None else torch.full((n,), -1, dtype=torch.long)
+        if self.kind_info.sampler == "sgld":
+            return self._sample_sgld(n, y, steps, gen, batch_size), labels_out
+        # a mask only when the interval leaves some step out and there is guidance to leave out
+        masked = not (interval.guidance_tmin <= 0 and interval.guidance_tmax >= 1) and (guidance != 0 or cfg != 0)
+        noise = torch.randn((n, *self.latent_shape), generator=gen)
+        out = []
+        for i in range(0, n, batch_size):
+            yb = None if y is None else y[i:i + batch_size].to(self.device)
+
+            # Labels were checked above and the sampler's timesteps are in range: no per-step checks.
+            def fn(x: torch.Tensor, t: torch.Tensor, yb: torch.Tensor | None = yb) -> torch.Tensor:
+                if not masked:
+                    return self._guided_eps(x, t, yb, guidance, cfg)
+                # per-row scales, zero outside the interval: decided on the device, no read-back per step
+                on = interval.guided_mask(t, self.schedule.num_steps)
+                return self._guided_eps(x, t, yb, guidance * on, cfg * on)
+
+            # Latents are not confined to [-1, 1]: no clipping of the x0 estimate in latent space.
+            z = run_sampler(sampler, fn, noise[i:i + batch_size].to(self.device), self.schedule.alphas_cumprod, steps, eta=eta,
+                            clip=clip and self.autoencoder is None, gen=gen, progress=progress, callback=self._decoded(callback))
+            with torch.no_grad():
+                out.append((self.autoencoder.decode(z) if self.autoencoder is not None else z).float().cpu())
+        return torch.cat(out).clamp(-1, 1), labels_out
+
+    def _sampling(self, n: int, sampler: str | None, steps: int | None, eta: float | None, guidance: float | None, cfg: float | None,
+                  guidance_interval: tuple[float, float] | None) -> tuple[str, int, float | None, float, float, SampleConfig]:
+        """The sampler settings of :meth:`sample`: None takes the model's own (config sample.*); checked."""
         defaults = self.config.sample
         sampler = defaults.sampler if sampler is None else sampler
         if eta is None and sampler == "ddim":
             eta = defaults.eta  # the model's DDIM noise goes with DDIM only (the other samplers have none)
+        if eta is not None and eta == -1:  # automatic (a config whose space was never decided): the space's default
+            eta = 0.0 if self.autoencoder is not None else 1.0
         steps = min(defaults.steps, self.schedule.num_steps) if steps is None else steps
-        if guidance is None:
-            guidance = self.config.sample.guidance
-        if cfg is None:
-            cfg = self.config.sample.cfg
-        interval = self.config.sample
+        guidance = defaults.guidance if guidance is None else guidance
+        cfg = defaults.cfg if cfg is None else cfg
+        interval = defaults
         if guidance_interval is not None:
             lo, hi = (float(v) for v in guidance_interval)
             interval = dataclasses.replace(interval, guidance_tmin=lo, guidance_tmax=hi)
             interval.validate()  # a ConfigError (an EgcError): one line naming the values
-        # a mask only when the interval leaves some step out and there is guidance to leave out
-        masked = not (interval.guidance_tmin <= 0 and interval.guidance_tmax >= 1) and (guidance != 0 or cfg != 0)
-        if labels is not None or class_balanced:
-            self._need_classes("sample without labels or --class-balanced")
-        k = self.config.model.num_classes
         if sampler not in SAMPLERS:
             raise EgcError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
         if n < 1:
@@ -489,37 +464,27 @@ class EGC:
             raise EgcError(f"--steps must be in [1, {self.schedule.num_steps}], got {steps}")
         if eta is not None and sampler != "ddim":
             raise EgcError(f"--eta is DDIM's noise: sampler {sampler} has none (ddpm is eta 1, dpm++2m deterministic)")
+        return sampler, steps, eta, guidance, cfg, interval
+
+    def _sample_labels(self, labels: torch.Tensor | list[int] | None, class_balanced: bool, n: int) -> torch.Tensor | None:
+        """The n requested labels [n] on the CPU (class-balanced: sorted by class when K divides n), or None."""
+        if labels is None and not class_balanced:
+            return None
+        self._need_classes("sample without labels or --class-balanced")
         if labels is not None:
-            y = self._labels(labels, n).cpu()
-        elif class_balanced:
-            y = torch.arange(n) % k
-            y = y.sort(stable=True).values if n % k == 0 else y
-        else:
-            y = None
-        gen = torch.Generator().manual_seed(seed)
-        if self.kind_info.sampler == "sgld":
-            return self._sample_sgld(n, y, steps, gen, batch_size), (y if y is not None else torch.full((n,), -1, dtype=torch.long))
-        noise = torch.randn((n, *self.latent_shape), generator=gen)
-        out = []
-        for i in range(0, n, batch_size):
-            yb = None if y is None else y[i:i + batch_size].to(self.device)
-            # Labels were checked above and the sampler's timesteps are in range: no per-step checks.
-            def fn(x: torch.Tensor, t: torch.Tensor, yb: torch.Tensor | None = yb) -> torch.Tensor:
-                if not masked:
-                    return self._guided_eps(x, t, yb, guidance, cfg)
-                # per-row scales, zero outside the interval: decided on the device, no read-back per step
-                on = interval.guided_mask(t, self.schedule.num_steps)
-                return self._guided_eps(x, t, yb, guidance * on, cfg * on)
-            # Latents are not confined to [-1, 1]: no clipping of the x0 estimate in latent space.
-            cb = None
-            if callback is not None:
-                def cb(step: int, total: int, x0: torch.Tensor) -> None:
-                    with torch.no_grad():
-                        img = self.autoencoder.decode(x0) if self.autoencoder is not None else x0
-                    callback(step, total, img.float().clamp(-1, 1).cpu())
-            z = run_sampler(sampler, fn, noise[i:i + batch_size].to(self.device), self.schedule.alphas_cumprod, steps, eta=eta,
-                            clip=clip and self.autoencoder is None, gen=gen, progress=progress, callback=cb)
+            return self._labels(labels, n).cpu()
+        k = self.config.model.num_classes
+        y = torch.arange(n) % k
+        return y.sort(stable=True).values if n % k == 0 else y
+
+    def _decoded(self, callback: Callable[[int, int, torch.Tensor], None] | None) -> Callable[[int, int, torch.Tensor], None] | None:
+        """The sampler's per-step callback: ``callback`` given the x0 estimate as pixels in [-1, 1] on the CPU."""
+        if callback is None:
+            return None
+
+        def cb(step: int, total: int, x0: torch.Tensor) -> None:
             with torch.no_grad():
-                out.append((self.autoencoder.decode(z) if self.autoencoder is not None else z).float().cpu())
-        labels_out = y if y is not None else torch.full((n,), -1, dtype=torch.long)
-        return torch.cat(out).clamp(-1, 1), labels_out
+                img = self.autoencoder.decode(x0) if self.autoencoder is not None else x0
+            callback(step, total, img.float().clamp(-1, 1).cpu())
+
+        return cb

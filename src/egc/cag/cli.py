@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
+from ..argtypes import nonneg_float as _nonneg_float
 from ..errors import EgcError
 
 
@@ -28,16 +28,6 @@ def _pos_int(s: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got '{s}'") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _nonneg_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{s}'") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s}")
     return v
 
 
@@ -203,7 +193,7 @@ def cmd_cag(a: argparse.Namespace) -> int:
     _check_outputs(a)
     is_text = a.classifier.strip().lower().startswith("clip:")
     clf = load_classifier(a.classifier, prompts=prompt_classes(a.target) if is_text else None)
-    from egc.model import resolve_device
+    from egc.device import resolve_device
 
     clf = clf.to(resolve_device(a.device))  # generate() works where the classifier's weights are
     target = 0 if is_text else resolve_class(clf, a.target)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from egc.config import PRECISION_HELP, PRECISIONS, SAMPLER_NAMES
+from egc.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
 from egc.errors import EgcError
 
 
@@ -191,7 +192,13 @@ def cmd_certify(a: argparse.Namespace) -> int:
 
 
 def add_eval_parsers(sub) -> None:
-    """Add ``eval`` and ``report`` to the ``egc`` subparsers ``sub``."""
+    """Add ``eval``, ``certify`` and ``report`` to the ``egc`` subparsers ``sub``."""
+    _add_eval(sub)
+    _add_certify(sub)
+    _add_report(sub)
+
+
+def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="accuracy, calibration, noisy accuracy, adversarial robustness, OOD detection and sample quality of a checkpoint")
     e.add_argument("checkpoint", nargs="?", help="checkpoint file, run folder, or zoo:NAME (or give --samples instead)")
     e.add_argument("--samples", metavar="FILE.npz", help="score these generated images instead of a checkpoint's (uint8 images [N,H,W,C], "
@@ -200,60 +207,64 @@ def add_eval_parsers(sub) -> None:
     e.add_argument("--data", help="test set (default: the data set the model was trained on)")
     e.add_argument("--data-root", help="where the data set lives")
     e.add_argument("--metrics", default="all", help="comma-separated: acc,ece,noisy_acc,robust,ood,gen (default all), and dc (the diffusion classifier) by name")
-    e.add_argument("--n-test", type=int, help="test images (a seeded random subset; default the whole test set)")
+    e.add_argument("--n-test", type=positive_int, help="test images (a seeded random subset; default the whole test set)")
     e.add_argument("--noise-t", default="0,100,250,500,750", help="timesteps t for noisy accuracy")
     e.add_argument("--eps-linf", default="0.05,0.1,0.2", help="L-inf budgets, pixel scale [0, 1] ('' = none)")
     e.add_argument("--eps-l2", default="0.5,1.5,3", help="L2 budgets, pixel scale [0, 1] ('' = none)")
-    e.add_argument("--pgd-steps", type=int, default=20)
-    e.add_argument("--restarts", type=int, default=2, help="PGD random restarts (per-example worst case)")
-    e.add_argument("--n-robust", type=int, default=500, help="test images attacked (the first of the --n-test subset)")
-    e.add_argument("--square-queries", type=int, default=500, help="Square attack iterations for the gradient-masking check")
-    e.add_argument("--sanity-n", type=int, default=100, help="images for the attack sanity checks")
+    e.add_argument("--pgd-steps", type=nonneg_int, default=20)
+    e.add_argument("--restarts", type=nonneg_int, default=2, help="PGD random restarts (per-example worst case)")
+    e.add_argument("--n-robust", type=positive_int, default=500, help="test images attacked (the first of the --n-test subset)")
+    e.add_argument("--square-queries", type=nonneg_int, default=500, help="Square attack iterations for the gradient-masking check")
+    e.add_argument("--sanity-n", type=positive_int, default=100, help="images for the attack sanity checks")
     e.add_argument("--no-sanity", action="store_true", help="skip the attack sanity checks")
     e.add_argument("--ood-sets", default="auto", help="uniform,gaussian,cifar10,mnist,fashion-mnist (default auto: noise and every other installed set)")
-    e.add_argument("--n-samples", type=int, default=1000, help="generated samples for the generation metrics (class-balanced)")
+    e.add_argument("--n-samples", type=positive_int, default=1000, help="generated samples for the generation metrics (class-balanced)")
     e.add_argument("--dc-schedule", default="K:5,3:10", metavar="KEEP:TRIALS,...", help="metric dc (asked for by name: --metrics acc,dc): "
                    "the diffusion classifier's rounds (K = all classes; Li et al.: 10:50,5:450)")
-    e.add_argument("--n-dc", type=int, default=100, help="metric dc: test images it classifies (the first of the --n-test subset)")
+    e.add_argument("--n-dc", type=positive_int, default=100, help="metric dc: test images it classifies (the first of the --n-test subset)")
     e.add_argument("--sampler", default=None, choices=SAMPLER_NAMES, help="default: the model's own (egc zoo lists it)")
-    e.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's own)")
-    e.add_argument("--guidance", type=float, default=None, help="classifier guidance scale (default: the model's recommended scale)")
-    e.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale of a conditional model (default: the model's recommended scale)")
+    e.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the model's own)")
+    e.add_argument("--guidance", type=nonneg_float, default=None, help="classifier guidance scale (default: the model's recommended scale)")
+    e.add_argument("--cfg", type=nonneg_float, default=None, help="classifier-free guidance scale of a conditional model (default: the model's recommended scale)")
     e.add_argument("--guidance-interval", default=None, metavar="LO,HI",
                    help="guidance acts only at sampler steps with LO <= t/T <= HI (default: the model's own)")
-    e.add_argument("--eta", type=float, default=None, help="DDIM noise, ddim only (default: the model's own: 1 pixel, 0 latent models)")
+    e.add_argument("--eta", type=nonneg_float, default=None, help="DDIM noise, ddim only (default: the model's own: 1 pixel, 0 latent models)")
     e.add_argument("--device", default="auto", help="auto (cuda when available, the default) | cpu | cuda[:N]")
     e.add_argument("--judge", help="feature network for generation metrics (zoo:NAME or file; default zoo:fashioncnn for fashion-mnist, zoo:cifarcnn for cifar10)")
     e.add_argument("--inception", metavar="WEIGHTS", help="pytorch-fid's Inception-v3 weights file pt_inception-2015-12-05-6726825d.pth "
                    "(downloaded by you; egc never downloads): adds the standard fid_inception and kid_inception to the generation metrics")
     e.add_argument("--json", help="write the result here (default OUT_DIR/eval.json when there is an --out-dir)")
     e.add_argument("--out-dir", help="folder for eval.json, reliability.png and samples.png (default RUN/eval for a run folder)")
-    e.add_argument("--batch-size", type=int, default=250)
+    e.add_argument("--batch-size", type=positive_int, default=250)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
-    e.add_argument("--threads", type=int)
+    e.add_argument("--threads", type=positive_int)
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(fn=cmd_eval)
 
+
+def _add_certify(sub) -> None:
     c = sub.add_parser("certify", help="certified L2 robustness by randomized smoothing (EGC's noisy head needs no denoiser)")
     c.add_argument("checkpoint", help="checkpoint file, run folder, or zoo:NAME (pixel models: egc or classifier)")
-    c.add_argument("--sigma", type=float, default=0.25, help="smoothing noise on [0, 1] pixels (default 0.25)")
-    c.add_argument("--n0", type=int, default=100, help="noisy copies that pick the class (default 100)")
-    c.add_argument("--n", type=int, default=1000, help="noisy copies that bound its probability (Cohen et al.: 100,000; default 1,000 on a CPU)")
-    c.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certificate (default 0.001)")
+    c.add_argument("--sigma", type=positive_float, default=0.25, help="smoothing noise on [0, 1] pixels (default 0.25)")
+    c.add_argument("--n0", type=positive_int, default=100, help="noisy copies that pick the class (default 100)")
+    c.add_argument("--n", type=positive_int, default=1000, help="noisy copies that bound its probability (Cohen et al.: 100,000; default 1,000 on a CPU)")
+    c.add_argument("--alpha", type=positive_float, default=0.001, help="failure probability of the certificate (default 0.001)")
     c.add_argument("--radii", default="0.25,0.5", help="L2 radii (on [0, 1] pixels) to report certified accuracy at")
-    c.add_argument("--n-test", type=int, default=100, help="test images (a seeded random subset)")
+    c.add_argument("--n-test", type=positive_int, default=100, help="test images (a seeded random subset)")
     c.add_argument("--data", help="test set (default: the model's own, its held-out split for a folder)")
     c.add_argument("--data-root", help="where the data set lives")
-    c.add_argument("--batch-size", type=int, default=500)
+    c.add_argument("--batch-size", type=positive_int, default=500)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--json", help="also write the result here")
     c.add_argument("--device", default="auto", help="auto (cuda when available, the default) | cpu | cuda[:N]")
     c.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
-    c.add_argument("--threads", type=int)
+    c.add_argument("--threads", type=positive_int)
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(fn=cmd_certify)
 
+
+def _add_report(sub) -> None:
     r = sub.add_parser("report", help="one self-contained HTML page (or, for --out X.md, a Markdown table) comparing egc eval results")
     r.add_argument("inputs", nargs="+", metavar="RUN_OR_JSON", help="eval JSON files or folders holding eval.json (or eval/eval.json)")
     r.add_argument("--out", default="report.html", help="an .html page, or an .md file for the metric table as Markdown")

@@ -98,7 +98,7 @@ def model_eps(m: EGC) -> tuple[EpsFn, Callable[[torch.Tensor], torch.Tensor]]:
     pixel images to the space it works in: a latent model's scaled latents)."""
     if not m.conditional:
         raise EgcError(f"the diffusion classifier needs a class-conditional diffusion model (an EGC or a ddpm with "
-                       f"model.conditioning embedding); this is a {'unconditional ' if m.kind == 'ddpm' else ''}{m.kind} checkpoint")
+                       f"model.conditioning embedding); this is a {'unconditional ' if m.can_generate else ''}{m.kind} checkpoint")
 
     def eps(xt: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return m.eps(xt, t, y, guidance=0.0, cfg=0.0)

@@ -84,6 +84,21 @@ def _check_images(images: torch.Tensor, judge: Judge, what: str) -> None:
         raise EgcError(f"{what} must be in [-1, 1], got range [{lo:.3g}, {hi:.3g}]")
 
 
+def _checked_labels(judge: Judge, images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor) -> torch.Tensor:
+    """The requested labels as int64 [N] on the CPU, after one-line checks of both image sets and the labels."""
+    _check_images(images, judge, "samples")
+    _check_images(test_images, judge, "test images")
+    labels = torch.as_tensor(labels).reshape(-1).long().cpu()
+    n = images.shape[0]
+    if labels.shape[0] != n:
+        raise EgcError(f"{n} samples but {labels.shape[0]} labels")
+    if n < 2 or test_images.shape[0] < 2:
+        raise EgcError("judge_samples needs at least 2 samples and 2 test images")
+    if labels.min() < 0 or labels.max() >= judge.net.num_classes:
+        raise EgcError(f"labels must be in [0, {judge.net.num_classes}), got [{int(labels.min())}, {int(labels.max())}]")
+    return labels
+
+
 @torch.no_grad()
 def judge_samples(
     judge: Judge,
@@ -111,20 +126,8 @@ def judge_samples(
         "precision_<name>", "recall_<name>", "n", "n_ref"}``; cond_acc is the share of samples
         the judge classifies as their requested label.
     """
-    _check_images(images, judge, "samples")
-    _check_images(test_images, judge, "test images")
-    labels = torch.as_tensor(labels).reshape(-1).long().cpu()
+    labels = _checked_labels(judge, images, labels, test_images)
     n = images.shape[0]
-    if labels.shape[0] != n:
-        raise EgcError(f"{n} samples but {labels.shape[0]} labels")
-    if n < 2 or test_images.shape[0] < 2:
-        raise EgcError("judge_samples needs at least 2 samples and 2 test images")
-    if labels.min() < 0 or labels.max() >= judge.net.num_classes:
-        raise EgcError(
-            f"labels must be in [0, {judge.net.num_classes}), got "
-            f"[{int(labels.min())}, {int(labels.max())}]"
-        )
-
     fake = extract_features(judge.net, images, batch_size)  # [N, D] float64
     real = extract_features(judge.net, test_images, batch_size)  # [M, D] float64
     # Predictions from the same features: one forward pass serves both metrics. The features are

@@ -110,8 +110,8 @@ def base_classifier(m: EGC, sigma: float) -> tuple[BaseFn, str]:
     if m.autoencoder is not None:
         raise EgcError("certify: latent models are excluded: the smoothing noise is on pixels, and their head sees noise on the "
                        "autoencoder's latents, which pixel noise does not become")
-    if m.kind == "classifier":
-        return (lambda xn: m.logits(xn).argmax(1)), "the classifier's head on x + delta (clean token)"
+    if not m.kind_info.noisy_logits:  # classifier, cnn, jem: a clean-image head, given x + delta as it is
+        return (lambda xn: m.logits(xn).argmax(1)), f"the {m.kind}'s head on x + delta (clean token)"
     t = m.schedule.timestep_for_noise(2.0 * sigma)
     scale = float(m.schedule.alphas_cumprod[t]) ** 0.5
     noise = 2 * sigma

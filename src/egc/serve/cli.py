@@ -8,6 +8,7 @@ import ipaddress
 import socket
 import sys
 
+from ..argtypes import nonneg_int, positive_int
 from ..errors import EgcError
 
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
@@ -19,10 +20,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                                    "from a classifier (CaG). Everything is served by egc itself; no network is used.")
     p.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT", help="run folder, checkpoint file or zoo:NAME (default: every model in the zoo)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
+    p.add_argument("--port", type=nonneg_int, default=8000, help="port (default 8000; 0 = any free port)")
     p.add_argument("--device", default="auto", help="auto (cuda when available, the default) | cpu | cuda[:N]: where the networks run")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="network precision (default auto, as egc sample)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.set_defaults(fn=cmd_serve)
     return p
 

@@ -220,7 +220,8 @@ class Service:
     """The models of one ``egc serve`` and the calls into the library (thread-safe for inference)."""
 
     def __init__(self, specs: list[str], device: str = "auto", precision: str = "auto", references: bool = True) -> None:
-        from ..model import EGC, resolve_device
+        from ..device import resolve_device
+        from ..model import EGC
 
         self.device = str(resolve_device(device))
         self.models: dict[str, ModelEntry] = {}

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..device import resolve_device
 from ..errors import EgcError
 
 
@@ -37,16 +38,14 @@ def env_world() -> tuple[int, int, int]:
     return rank, max(world, 1), local
 
 
-def resolve_device(kind: str, local_rank: int = 0) -> torch.device:
-    """train.device ("auto" | "cpu" | "cuda") -> the device of this process."""
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cpu":
-        return torch.device("cpu")
-    if kind != "cuda":
+def rank_device(kind: str, local_rank: int = 0) -> torch.device:
+    """train.device ("auto" | "cpu" | "cuda") -> the device of this process: the policy of
+    :func:`egc.device.resolve_device`, then local rank r's own GPU (cuda:r) under torchrun."""
+    if kind not in ("auto", "cpu", "cuda"):
         raise EgcError(f"device must be auto, cpu or cuda, got '{kind}'")
-    if not torch.cuda.is_available():
-        raise EgcError("--device cuda: no CUDA device is visible to this process (use --device cpu)")
+    dev = resolve_device(kind)
+    if dev.type != "cuda":
+        return dev
     n = torch.cuda.device_count()
     if local_rank >= n:
         raise EgcError(f"local rank {local_rank} has no GPU: this machine shows {n} (lower --nproc_per_node)")
@@ -150,7 +149,7 @@ def start(device: str = "auto", timeout_minutes: float = 60.0) -> Dist:
     The timeout bounds how long ranks wait for each other, e.g. at a barrier while rank 0 writes a
     checkpoint and draws its sample grid."""
     rank, world, local = env_world()
-    dev = resolve_device(device, local)
+    dev = rank_device(device, local)
     if world == 1:
         return Dist(device=dev)
     import torch.distributed as dist

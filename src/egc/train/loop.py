@@ -35,7 +35,8 @@ from ..diffusion.schedule import Schedule
 from ..errors import CheckpointError, EgcError
 from ..imageio import atomic_write_bytes, save_grid
 from ..kinds import kind_of
-from ..model import EGC, resolve_channels_last, resolve_precision
+from ..device import resolve_channels_last, resolve_precision
+from ..model import EGC
 from ..nets import build_net
 from .dist import Dist, start as start_dist
 from .ema import EMA
@@ -308,6 +309,8 @@ class _Trainer:
         _fit_model_to_data(cfg, self.ds)
         if self.ae is not None:  # a convolutional autoencoder takes the data's size (checked in _fit_model_to_data)
             self.ae.net.cfg.image_size = cfg.model.ae.image_size
+        if cfg.model.space == "auto":  # a run called without the staged plan: it trains where its config says
+            cfg.model.space = "latent" if cfg.model.latent else "pixel"
         cfg.validate()
         self._latent_scale()
         self._build()
