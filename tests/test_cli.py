@@ -124,7 +124,7 @@ def test_export_weights_only_file_gives_same_outputs(tmp_path, trained, capsys):
 def test_auto_precision_follows_native_bf16(monkeypatch, trained):
     """"auto" is bf16 exactly when the CPU multiplies bf16 natively (else oneDNN emulates it, slower
     than fp32), whatever the model was trained in; explicit choices are kept; anything else is refused."""
-    import egc.model as model
+    import egc.device as model  # the device/precision policy lives in egc.device
     from egc import EGC
     from egc.errors import EgcError
 
