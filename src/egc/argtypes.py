@@ -10,24 +10,22 @@ from .config import parse_guidance_interval
 from .errors import ConfigError
 
 
-def positive_int(s: str) -> int:
+def _int_at_least(s: str, low: int, what: str) -> int:
     try:
         v = int(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{s}'") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got '{s}'") from None
+    if v < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
     return v
+
+
+def positive_int(s: str) -> int:
+    return _int_at_least(s, 1, "a positive integer")
 
 
 def nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{s}'") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
+    return _int_at_least(s, 0, "an integer >= 0")
 
 
 def nonneg_float(s: str) -> float:

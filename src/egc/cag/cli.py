@@ -18,17 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..argtypes import nonneg_float as _nonneg_float
+from ..argtypes import positive_int as _pos_int
 from ..errors import EgcError
-
-
-def _pos_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{s}'") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
 def _int_list(s: str) -> tuple[int, ...]:
