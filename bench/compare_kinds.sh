@@ -15,6 +15,8 @@ SIGMA=${SIGMA:-0.25}        # randomized smoothing noise on [0, 1] pixels (also 
 NTEST=${NTEST:-2000}        # test images for accuracy / ECE / OOD; samples for fd
 NCERT=${NCERT:-100}         # images certified (n0 100, n 1000: CPU-sized; Cohen et al. use n 100,000)
 NDC=${NDC:-100}             # images the diffusion classifier classifies, at each budget
+NSAMP=${NSAMP:-500}        # samples per model for fd / recall / conditional accuracy
+NROB=${NROB:-200}          # images attacked by PGD
 EGC=${EGC:-.venv/bin/egc}
 mkdir -p "$OUT"
 
@@ -45,7 +47,7 @@ for row in "${MODELS[@]}"; do train "${row%%|*}" ${row#*|}; done
 
 for row in "${MODELS[@]}"; do
   name=${row%%|*}; run="$OUT/$name"
-  [ -f "$run/eval.json" ] || $EGC eval "$run" --n-test "$NTEST" --n-samples 500 --n-robust 200 --eps-l2 0.5,1.5 --json "$run/eval.json" --quiet > /dev/null
+  [ -f "$run/eval.json" ] || $EGC eval "$run" --n-test "$NTEST" --n-samples "$NSAMP" --n-robust "$NROB" --eps-l2 0.5,1.5 --json "$run/eval.json" --quiet > /dev/null
   case $name in egc|classifier-noise|cnn-noise)
     [ -f "$run/certify.json" ] || $EGC certify "$run" --sigma "$SIGMA" --n-test "$NCERT" --n0 100 --n 1000 --radii 0.25,0.5 --json "$run/certify.json" --quiet > /dev/null ;;
   esac

@@ -12,7 +12,7 @@ from egc.cli import main
 from egc.config import load_config
 from egc.data.augment import random_shift
 from egc.diffusion.energy import EnergyModel
-from egc.diffusion.losses import LOSSES
+from egc.diffusion import losses
 from egc.diffusion.schedule import Schedule
 from egc.errors import ConfigError
 from egc.nets import build_net
@@ -50,7 +50,7 @@ def test_egc_loss_takes_the_clean_view_for_the_clean_ce_only():
     view = random_shift(x[:4], 2, torch.Generator().manual_seed(5))
 
     def parts(**kw):
-        return LOSSES["egc"](em, cfg.loss, x, y, torch.Generator().manual_seed(1), **kw)
+        return losses.egc_loss(em, cfg.loss, x, y, torch.Generator().manual_seed(1), **kw)
 
     plain, same, shifted = parts(), parts(x0_clean=x[:4]), parts(x0_clean=view)
     assert float(same.clean_ce) == pytest.approx(float(plain.clean_ce), rel=1e-6)

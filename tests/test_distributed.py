@@ -17,7 +17,7 @@ import torch
 from egc.checkpoint import load_checkpoint
 from egc.config import load_config
 from egc.diffusion.energy import EnergyModel
-from egc.diffusion.losses import LOSSES
+from egc.kinds import kind_of
 from egc.diffusion.schedule import Schedule
 from egc.errors import EgcError
 from egc.nets import build_net
@@ -130,7 +130,7 @@ def test_shard_losses_average_to_the_global_loss(kind, clean_fraction):
 
     def run(shard):
         net.zero_grad()
-        parts = LOSSES[kind](em, cfg.loss, x, y, torch.Generator().manual_seed(1), shard=shard)
+        parts = kind_of(kind).loss()(em, cfg.loss, x, y, torch.Generator().manual_seed(1), shard=shard)
         parts.total.backward()
         return parts.scalars(), [p.grad.clone() for p in net.parameters()]
 

@@ -131,3 +131,37 @@ def test_jem_refusals_are_one_line(npz: Path, tmp_path: Path, capsys) -> None:
     assert main(tiny_train_argv(tmp_path / "j2", npz, 1, "--model", "jem", "--set", "jem.init=gauss")) == 2
     assert "jem.init" in capsys.readouterr().err
     assert not (tmp_path / "j" / "checkpoints").exists() and not (tmp_path / "j2" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_each_kind_class_builds_its_net_and_computes_only_what_it_has(kind: str) -> None:
+    """The registry's classes: the network's output width is the kind's out_channels, the energy and eps of
+    a kind that has them have the right shapes and are finite, the others refuse."""
+    from egc.kinds import kind_of
+
+    k = kind_of(kind)
+    cfg = load_config(None, [f"model.kind={kind}", "model.size=tiny", "model.in_channels=1", "model.image_size=8", "model.num_classes=3"])
+    net = build_net(cfg.model)
+    assert type(net).__name__ == {"unet": "EnergyUNet", "cnn": "FastCNN", "autoencoder": "KLAutoencoder"}[k.net]
+    if k.first_stage:
+        return
+    torch.manual_seed(0)
+    for p in net.parameters():  # a fresh net's zero output layer would make every output 0
+        torch.nn.init.normal_(p, std=0.2)
+    x, t, y = torch.rand(2, 1, 8, 8) * 2 - 1, torch.tensor([10, 500]), torch.tensor([0, 2])
+    em = EnergyModel(net, cfg.model, Schedule.make(cfg.diffusion.schedule, cfg.diffusion.steps))
+    out = net(x, t) if k.net == "unet" else net(x)
+    assert out.shape[1] == k.out_channels(cfg.model)
+    assert k.logits_t(t) is t if k.noisy_logits else k.logits_t(t) == -1
+    if k.energy != "none":
+        e = k.energy_of(em, x, t, y)
+        assert e.shape == (2,) and torch.isfinite(e).all()
+    else:
+        with pytest.raises(NotImplementedError):
+            k.energy_of(em, x, t, y)
+    if k.sampler == "diffusion":
+        eps = k.eps(em, x, t, None, 0.0, 0.0)
+        assert eps.shape == x.shape and torch.isfinite(eps).all() and eps.abs().sum() > 0
+    else:
+        with pytest.raises(NotImplementedError):
+            k.eps(em, x, t, None, 0.0, 0.0)

@@ -18,7 +18,7 @@ from egc.autoencoder import Autoencoder, load_autoencoder, measure_latent_scale
 from egc.checkpoint import load_checkpoint, save_checkpoint
 from egc.cli import main
 from egc.config import AutoencoderConfig, load_config
-from egc.diffusion.losses import loss_for
+from egc.kinds import kind_of
 from egc.errors import CheckpointError, ConfigError, EgcError
 from egc.nets import build_net
 from egc.nets.autoencoder import KLAutoencoder
@@ -62,7 +62,7 @@ def test_autoencoder_loss_decreases_on_a_fixed_tiny_batch():
     x0 = torch.full((8, 1, 8, 8), -0.8) + 0.1 * torch.randn(8, 1, 8, 8)
     x0[::2, :, :4, :4] = 0.8
     y = torch.zeros(8, dtype=torch.long)
-    before, after, parts = fit_fixed_batch(loss_for("autoencoder"), net, cfg, x0, y, steps=25)
+    before, after, parts = fit_fixed_batch(kind_of("autoencoder").loss(), net, cfg, x0, y, steps=25)
     assert set(parts.scalars()) == {"total", "mse", "recon", "kl"}
     assert after < 0.8 * before
 

@@ -14,7 +14,7 @@ import torch
 from egc.checkpoint import load_checkpoint, save_checkpoint
 from egc.cli import main
 from egc.config import load_config
-from egc.diffusion.losses import LOSSES
+from egc.diffusion import losses
 from egc.errors import CheckpointError, ConfigError, EgcError
 from egc.train import loop
 from egc.train.loop import lr_factor, train
@@ -28,7 +28,7 @@ def _inject(monkeypatch, bad: set[int] | None = None, kind: str = "loss", after:
     """Make loss call number n (1-based, counting retried steps too) non-finite when n is in ``bad``
     or n > ``after``: kind "loss" = NaN loss, "grad" = finite loss with an inf gradient, "poison" =
     NaN written into the weights (so every later loss is NaN until a rollback restores them)."""
-    orig = LOSSES["egc"]
+    orig = losses.egc_loss
     calls = [0]
 
     def wrapped(em, lcfg, x, y, gen=None, shard=(0, 1)):
@@ -47,7 +47,7 @@ def _inject(monkeypatch, bad: set[int] | None = None, kind: str = "loss", after:
                 parts.total = parts.total * float("nan")
         return parts
 
-    monkeypatch.setitem(LOSSES, "egc", wrapped)
+    monkeypatch.setattr(losses, "egc_loss", wrapped)
     return calls
 
 

@@ -145,12 +145,7 @@ class ModelConfig:
     @property
     def out_channels(self) -> int:
         """Channels of the network's output map: K logits (+ C denoiser channels); C eps channels for ddpm."""
-        k = kind_of(self.kind)
-        if k.sampler == "diffusion" and not k.classifies:  # a ddpm: eps itself
-            return self.in_channels
-        if k.energy != "diffusion":  # classifier, cnn, jem: class logits only
-            return self.num_classes
-        return self.num_classes + (self.in_channels if self.energy_prior == "denoiser" else 0)
+        return kind_of(self.kind).out_channels(self)
 
     def validate(self) -> None:
         _check(self.kind in ALL_KINDS, f"model.kind '{self.kind}' unknown (choose from {', '.join(ALL_KINDS)})")
@@ -165,7 +160,7 @@ class ModelConfig:
         _check(self.logit_scale >= 0, f"model.logit_scale must be > 0 (0 = automatic), got {self.logit_scale}")
         diffusion_energy = k.energy == "diffusion"  # an EGC
         if self.logit_scale == 0:
-            self.logit_scale = 10.0 if diffusion_energy and self.supervised else 1.0
+            self.logit_scale = k.default_logit_scale(self.supervised)
         _check(self.conditioning in CONDITIONINGS + ("auto",), f"model.conditioning must be auto or one of {', '.join(CONDITIONINGS)}, got '{self.conditioning}'")
         if self.conditioning == "auto":
             self.conditioning = "joint" if "joint" in k.conditionings and self.supervised else "none"
@@ -444,11 +439,10 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         kind = kind_of(self.model.kind) if self.model.kind in KINDS else None
-        ddpm = kind is not None and kind.sampler == "diffusion" and not kind.classifies
-        if self.sample.cfg == -1:  # the automatic sampling defaults of the kind (SampleConfig)
-            self.sample.cfg = 1.0 if ddpm else 0.0
-        if self.sample.guidance_tmax == -1:
-            self.sample.guidance_tmax = 1.0 if ddpm else 0.6
+        if kind is not None and self.sample.cfg == -1:  # the automatic sampling defaults of the kind (SampleConfig)
+            self.sample.cfg = kind.default_cfg
+        if kind is not None and self.sample.guidance_tmax == -1:
+            self.sample.guidance_tmax = kind.default_guidance_tmax
         # eta's default follows the space; "auto" space is decided when training starts (train/stages.py), so
         # eta stays automatic (-1) until then: a run that turns latent must not keep the pixel default.
         if self.sample.eta == -1 and (self.model.latent or self.model.space != "auto"):

@@ -289,7 +289,7 @@ class EGC:
         self.check_input(x)
         x = x.to(self.device)
         z = self.autoencoder.encode_differentiable(x) if self.autoencoder is not None else x
-        return self.net_logits(z, t if self.kind_info.noisy_logits else en.CLEAN_T)
+        return self.net_logits(z, self.kind_info.logits_t(t))
 
     def logits_fn(self, t: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         """:meth:`differentiable_logits` on the pixel scale [0, 1] (where attack budgets are usually
@@ -323,14 +323,10 @@ class EGC:
         ignored): jem's trained energy, an OOD score only for the classifiers.
         A latent model: the energy of the encoded (scaled) latents of x, read as x_t."""
         self._need(self.has_energy, "energy")
-        x = self._as_input(x)
-        if self.kind_info.energy == "logits":
-            logits = self.logits(x)
-            return en.logit_energy(logits) if y is None else -logits.gather(1, self._labels(y, x.shape[0]).view(-1, 1).to(logits.device))[:, 0]
-        x = self._net_input(x)
+        x = self._net_input(self._as_input(x))
         tt = self._t(x, t)
         with self._autocast():
-            e = self.energy_model.energy(x, tt, self._labels(y, x.shape[0]))
+            e = self.kind_info.energy_of(self.energy_model, x, tt, self._labels(y, x.shape[0]))
         return e.float()
 
     # ---- backward direction: score and sampling --------------------------------------------
@@ -357,11 +353,8 @@ class EGC:
 
     def _guided_eps(self, x: torch.Tensor, tt: torch.Tensor, y: torch.Tensor | None, guidance: float, cfg: float) -> torch.Tensor:
         """:meth:`eps` on checked inputs (the samplers' inner loop calls this: no per-step checks)."""
-        if self.kind_info.energy == "none":  # a ddpm: the network's output is eps
-            with torch.no_grad(), self._autocast():
-                return en.guided_direct_eps(self.net, self.config.model, x, tt, y, cfg).float()
         with self._autocast():
-            return self.energy_model.guided_eps(x, tt, y, guidance, cfg).float()
+            return self.kind_info.eps(self.energy_model, x, tt, y, guidance, cfg).float()
 
     def _sample_sgld(self, n: int, y: torch.Tensor | None, steps: int, gen: torch.Generator, batch_size: int) -> torch.Tensor:
         """jem: SGLD on E(x) = -logsumexp f(x) (or -f_y(x) for labels y) from uniform noise, ``steps`` steps with

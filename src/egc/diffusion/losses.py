@@ -1,4 +1,4 @@
-"""Training losses, one small pure function per model.kind (``LOSSES`` maps the kind to it).
+"""Training losses, one small pure function per model.kind (each kind in egc/kinds.py names its own: ``loss()``).
 
 EGC (EGC paper Eq. 9 with the released weighting):
     L = mean ||eps_hat(x_t) - eps||^2                                    (diffusion, double backprop)
@@ -268,14 +268,3 @@ def jem_loss(em: EnergyModel, lcfg: LossConfig, x0: torch.Tensor, y: torch.Tenso
 
 
 LossFn = Callable[..., LossParts]  # (em, lcfg, x0, y, gen=None, shard=(0, 1), **kind's extras) -> LossParts
-# The fast CNN is trained as the classifier baseline is (its net returns a 1 x 1 logit map). jem needs its
-# replay buffer: train/jem.py wraps jem_loss in the shared signature.
-LOSSES: dict[str, LossFn] = {"egc": egc_loss, "classifier": classifier_loss, "cnn": classifier_loss, "ddpm": ddpm_loss,
-                             "autoencoder": autoencoder_loss}
-
-
-def loss_for(kind: str) -> LossFn:
-    """The objective of a model.kind (jem: see train/jem.py, it keeps state)."""
-    if kind not in LOSSES:
-        raise KeyError(f"model.kind {kind} has no stateless loss")
-    return LOSSES[kind]

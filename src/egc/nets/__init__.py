@@ -1,4 +1,4 @@
-"""Networks. ``build_net`` is the one place a config becomes a module."""
+"""Networks. ``build_net`` is the one place a config becomes a module (the kind says which network)."""
 
 from torch import nn
 
@@ -11,12 +11,7 @@ from .unet import EnergyUNet
 
 def build_net(cfg: ModelConfig) -> nn.Module:
     """The UNet of kinds egc/classifier/ddpm/jem (on latents for a latent run), the fast CNN, or the KL autoencoder."""
-    net = kind_of(cfg.kind).net
-    if net == "autoencoder":
-        return KLAutoencoder(cfg.ae)
-    if net == "cnn":
-        return FastCNN(cfg)
-    return EnergyUNet(cfg)
+    return kind_of(cfg.kind).build_net(cfg)
 
 
 __all__ = ["EnergyUNet", "FastCNN", "KLAutoencoder", "build_net"]

@@ -30,7 +30,7 @@ from ..config import RunConfig
 from ..data import DEFAULT_FLIP, BatchLoader, load_data, to_model_range, to_uint8
 from ..data.augment import random_shift
 from ..diffusion.energy import CompiledEps, EnergyModel
-from ..diffusion.losses import clean_rows, loss_config_at, loss_for, own_rows
+from ..diffusion.losses import clean_rows, loss_config_at, own_rows
 from ..diffusion.schedule import Schedule
 from ..errors import CheckpointError, EgcError
 from ..imageio import atomic_write_bytes, save_grid
@@ -208,7 +208,7 @@ def _fit_model_to_data(cfg: RunConfig, ds: Any) -> None:
                            f"takes {'x'.join(map(str, want))}")
     kind = kind_of(m.kind)
     if not ds.labeled:
-        if not kind.unconditional_ok or (kind.sampler == "diffusion" and not kind.classifies and m.conditioning != "none"):
+        if not kind.unconditional_ok or (kind.predicts_eps and m.conditioning != "none"):
             raise EgcError(f"data {cfg.data.name} has no labels: a {m.kind} model with model.conditioning {m.conditioning} needs them "
                            "(unlabelled images train an unsupervised EGC: --model egc, or an unconditional ddpm)")
         if kind.energy == "diffusion" and m.supervised:
@@ -341,8 +341,9 @@ class _Trainer:
     def _loss(self) -> Any:
         """The objective of the kind; jem's keeps a replay buffer (train/jem.py), checkpointed with the run."""
         cfg = self.cfg
-        if kind_of(cfg.model.kind).sampler != "sgld":
-            return loss_for(cfg.model.kind)
+        kind = kind_of(cfg.model.kind)
+        if kind.sampler != "sgld":
+            return kind.loss()
         from .jem import JEMLoss
 
         if self.dist.world > 1:

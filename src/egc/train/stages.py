@@ -59,7 +59,7 @@ def choose_space(kind: str, channels: int, size: int) -> tuple[str, str]:
     - a classifier: pixels (it does not generate; an autoencoder could only lose detail)."""
     if not kind_of(kind).generates:
         return "pixel", f"a {kind} does not generate: pixels"
-    if kind_of(kind).sampler == "sgld":
+    if kind_of(kind).pixels_only:
         return "pixel", f"a {kind} samples by SGLD on pixels"
     if channels == 1:
         return "pixel", "grey images: pixels (the Fashion-MNIST recipe; latents not measured on grey data)"
@@ -172,7 +172,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, quiet: 
         if plan.space == "pixel":
             cfg.model.space = "pixel"
             return train(cfg, run_dir, quiet=quiet, stop_after_minutes=stop_after_minutes, data=ds)
-        if kind_of(cfg.model.kind).sampler == "sgld":
+        if kind_of(cfg.model.kind).pixels_only:
             raise EgcError(f"model.space latent: a {cfg.model.kind} runs on pixels")
         run_dir.mkdir(parents=True, exist_ok=True)
         if plan.ae_here:  # written now so that --resume finds the stage's config whenever it stops
