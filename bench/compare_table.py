@@ -18,6 +18,12 @@ def _f(v, fmt: str = "{:.3f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+def _ms(ev: dict, n: int) -> str:
+    """Milliseconds per classified image from eval's timing (a model that does not classify has none)."""
+    t = (ev.get("wall_time_s") or {}).get("classify")
+    return "-" if t is None else f"{1000 * t / n:.2f}"
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     head = ["model", "steps", "divergences", "clean acc", "ECE", "noisy acc (t=500)", "OOD AUROC (mean)", "PGD L2 1.5 (eval --eps-l2)", "certified 0.25 / 0.5",
@@ -36,15 +42,16 @@ def main() -> None:
         ca = cert.get("certified_accuracy", {})
         row = [run.name, summ.get("step"), (summ.get("skipped_steps") or 0) + (summ.get("rollbacks") or 0), _f(m.get("accuracy")), _f(m.get("ece")),
                _f((m.get("noisy_accuracy") or {}).get("500")), _f(sum(aurocs) / len(aurocs) if aurocs else None), _f(robust.get("1.5")),
-               f"{_f(ca.get('0.25'))} / {_f(ca.get('0.5'))}" if ca else "-", _f(1000 * (ev.get("wall_time_s") or {}).get("classify", float("nan")) / n_cls, "{:.2f}"),
+               f"{_f(ca.get('0.25'))} / {_f(ca.get('0.5'))}" if ca else "-", _ms(ev, n_cls),
                _f(gen.get(f"cond_acc_{judge}")), _f(gen.get(f"fd_{judge}"), "{:.1f}") + (f" ({judge})" if judge else ""), _f(gen.get(f"recall_{judge}"), "{:.2f}")]
         print("| " + " | ".join(str(c) for c in row) + " |")
-    dc = sorted(out.glob("*/dc-*.json"))
+    # by model, then by network evaluations per image (the budget axis of the diffusion classifier)
+    dc = sorted(out.glob("*/dc-*.json"), key=lambda p: (p.parent.name, _load(p).get("evaluations_per_image") or 0))
     if dc:
         print("\n| model | schedule | evaluations / image | diffusion-classifier acc | ms / image | head acc (1 evaluation) |\n|---|---|---|---|---|---|")
         for p in dc:
             d = _load(p)
-            print(f"| {p.parent.name} | {d.get('schedule')} | {d.get('evaluations_per_image')} | {_f(d.get('dc_accuracy'))} | {d.get('dc_ms_per_image')} | "
+            print(f"| {p.parent.name} | {d.get('schedule')} | {d.get('evaluations_per_image')} | {_f(d.get('dc_accuracy'))} | {_f(d.get('dc_ms_per_image'), '{:.0f}')} | "
                   f"{_f(d.get('head_accuracy'))} |")
 
 
