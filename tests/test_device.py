@@ -61,3 +61,12 @@ def test_device_names_resolve_or_fail_in_one_line():
             resolve_device("cuda")
     with pytest.raises(EgcError, match="device must be"):
         resolve_device("tpu")
+
+
+def test_recorded_cpu_names_its_instruction_set_tier(monkeypatch):
+    from egc import host
+
+    for flags, tier in [({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "AMX"), ({"avx2", "avx512f", "avx512_bf16"}, "AVX512-BF16"),
+                        ({"avx2", "avx512f"}, "AVX512"), ({"avx2", "fma"}, "AVX2"), (set(), "other")]:
+        monkeypatch.setattr(host, "_cpuinfo", lambda f=flags: ("AMD EPYC", f))
+        assert host.cpu_tier() == tier and host.cpu_name() == f"AMD EPYC [{tier}]"
