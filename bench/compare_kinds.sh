@@ -23,7 +23,7 @@ mkdir -p "$OUT"
 # name | egc train flags (each model gets --minutes $MIN, the same data and seed)
 MODELS=(
   "egc|--model egc"
-  "jem|--model jem --set jem.init=data --set jem.sgld_clip=0.03"       # JEM++'s informative init + proximal SGLD
+  "jem|--model jem --set jem.init=data --set jem.sgld_clip=0.03 --set jem.sgld_steps=10"   # JEM++: informative init, proximal SGLD, M = 10 steps (its main setting)
   "cnn|--model cnn --set loss.clean_shift=2"                            # airbench-style augmentation: flips (where the set allows) + 2 px shifts
   "classifier-noise|--model classifier --set loss.noise_sigma=$SIGMA"   # randomized smoothing's base classifier
   "cnn-noise|--model cnn --set loss.clean_shift=2 --set loss.noise_sigma=$SIGMA"
