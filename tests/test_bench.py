@@ -560,3 +560,28 @@ def test_cifar10_arch_trials_train_each_variant_in_zoo_form_with_a_valid_config(
     bad = subprocess.run(["bash", script, "3", str(out), "res1+huge"], capture_output=True, text=True,
                          env={**ENV, "BIN": str(tmp_path)}, cwd=ROOT, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("cifar10_arch_trials.sh: unknown variant 'huge'")
+
+
+@pytest.mark.slow
+def test_comparison_table_reads_what_eval_certify_and_dc_write(tmp_path):
+    """Issue 33's table is built from the JSON that egc eval, egc certify and bench/dc_accuracy.py really
+    write (a tiny EGC run), so a renamed key shows up here, not after hours of training."""
+    npz = make_npz(tmp_path / "t.npz", n=24)
+    run = tmp_path / "cmp" / "egc"
+    assert main(tiny_train_argv(run, npz, 2)) == 0
+    assert main(["eval", str(run), "--metrics", "acc,ece,noisy_acc,robust", "--n-test", "12", "--noise-t", "500", "--n-robust", "4",
+                 "--eps-l2", "0.5,1.5", "--no-sanity", "--pgd-steps", "2", "--json", str(run / "eval.json"), "--quiet"]) == 0
+    assert main(["certify", str(run), "--sigma", "0.25", "--n-test", "3", "--n0", "5", "--n", "20", "--radii", "0.25,0.5",
+                 "--json", str(run / "certify.json"), "--quiet"]) == 0
+    (run / "dc-K_1.json").write_text(json.dumps(_bench("dc_accuracy.py", str(run), "--schedule", "K:1", "--n", "3")[-1]))
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "compare_table.py"), str(tmp_path / "cmp")], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = r.stdout
+    ev, cert = json.loads((run / "eval.json").read_text()), json.loads((run / "certify.json").read_text())
+    row = next(line for line in table.splitlines() if line.startswith("| egc | 2 |")).split(" | ")
+    assert row[3] == f"{ev['metrics']['accuracy']:.3f}" and row[4] == f"{ev['metrics']['ece']:.3f}"
+    assert row[5] == f"{ev['metrics']['noisy_accuracy']['500']:.3f}" and row[7] == f"{ev['metrics']['robust']['l2']['1.5']:.3f}"
+    ca = cert["certified_accuracy"]
+    assert row[8] == f"{ca['0.25']:.3f} / {ca['0.5']:.3f}" and row[9] != "-"
+    dc = next(line for line in table.splitlines() if line.startswith("| egc | K:1 |")).split(" | ")
+    assert dc[2] == "3"  # one trial for each of the 3 classes
