@@ -580,8 +580,11 @@ def test_comparison_table_reads_what_eval_certify_and_dc_write(tmp_path):
     ev, cert = json.loads((run / "eval.json").read_text()), json.loads((run / "certify.json").read_text())
     row = next(line for line in table.splitlines() if line.startswith("| egc | 2 |")).split(" | ")
     assert row[3] == f"{ev['metrics']['accuracy']:.3f}" and row[4] == f"{ev['metrics']['ece']:.3f}"
-    assert row[5] == f"{ev['metrics']['noisy_accuracy']['500']:.3f}" and row[7] == f"{ev['metrics']['robust']['l2']['1.5']:.3f}"
+    l2, linf = ev['metrics']['robust']['l2'], ev['metrics']['robust']['linf']
+    assert row[5] == f"{ev['metrics']['noisy_accuracy']['500']:.3f}" and row[8] == f"{l2['0.5']:.3f} / {l2['1.5']:.3f}"
+    assert row[7] == f"{linf['0.05']:.3f} / {linf['0.1']:.3f}"  # eval's default L-inf budgets include both
+    assert row[9] == "-"  # --no-sanity: no attack checks ran, and the table must not claim they passed
     ca = cert["certified_accuracy"]
-    assert row[8] == f"{ca['0.25']:.3f} / {ca['0.5']:.3f}" and row[9] != "-"
+    assert row[10] == f"{ca['0.25']:.3f} / {ca['0.5']:.3f}" and row[11] != "-"
     dc = next(line for line in table.splitlines() if line.startswith("| egc | K:1 |")).split(" | ")
     assert dc[2] == "3"  # one trial for each of the 3 classes
