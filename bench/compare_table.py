@@ -40,7 +40,8 @@ def main() -> None:
         rob = m.get("robust") if isinstance(m.get("robust"), dict) else {}
         linf, l2, sanity = rob.get("linf") or {}, rob.get("l2") or {}, rob.get("sanity") or {}
         # the attack's own checks (stronger attack, black-box Square, unbounded attack): "ok" or what failed
-        checks = "-" if not sanity else ("ok" if sanity.get("ok") else (sanity.get("problems") or "failed"))
+        checks = ("-" if not sanity or "skipped" in sanity  # skipped: say nothing rather than "ok"
+                  else "ok" if sanity.get("ok") else (sanity.get("problems") or "failed"))
         nat = gen.get("naturalness") or {}
         n_cls = ev.get("n_test") or 1
         ca = cert.get("certified_accuracy", {})
