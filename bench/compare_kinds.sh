@@ -52,7 +52,7 @@ for row in "${MODELS[@]}"; do train "${row%%|*}" ${row#*|}; done
 
 for row in "${MODELS[@]}"; do
   name=${row%%|*}; run="$OUT/$name"
-  [ -f "$run/eval.json" ] || $EGC eval "$run" --n-test "$NTEST" --n-samples "$NSAMP" --n-robust "$NROB" --eps-l2 0.5,1.5 --json "$run/eval.json" --quiet > /dev/null
+  [ -f "$run/eval.json" ] || $EGC eval "$run" --n-test "$NTEST" --n-samples "$NSAMP" --n-robust "$NROB" --eps-l2 0.5,1.5 --json "$run/eval.json" --out-dir "$run/eval" --quiet > /dev/null
   case $name in egc|classifier-noise|cnn-noise)
     [ -f "$run/certify.json" ] || $EGC certify "$run" --sigma "$SIGMA" --n-test "$NCERT" --n0 100 --n 1000 --radii 0.25,0.5 --json "$run/certify.json" --quiet > /dev/null ;;
   esac

@@ -69,6 +69,9 @@ class EGC:
         self.kind = config.model.kind  # a name in egc/kinds.py: ask kind_info (or can_classify, ...) what it can do
         self.precision = resolve_precision(precision, self.device)
         self.energy_model = en.EnergyModel(self.net, config.model, self.schedule)
+        # jem: the run's persistent SGLD replay buffer [N, C, H, W] in [-1, 1], where the checkpoint has one
+        # (a training checkpoint; `egc export` drops it): JEM's samples continue those chains
+        self.sgld_buffer: torch.Tensor | None = None
         for p in self.net.parameters():
             p.requires_grad_(False)
 
@@ -153,7 +156,11 @@ class EGC:
         net.to(dev)
         if ae is not None:
             ae.to(dev)
-        return cls(net, ckpt.config, ckpt.meta.get("class_names"), precision, autoencoder=ae)
+        m = cls(net, ckpt.config, ckpt.meta.get("class_names"), precision, autoencoder=ae)
+        buf = ckpt.group("jem").get("buffer") if m.kind_info.sampler == "sgld" else None
+        if buf is not None and tuple(buf.shape[1:]) == m.latent_shape:
+            m.sgld_buffer = buf.float()
+        return m
 
     @classmethod
     def load(cls, spec: str | Path, precision: str = "auto", device: str | torch.device = "cpu") -> "EGC":
@@ -357,15 +364,21 @@ class EGC:
             return self.kind_info.eps(self.energy_model, x, tt, y, guidance, cfg).float()
 
     def _sample_sgld(self, n: int, y: torch.Tensor | None, steps: int, gen: torch.Generator, batch_size: int) -> torch.Tensor:
-        """jem: SGLD on E(x) = -logsumexp f(x) (or -f_y(x) for labels y) from uniform noise, ``steps`` steps with
-        the run's jem.sgld_* settings; images [n, C, H, W] in [-1, 1] on the CPU."""
+        """jem: SGLD on E(x) = -logsumexp f(x) (or -f_y(x) for labels y), ``steps`` steps with the run's
+        jem.sgld_* settings, from random entries of the run's replay buffer when the checkpoint carries it
+        (how JEM draws its samples: the chains it trained on, continued; a class-conditional chain is
+        steered by -f_y from there), else from uniform noise; images [n, C, H, W] in [-1, 1] on the CPU."""
         from .sgld import sgld
 
         jc = self.config.jem
+        buf = self.sgld_buffer
         out = []
         for i in range(0, n, batch_size):
             b = min(batch_size, n - i)
-            x0 = (torch.rand((b, *self.latent_shape), generator=gen) * 2 - 1).to(self.device)
+            if buf is not None:
+                x0 = buf[torch.randint(0, buf.shape[0], (b,), generator=gen)].to(self.device)
+            else:
+                x0 = (torch.rand((b, *self.latent_shape), generator=gen) * 2 - 1).to(self.device)
             yb = None if y is None else y[i:i + b].to(self.device)
 
             out.append(sgld(self.net_logits, x0, steps, jc.sgld_step_size, jc.sgld_noise, jc.sgld_clip, y=yb, gen=gen).cpu())
