@@ -4,6 +4,7 @@ Layout of a file (tensor-name prefixes):
     model.*   raw weights            ema.*   EMA weights (what inference uses when present)
     opt.*     optimiser tensors       rng.*   RNG states           loader.*  data-order state
     ae.*      a latent run's frozen autoencoder (config model.autoencoder), so the file is self-contained
+    jem.*     a jem run's persistent SGLD replay buffer (jem.buffer [N, C, H, W]): resume and sampling read it
 and metadata (strings): format, version, kind, step, config (JSON of RunConfig), plus free JSON.
 safetensors never executes code on load, and a file is written to a temporary name, fsynced and
 renamed, so a kill at any moment leaves either the old file or the new one, never half of one.
@@ -29,6 +30,7 @@ from .errors import CheckpointError, ConfigError
 FORMAT = "egc-checkpoint"
 VERSION = 1
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+JEM_PREFIX = "jem"  # tensor-name prefix of jem's replay buffer (written by training, read by EGC.sample)
 _STEP_RE = re.compile(r"step-(\d+)\.safetensors$")
 
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Callable, Union
 import torch
 
 from .autoencoder import Autoencoder, embedded_autoencoder
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import JEM_PREFIX, Checkpoint, load_checkpoint
 from .config import RunConfig, SampleConfig
 from .diffusion import energy as en
 from .diffusion.samplers import SAMPLERS, run_sampler
@@ -157,7 +157,7 @@ class EGC:
         if ae is not None:
             ae.to(dev)
         m = cls(net, ckpt.config, ckpt.meta.get("class_names"), precision, autoencoder=ae)
-        buf = ckpt.group("jem").get("buffer") if m.kind_info.sampler == "sgld" else None
+        buf = ckpt.group(JEM_PREFIX).get("buffer") if m.kind_info.sampler == "sgld" else None
         if buf is not None and tuple(buf.shape[1:]) == m.latent_shape:
             m.sgld_buffer = buf.float()
         return m

@@ -25,7 +25,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..autoencoder import AE_PREFIX, Autoencoder, embedded_autoencoder, load_autoencoder, measure_latent_scale
-from ..checkpoint import Checkpoint, latest_in, load_checkpoint, optimizer_tensors, remove_stale_tmp, restore_optimizer, save_checkpoint
+from ..checkpoint import JEM_PREFIX, Checkpoint, latest_in, load_checkpoint, optimizer_tensors, remove_stale_tmp, restore_optimizer, save_checkpoint
 from ..config import RunConfig
 from ..data import DEFAULT_FLIP, BatchLoader, load_data, to_model_range, to_uint8
 from ..data.augment import random_shift
@@ -395,7 +395,7 @@ class _Trainer:
         torch.set_rng_state(ck.tensors["rng.torch"])
         self.loader.load_state_dict({**ck.meta["loader"], **{k: v for k, v in ck.group("loader").items()}})
         if hasattr(self.loss_fn, "load_state_dict"):  # jem's replay buffer
-            self.loss_fn.load_state_dict(ck.group("jem"))
+            self.loss_fn.load_state_dict(ck.group(JEM_PREFIX))
 
     def _resume_from(self, ckpt: Checkpoint, found: Path) -> None:
         saved_b = int(ckpt.meta["loader"].get("batch_size", self.loader.batch_size))
@@ -439,7 +439,7 @@ class _Trainer:
         if self.ae is not None:  # the frozen autoencoder: the checkpoint does not depend on its file
             groups[AE_PREFIX] = self.ae.state_dict()
         if hasattr(self.loss_fn, "state_dict"):  # jem's replay buffer
-            groups["jem"] = self.loss_fn.state_dict()
+            groups[JEM_PREFIX] = self.loss_fn.state_dict()
         path = save_checkpoint(self.run_dir / "checkpoints" / f"step-{step:07d}.safetensors", cfg, step, groups, meta=meta)
         for q in sorted((self.run_dir / "checkpoints").glob("step-*.safetensors"))[:-tc.keep_ckpts]:
             q.unlink(missing_ok=True)
