@@ -294,3 +294,15 @@ def test_space_rule_and_a_staged_latent_run(tmp_path: Path, monkeypatch) -> None
     stamp = ae_ckpt.stat().st_mtime_ns
     assert main(["train", "--out", str(run), "--resume", "--steps", "7", "--quiet"]) == 0
     assert load_checkpoint(str(run)).step == 7 and latest_in(run / "autoencoder") == ae_ckpt and ae_ckpt.stat().st_mtime_ns == stamp
+
+
+def test_the_latent_stage_sizes_latents_by_the_autoencoder_it_will_use(tmp_path: Path) -> None:
+    """At 68 px an autoencoder trained here downsamples 8 (8 x 8 latents: no patch stem), the reused zoo:cifar10
+    one downsamples 4 (17 x 17 latents: the patch stem stays)."""
+    from egc.config import load_config
+    from egc.train import stages
+
+    cfg = load_config(None, ["data.image_size=68", "model.patch=2"])
+    here = stages._latent_stage(cfg, stages.Plan("latent", "test", ae_here=True), tmp_path)
+    reused = stages._latent_stage(cfg, stages.Plan("latent", "test", autoencoder="zoo:cifar10"), tmp_path)
+    assert (here.model.patch, reused.model.patch) == (1, 2)

@@ -186,3 +186,24 @@ def test_jem_samples_continue_the_runs_replay_buffer(npz: Path, tmp_path: Path) 
     w.config.jem.sgld_step_size, w.config.jem.sgld_noise = 0.0, 0.0
     xw, _ = w.sample(5, steps=1, seed=3)
     assert not any(torch.equal(xw[0], bj) for bj in buf) and float(xw.std()) > 0.4  # uniform on [-1, 1]: std 0.58
+
+
+def test_a_replay_buffer_of_the_wrong_shape_is_refused_in_one_line(npz: Path, tmp_path: Path) -> None:
+    """Samples "from the run's buffer" must come from a buffer of the model's images, or loading says why not."""
+    from safetensors.torch import load_file, save_file
+
+    from egc.errors import CheckpointError
+    from egc.model import EGC
+
+    run = tmp_path / "j"
+    assert main(tiny_train_argv(run, npz, 2, "--model", "jem", *JEM_FAST)) == 0
+    path = latest_in(run)
+    with safe_open(str(path), "pt") as f:
+        md = f.metadata()
+    t = load_file(str(path))
+    t["jem.buffer"] = torch.zeros(16, 3, 8, 8)  # colour images for a one-channel model
+    bad = tmp_path / "bad.safetensors"
+    save_file(t, str(bad), metadata=md)
+    with pytest.raises(CheckpointError, match=r"jem replay buffer has shape \(16, 3, 8, 8\).*\(1, 8, 8\)") as e:
+        EGC.load(bad)
+    assert "\n" not in str(e.value)

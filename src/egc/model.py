@@ -158,7 +158,12 @@ class EGC:
             ae.to(dev)
         m = cls(net, ckpt.config, ckpt.meta.get("class_names"), precision, autoencoder=ae)
         buf = ckpt.group(JEM_PREFIX).get("buffer") if m.kind_info.sampler == "sgld" else None
-        if buf is not None and tuple(buf.shape[1:]) == m.latent_shape:
+        if buf is not None:
+            if buf.dim() != 4 or tuple(buf.shape[1:]) != m.latent_shape:
+                # a buffer that does not fit would silently turn "samples from the replay buffer" into samples
+                # from somewhere else: refuse it, naming both shapes
+                raise CheckpointError(f"{ckpt.path}: jem replay buffer has shape {tuple(buf.shape)}, "
+                                      f"the model's images are {m.latent_shape}")
             m.sgld_buffer = buf.float()
         return m
 

@@ -122,6 +122,16 @@ def _ae_config(cfg: RunConfig, size: int) -> RunConfig:
     return ae.validate()
 
 
+def _plan_downsample(plan: Plan, size: int) -> int:
+    """The downsampling of the autoencoder the latent stage will use: the one trained here follows
+    :func:`_downsample`; a reused one has its own (read from its checkpoint, whatever the image size)."""
+    if plan.ae_here or plan.autoencoder is None:
+        return _downsample(size)
+    from ..autoencoder import load_autoencoder
+
+    return int(load_autoencoder(plan.autoencoder).net.cfg.downsample)
+
+
 def _latent_stage(cfg: RunConfig, plan: Plan, run_dir: Path) -> RunConfig:
     """The EGC (classifier, ddpm) stage: on the plan's autoencoder, with the latent recipe of
     configs/cifar10-latent.yaml (no patch stem on 8 x 8 latents, clean-view shifts of 4 px)."""
@@ -129,7 +139,7 @@ def _latent_stage(cfg: RunConfig, plan: Plan, run_dir: Path) -> RunConfig:
     out.model.space = "latent"
     out.model.autoencoder = str(run_dir / "autoencoder") if plan.ae_here else plan.autoencoder
     size = cfg.data.image_size or 32
-    latent = size // _downsample(size)
+    latent = size // _plan_downsample(plan, size)
     if latent <= 8:
         out.model.patch = 1
     if out.loss.clean_shift == 0:
