@@ -181,6 +181,13 @@ def test_jem_samples_continue_the_runs_replay_buffer(npz: Path, tmp_path: Path) 
     m.config.jem.sgld_step_size, m.config.jem.sgld_noise = 0.0, 0.0
     x, _ = m.sample(5, steps=1, seed=3)
     assert all(any(torch.equal(xi, bj) for bj in buf) for xi in x)
+    # class-conditional samples start at entries the model classifies as the label (JEM's released protocol):
+    # a buffer of flat images at three levels and logits that name the level, so the answer is known
+    levels = torch.tensor([-0.8, 0.0, 0.8])
+    m.sgld_buffer = levels.repeat(4).view(12, 1, 1, 1).expand(12, 1, 8, 8).clone()
+    m.net_logits = lambda z, t=None: -100 * (z.mean((1, 2, 3))[:, None] - levels) ** 2
+    xc, yc = m.sample(9, labels=[2, 0, 1, 1, 2, 0, 0, 2, 1], steps=1, seed=4)
+    assert torch.allclose(xc.mean((1, 2, 3)), levels[yc], atol=1e-6), (xc.mean((1, 2, 3)), yc)
     w = EGC.load(export_weights(run, tmp_path / "w.safetensors"))
     assert w.sgld_buffer is None
     w.config.jem.sgld_step_size, w.config.jem.sgld_noise = 0.0, 0.0

@@ -72,6 +72,7 @@ class EGC:
         # jem: the run's persistent SGLD replay buffer [N, C, H, W] in [-1, 1], where the checkpoint has one
         # (a training checkpoint; `egc export` drops it): JEM's samples continue those chains
         self.sgld_buffer: torch.Tensor | None = None
+        self._buffer_pred: tuple[torch.Tensor, torch.Tensor] | None = None  # (buffer, the model's class per entry), when needed
         for p in self.net.parameters():
             p.requires_grad_(False)
 
@@ -370,24 +371,46 @@ class EGC:
 
     def _sample_sgld(self, n: int, y: torch.Tensor | None, steps: int, gen: torch.Generator, batch_size: int) -> torch.Tensor:
         """jem: SGLD on E(x) = -logsumexp f(x) (or -f_y(x) for labels y), ``steps`` steps with the run's
-        jem.sgld_* settings, from random entries of the run's replay buffer when the checkpoint carries it
-        (how JEM draws its samples: the chains it trained on, continued; a class-conditional chain is
-        steered by -f_y from there), else from uniform noise; images [n, C, H, W] in [-1, 1] on the CPU."""
+        jem.sgld_* settings, from entries of the run's replay buffer when the checkpoint carries it (how JEM
+        draws its samples: the chains it trained on, continued), else from uniform noise; images
+        [n, C, H, W] in [-1, 1] on the CPU. For labels y the start is a buffer entry the model itself
+        classifies as y, as JEM's released evaluation draws class-conditional samples (its buffer is one
+        unconditional chain), and -f_y steers from there."""
         from .sgld import sgld
 
         jc = self.config.jem
-        buf = self.sgld_buffer
         out = []
         for i in range(0, n, batch_size):
             b = min(batch_size, n - i)
-            if buf is not None:
-                x0 = buf[torch.randint(0, buf.shape[0], (b,), generator=gen)].to(self.device)
+            yb = None if y is None else y[i:i + b]
+            if self.sgld_buffer is not None:
+                x0 = self.sgld_buffer[self._buffer_rows(yb, b, gen)].to(self.device)
             else:
                 x0 = (torch.rand((b, *self.latent_shape), generator=gen) * 2 - 1).to(self.device)
-            yb = None if y is None else y[i:i + b].to(self.device)
-
-            out.append(sgld(self.net_logits, x0, steps, jc.sgld_step_size, jc.sgld_noise, jc.sgld_clip, y=yb, gen=gen).cpu())
+            yd = None if yb is None else yb.to(self.device)
+            out.append(sgld(self.net_logits, x0, steps, jc.sgld_step_size, jc.sgld_noise, jc.sgld_clip, y=yd, gen=gen).cpu())
         return torch.cat(out)
+
+    def _buffer_rows(self, y: torch.Tensor | None, b: int, gen: torch.Generator) -> torch.Tensor:
+        """Indices [b] of replay-buffer entries to start SGLD from: any entry, or for labels y [b] one the
+        model classifies as y (any entry when it classifies none as y)."""
+        buf = self.sgld_buffer
+        assert buf is not None
+        if y is None:
+            return torch.randint(0, buf.shape[0], (b,), generator=gen)
+        if self._buffer_pred is None or self._buffer_pred[0] is not buf:  # once per buffer
+            with torch.no_grad():
+                pred = torch.cat([self.net_logits(buf[j:j + 250]).argmax(1).cpu() for j in range(0, buf.shape[0], 250)])
+            self._buffer_pred = (buf, pred)
+        pred = self._buffer_pred[1]
+        rows = torch.empty(b, dtype=torch.long)
+        for c in y.unique():  # sorted: the same draws for the same seed
+            pool = (pred == c).nonzero()[:, 0]
+            if pool.numel() == 0:
+                pool = torch.arange(buf.shape[0])
+            sel = y == c
+            rows[sel] = pool[torch.randint(0, pool.numel(), (int(sel.sum()),), generator=gen)]
+        return rows
 
     def score(self, x: torch.Tensor, t: int | torch.Tensor, y: torch.Tensor | None = None, guidance: float = 0.0, cfg: float = 0.0) -> torch.Tensor:
         """grad_x log p_t(x) (or of the guided log p_t(x | y) with labels y) = -eps / sqrt(1 - abar_t) of

@@ -101,7 +101,8 @@ def generation_metrics(m: EGC, judge: Judge | None, test_x: torch.Tensor, s: Eva
     smp = m.config.sample  # the sampler as run: given settings, else the model's defaults
     sampler, steps = s.sampler or smp.sampler, s.steps or smp.steps
     if m.kind_info.sampler == "sgld":  # jem: Langevin on the logit energy, not a diffusion sampler
-        res["sampler"] = {"name": "sgld", "steps": steps, "start": "the run's replay buffer" if m.sgld_buffer is not None else "uniform noise"}
+        res["sampler"] = {"name": "sgld", "steps": steps, "start": ("the run's replay buffer (for class y: entries the model classifies as y)"
+                                                             if m.sgld_buffer is not None else "uniform noise")}
     else:
         res["sampler"] = {"name": sampler, "steps": steps, "eta": (smp.eta if s.eta is None else s.eta) if sampler == "ddim" else None}
     if inception is not None:
