@@ -20,10 +20,15 @@ NROB=${NROB:-200}          # images attacked by PGD
 EGC=${EGC:-.venv/bin/egc}
 mkdir -p "$OUT"
 
+# On CIFAR-10 JEM++ at the shared learning rate (1e-3) diverged at step 126 of 60 minutes (non-finite losses
+# from then on; train.nonfinite=skip gave up at step 130; kept in runs/cmp-c10-jem-lr1e-3-diverged). There it
+# trains at JEM's published Adam learning rate, 1e-4, and rolls back (halving it) should it still diverge.
+JEM_EXTRA=""
+[ "$DATA" = cifar10 ] && JEM_EXTRA="--set train.lr=1e-4 --set train.nonfinite=rollback"
 # name | egc train flags (each model gets --minutes $MIN, the same data and seed)
 MODELS=(
   "egc|--model egc"
-  "jem|--model jem --set jem.init=data --set jem.sgld_clip=0.03 --set jem.sgld_steps=10"   # JEM++: informative init, proximal SGLD, M = 10 steps (its main setting)
+  "jem|--model jem --set jem.init=data --set jem.sgld_clip=0.03 --set jem.sgld_steps=10 $JEM_EXTRA"   # JEM++: informative init, proximal SGLD, M = 10 steps (its main setting)
   "cnn|--model cnn --set loss.clean_shift=2"                            # airbench-style augmentation: flips (where the set allows) + 2 px shifts
   "classifier-noise|--model classifier --set loss.noise_sigma=$SIGMA"   # randomized smoothing's base classifier
   "cnn-noise|--model cnn --set loss.clean_shift=2 --set loss.noise_sigma=$SIGMA"
