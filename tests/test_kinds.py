@@ -4,6 +4,7 @@ rest in one line), and issue 33's new kinds: JEM (loss, SGLD step, replay buffer
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -90,6 +91,24 @@ def test_sgld_step_and_jem_loss_by_hand() -> None:
     want = torch.nn.functional.cross_entropy(ld, y) + 0.5 * (-torch.logsumexp(ld, 1).mean() + torch.logsumexp(lf, 1).mean())
     assert parts.total.item() == pytest.approx(want.item(), rel=1e-5)
     assert torch.isnan(jem_loss(em, cfg.loss, xd, y, xf, diverge_at=1e-9).total)  # a diverged step is non-finite
+
+
+def test_jem_trains_on_data_with_its_published_noise(monkeypatch) -> None:
+    """JEM's released recipe adds N(0, 0.03^2) to the training images (on [-1, 1]) for both terms."""
+    from egc.train import jem as jem_mod
+
+    seen = {}
+    monkeypatch.setattr(jem_mod, "jem_loss", lambda em, lcfg, x0, y, xs, *a: seen.setdefault("x0", x0))
+    monkeypatch.setattr(jem_mod, "sgld", lambda fn, x, *a, **k: x)
+    x0, y = torch.zeros(64, 1, 8, 8), torch.arange(64) % 3
+    for noise in (0.0, 0.03):
+        seen.clear()
+        cfg = load_config(None, ["model.kind=jem", "model.size=tiny", "model.in_channels=1", "model.image_size=8",
+                                 "model.num_classes=3", "jem.buffer_size=8", f"jem.data_noise={noise}"])
+        loss = jem_mod.JEMLoss(cfg, x0, y, torch.Generator().manual_seed(0))
+        loss(SimpleNamespace(logits=None), cfg.loss, x0, y, torch.Generator().manual_seed(1))
+        assert float(seen["x0"].std()) == pytest.approx(noise, rel=0.05, abs=1e-9)
+    assert load_config(None, ["model.kind=jem"]).jem.data_noise == 0.03
 
 
 def _tensors(run: Path) -> dict[str, torch.Tensor]:

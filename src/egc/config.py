@@ -263,6 +263,9 @@ class JEMConfig:
     sgld_clip: float = 0.0  # > 0: JEM++'s proximal SGLD, each step's change bounded per pixel (on [-1, 1])
     init: str = "uniform"  # "uniform" on [-1, 1] (JEM) | "data": per-class Gaussians of the training images (JEM++)
     energy_weight: float = 1.0
+    # std of Gaussian noise added to the training images (on [-1, 1]) for both of JEM's terms: its released
+    # recipe's --sigma .03, which keeps the data distribution smooth for the energy
+    data_noise: float = 0.03
     # |E(x_data) - E(x_sgld)| above this is a diverged step: handled like a non-finite loss (train.nonfinite)
     diverge_at: float = 1e4
 
@@ -272,6 +275,7 @@ class JEMConfig:
         _check(self.sgld_step_size >= 0 and self.sgld_noise >= 0 and self.sgld_clip >= 0, "jem.sgld_step_size, sgld_noise, sgld_clip must be >= 0")
         _check(self.init in ("uniform", "data"), f"jem.init must be uniform or data, got '{self.init}'")
         _check(self.energy_weight >= 0 and self.diverge_at > 0, "jem.energy_weight >= 0 and jem.diverge_at > 0 required")
+        _check(0 <= self.data_noise <= 1, f"jem.data_noise must be in [0, 1] (std on [-1, 1] pixels), got {self.data_noise}")
 
 
 @dataclass

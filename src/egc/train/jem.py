@@ -79,6 +79,8 @@ class JEMLoss:
         if shard[1] != 1:
             raise EgcError("model.kind jem trains in one process (its replay buffer is not shared between processes)")
         jc = self.jc
+        if jc.data_noise > 0:  # JEM trains on slightly noisy data (both terms)
+            x0 = x0 + jc.data_noise * torch.randn(x0.shape, generator=gen, device=gen.device).to(x0.device, x0.dtype)
         idx, start = self.buffer.draw(x0.shape[0], jc.reinit, gen)
         x_sgld = sgld(em.logits, start.to(x0.device), jc.sgld_steps, jc.sgld_step_size, jc.sgld_noise, jc.sgld_clip, gen=gen)
         self.buffer.put(idx, x_sgld)
