@@ -62,3 +62,10 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str
             return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
         return "bf16" if native_bf16() else "fp32"
     return precision
+
+
+def randn_from(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like x, drawn on gen's device (CPU when gen is None) in x's dtype, then
+    moved to x's device: a seed gives the same noise whatever device the network runs on."""
+    dev = gen.device if gen is not None else torch.device("cpu")
+    return torch.randn(x.shape, generator=gen, dtype=x.dtype, device=dev).to(x.device)

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import SAMPLER_NAMES
+from ..device import randn_from
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Called after every step as callback(step, total, x0_hat [B, C, H, W]) with the current estimate of
@@ -56,12 +57,6 @@ def _tvec(x: torch.Tensor, t: int) -> torch.Tensor:
     return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
 
 
-def _noise(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like x, drawn on gen's device (CPU by default), then moved to x's."""
-    dev = gen.device if gen is not None else torch.device("cpu")
-    return torch.randn(x.shape, generator=gen, dtype=x.dtype, device=dev).to(x.device)
-
-
 def _bar(iterable, progress: bool, desc: str):
     return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True) if progress else iterable
 
@@ -82,7 +77,7 @@ def ddim(eps_fn: EpsFn, x: torch.Tensor, alphas_cumprod: torch.Tensor, steps: in
         sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5
         x = a_prev**0.5 * x0 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
-            x = x + sigma * _noise(x, gen)
+            x = x + sigma * randn_from(x, gen)
     return x
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..config import JEMConfig, RunConfig
+from ..device import randn_from
 from ..diffusion.energy import EnergyModel
 from ..diffusion.losses import LossParts, jem_loss
 from ..errors import EgcError
@@ -80,7 +81,7 @@ class JEMLoss:
             raise EgcError("model.kind jem trains in one process (its replay buffer is not shared between processes)")
         jc = self.jc
         if jc.data_noise > 0:  # JEM trains on slightly noisy data (both terms)
-            x0 = x0 + jc.data_noise * torch.randn(x0.shape, generator=gen, device=gen.device).to(x0.device, x0.dtype)
+            x0 = x0 + jc.data_noise * randn_from(x0, gen)
         idx, start = self.buffer.draw(x0.shape[0], jc.reinit, gen)
         x_sgld = sgld(em.logits, start.to(x0.device), jc.sgld_steps, jc.sgld_step_size, jc.sgld_noise, jc.sgld_clip, gen=gen)
         self.buffer.put(idx, x_sgld)
