@@ -4,7 +4,10 @@
 # and it continues the training that was cut off, skips what is done, and evaluates what is not yet evaluated.
 #
 #   bash bench/compare_kinds.sh fashion-mnist 45 runs/cmp-fm      # six models x 45 minutes, then the evaluations
-#   bash bench/compare_kinds.sh cifar10 60 runs/cmp-c10           # the same six on pixels, and EGC on latents (its best form)
+#   bash bench/compare_kinds.sh cifar10 60 runs/cmp-c10           # the same six on pixels, and EGC and the DDPM on latents (their best form)
+#
+# CIFAR-10 at 60 minutes is eight trainings (8 hours) before the evaluations: more than one 3-hour session, and a
+# new session's checkout starts without runs/. BENCHMARKS.md 10 has it at 10 minutes each, in one sitting.
 #
 # One job at a time (never two torch processes on 2 cores). Each model's row: OUT/<name>/eval.json,
 # OUT/<name>/certify.json (pixel models), OUT/<name>/dc-*.json (conditional diffusion models); then
@@ -25,6 +28,8 @@ mkdir -p "$OUT"
 # step 126 (kept in runs/cmp-c10-jem-lr1e-3-diverged); at 1e-4 without the data noise it trained 60 minutes
 # without a divergence and without learning (test accuracy 0.099: runs/cmp-c10-jem-lr1e-4-nonoise).
 # The Fashion-MNIST row of BENCHMARKS.md 10 trained at 1e-3 without the data noise (runs/cmp-fm-jem-lr1e-3-nonoise).
+# CIFAR-10 at 10 minutes with this recipe: bf16 (the AMX host's auto precision) rolled back twice and reached 0.150;
+# fp32 (--set train.precision=fp32) did not diverge and reached 0.101. Neither learned much (BENCHMARKS.md 10).
 JEM_EXTRA="--set train.lr=1e-4 --set train.nonfinite=rollback"
 # name | egc train flags (each model gets --minutes $MIN, the same data and seed)
 MODELS=(
@@ -37,9 +42,13 @@ MODELS=(
 )
 if [ "$DATA" = cifar10 ]; then
   MODELS[0]="egc|--model egc --set model.space=pixel"   # pixels, as every other row
+  # (`egc train --data cifar10` picks latents for the diffusion models: the pixel rows say so)
+  MODELS[5]="ddpm-cond|--model ddpm --set model.conditioning=embedding --set model.space=pixel"
   # EGC's best form on colour images: latents (what `egc train --data cifar10` picks), on the autoencoder shipped
   # inside zoo:cifar10, which it reuses (that autoencoder's own 30 minutes of training are not in the budget)
   MODELS+=("egc-latent|--model egc --set model.space=latent")
+  # and the diffusion model in the same form, so that each EGC has a diffusion classifier beside it
+  MODELS+=("ddpm-cond-latent|--model ddpm --set model.conditioning=embedding --set model.space=latent")
 fi
 
 train() {  # name flags...: train to the whole budget (resuming), skip when done
@@ -62,7 +71,7 @@ for row in "${MODELS[@]}"; do
   case $name in egc|classifier-noise|cnn-noise)
     [ -f "$run/certify.json" ] || $EGC certify "$run" --sigma "$SIGMA" --n-test "$NCERT" --n0 100 --n 1000 --radii 0.25,0.5 --json "$run/certify.json" --quiet > /dev/null ;;
   esac
-  case $name in egc|egc-latent|ddpm-cond)
+  case $name in egc|egc-latent|ddpm-cond|ddpm-cond-latent)
     for sched in K:2 K:5,3:10 K:20,3:60; do
       f="$run/dc-${sched//[:,]/_}.json"
       [ -f "$f" ] || .venv/bin/python bench/dc_accuracy.py "$run" --schedule "$sched" --n "$NDC" > "$f"
