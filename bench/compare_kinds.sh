@@ -5,6 +5,7 @@
 #
 #   bash bench/compare_kinds.sh fashion-mnist 45 runs/cmp-fm      # six models x 45 minutes, then the evaluations
 #   bash bench/compare_kinds.sh cifar10 60 runs/cmp-c10           # the same six on pixels, and EGC and the DDPM on latents (their best form)
+#   ONLY=egc,jem bash bench/compare_kinds.sh fashion-mnist 10 runs/fm10   # some rows only
 #
 # CIFAR-10 at 60 minutes is eight trainings (8 hours) before the evaluations: more than one 3-hour session, and a
 # new session's checkout starts without runs/. BENCHMARKS.md 10 has it at 10 minutes each, in one sitting.
@@ -21,6 +22,7 @@ NDC=${NDC:-100}             # images the diffusion classifier classifies, at eac
 NSAMP=${NSAMP:-500}        # samples per model for fd / recall / conditional accuracy
 NROB=${NROB:-200}          # images attacked by PGD
 EGC=${EGC:-.venv/bin/egc}
+ONLY=${ONLY:-}               # comma-separated row names to run (e.g. ONLY=egc,jem); empty = every row
 mkdir -p "$OUT"
 
 # JEM++ trains at JEM's published Adam learning rate, 1e-4 (with its published data noise, jem.data_noise 0.03,
@@ -62,6 +64,13 @@ train() {  # name flags...: train to the whole budget (resuming), skip when done
     $EGC train --data "$DATA" --minutes "$MIN" --seed 0 --out "$run" --quiet $*
   fi
 }
+
+if [ -n "$ONLY" ]; then  # keep the rows named in ONLY, in the script's order
+  kept=()
+  for row in "${MODELS[@]}"; do case ",$ONLY," in *",${row%%|*},"*) kept+=("$row") ;; esac; done
+  [ ${#kept[@]} -gt 0 ] || { echo "compare_kinds: ONLY=$ONLY names no row" >&2; exit 2; }
+  MODELS=("${kept[@]}")
+fi
 
 for row in "${MODELS[@]}"; do train "${row%%|*}" ${row#*|}; done
 
