@@ -23,6 +23,7 @@ NSAMP=${NSAMP:-500}        # samples per model for fd / recall / conditional acc
 NROB=${NROB:-200}          # images attacked by PGD
 EGC=${EGC:-.venv/bin/egc}
 ONLY=${ONLY:-}               # comma-separated row names to run (e.g. ONLY=egc,jem); empty = every row
+EVALS=${EVALS:-eval,certify,dc}  # which evaluations run after training (eval = egc eval; certify; dc = diffusion classifier)
 mkdir -p "$OUT"
 
 # JEM++ trains at JEM's published Adam learning rate, 1e-4 (with its published data noise, jem.data_noise 0.03,
@@ -33,6 +34,8 @@ mkdir -p "$OUT"
 # CIFAR-10 at 10 minutes with this recipe: bf16 (the AMX host's auto precision) rolled back twice and reached 0.150;
 # fp32 (--set train.precision=fp32) did not diverge and reached 0.101. Neither learned much (BENCHMARKS.md 10).
 JEM_EXTRA="--set train.lr=1e-4 --set train.nonfinite=rollback"
+# the hybrid row's CE stream: half the batch as clean augmented images at weight 0.1 (3-minute probes, BENCHMARKS 11)
+HYBRID_EXTRA=${HYBRID_EXTRA:---set loss.clean_fraction=0.5 --set loss.clean_ce_weight=0.1}
 # name | egc train flags (each model gets --minutes $MIN, the same data and seed)
 MODELS=(
   "egc|--model egc"
@@ -41,6 +44,7 @@ MODELS=(
   "classifier-noise|--model classifier --set loss.noise_sigma=$SIGMA"   # randomized smoothing's base classifier
   "cnn-noise|--model cnn --set loss.clean_shift=2 --set loss.noise_sigma=$SIGMA"
   "ddpm-cond|--model ddpm --set model.conditioning=embedding"           # a diffusion model to read a diffusion classifier from
+  "egc-hybrid|--model egc --set model.backbone=hybrid --set loss.clean_shift=2 $HYBRID_EXTRA"  # EGC on the hybrid backbone (nets/hybrid.py), the CNN's augmentation on its CE stream
 )
 if [ "$DATA" = cifar10 ]; then
   MODELS[0]="egc|--model egc --set model.space=pixel"   # pixels, as every other row
@@ -48,6 +52,7 @@ if [ "$DATA" = cifar10 ]; then
   MODELS[5]="ddpm-cond|--model ddpm --set model.conditioning=embedding --set model.space=pixel"
   # EGC's best form on colour images: latents (what `egc train --data cifar10` picks), on the autoencoder shipped
   # inside zoo:cifar10, which it reuses (that autoencoder's own 30 minutes of training are not in the budget)
+  MODELS[6]="${MODELS[6]} --set model.space=pixel"
   MODELS+=("egc-latent|--model egc --set model.space=latent")
   # and the diffusion model in the same form, so that each EGC has a diffusion classifier beside it
   MODELS+=("ddpm-cond-latent|--model ddpm --set model.conditioning=embedding --set model.space=latent")
@@ -76,11 +81,11 @@ for row in "${MODELS[@]}"; do train "${row%%|*}" ${row#*|}; done
 
 for row in "${MODELS[@]}"; do
   name=${row%%|*}; run="$OUT/$name"
-  [ -f "$run/eval.json" ] || $EGC eval "$run" --n-test "$NTEST" --n-samples "$NSAMP" --n-robust "$NROB" --eps-l2 0.5,1.5 --json "$run/eval.json" --out-dir "$run/eval" --quiet > /dev/null
-  case $name in egc|classifier-noise|cnn-noise)
+  case ",$EVALS," in *,eval,*) [ -f "$run/eval.json" ] || $EGC eval "$run" --n-test "$NTEST" --n-samples "$NSAMP" --n-robust "$NROB" --eps-l2 0.5,1.5 --json "$run/eval.json" --out-dir "$run/eval" --quiet > /dev/null ;; esac
+  case ",$EVALS,:$name" in *,certify,*:egc|*,certify,*:egc-hybrid|*,certify,*:classifier-noise|*,certify,*:cnn-noise)
     [ -f "$run/certify.json" ] || $EGC certify "$run" --sigma "$SIGMA" --n-test "$NCERT" --n0 100 --n 1000 --radii 0.25,0.5 --json "$run/certify.json" --quiet > /dev/null ;;
   esac
-  case $name in egc|egc-latent|ddpm-cond|ddpm-cond-latent)
+  case ",$EVALS,:$name" in *,dc,*:egc|*,dc,*:egc-hybrid|*,dc,*:egc-latent|*,dc,*:ddpm-cond|*,dc,*:ddpm-cond-latent)
     for sched in K:2 K:5,3:10 K:20,3:60; do
       f="$run/dc-${sched//[:,]/_}.json"
       [ -f "$f" ] || .venv/bin/python bench/dc_accuracy.py "$run" --schedule "$sched" --n "$NDC" > "$f"

@@ -37,6 +37,17 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
     "base": dict(channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention=True, patch=1, norm="group"),
     "large": dict(channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=3, attention=True, patch=1, norm="group"),
 }
+# model.backbone: "unet" (EnergyUNet, the released shape) | "hybrid" (nets/hybrid.py: the fast CNN's
+# encoder with time conditioning, a global head and a light decoder). Sizes of the hybrid by the same
+# names: channels is the stem width, channel_mult the blocks' (airbench94's small: 64 -> 64, 256, 256).
+BACKBONES = ("unet", "hybrid")
+HYBRID_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(channels=8, channel_mult=(1, 2), patch=1, norm="group", pool="mean", attention=False),
+    "small": dict(channels=64, channel_mult=(1, 4, 4), patch=2, norm="group", pool="mean", attention=False),
+    "base": dict(channels=96, channel_mult=(1, 4, 4), patch=1, norm="group", pool="mean", attention=False),
+    "large": dict(channels=128, channel_mult=(1, 4, 4), patch=1, norm="group", pool="mean", attention=False),
+}
+NORMS = ("group", "none", "batch")  # "batch" only in the hybrid backbone (per-sample norms elsewhere)
 
 
 ENERGY_PRIORS = ("none", "gaussian", "denoiser")
@@ -87,6 +98,8 @@ class AutoencoderConfig:
 class ModelConfig:
     kind: str = "egc"
     size: str = "small"
+    backbone: str = "unet"  # BACKBONES; the size's architecture fields follow it (HYBRID_SIZES)
+    decoder_channels: int = 0  # hybrid backbone: width of its light decoder (0 = half the stem width, >= 16)
     in_channels: int = 1
     num_classes: int = 10
     image_size: int = 28
@@ -154,8 +167,12 @@ class ModelConfig:
         _check(self.channels >= 4 and len(self.channel_mult) >= 1, "model.channels >= 4 and a non-empty model.channel_mult required")
         _check(self.patch in (1, 2, 4), f"model.patch must be 1, 2 or 4, got {self.patch}")
         k = kind_of(self.kind)
-        _check(k.net != "unet" or self.image_size % self.patch == 0, f"model.image_size {self.image_size} not divisible by model.patch {self.patch}")
-        _check(self.norm in ("group", "none"), f"model.norm must be 'group' or 'none', got '{self.norm}'")
+        _check(k.net != "unet" or self.backbone != "unet" or self.image_size % self.patch == 0, f"model.image_size {self.image_size} not divisible by model.patch {self.patch}")
+        _check(self.backbone in BACKBONES, f"model.backbone '{self.backbone}' unknown (choose from {', '.join(BACKBONES)})")
+        _check(self.backbone == "unet" or k.net == "unet", f"model.backbone {self.backbone} is for the UNet kinds, not model.kind {self.kind}")
+        _check(self.decoder_channels >= 0, f"model.decoder_channels must be >= 0 (0 = automatic), got {self.decoder_channels}")
+        norms = NORMS if self.backbone == "hybrid" else ("group", "none")
+        _check(self.norm in norms, f"model.norm must be one of {', '.join(norms)} with model.backbone {self.backbone}, got '{self.norm}'")
         _check(self.pool in ("attention", "mean"), f"model.pool must be 'attention' or 'mean', got '{self.pool}'")
         _check(self.logit_scale >= 0, f"model.logit_scale must be > 0 (0 = automatic), got {self.logit_scale}")
         diffusion_energy = k.energy == "diffusion"  # an EGC
@@ -570,12 +587,15 @@ def _merge(obj: Any, d: dict[str, Any], prefix: str) -> None:
             setattr(obj, k, _coerce(v, cur, key))
 
 
-def apply_size(cfg: RunConfig, size: str) -> None:
-    """Fill the architecture fields of ``cfg.model`` from the named size."""
+def apply_size(cfg: RunConfig, size: str, backbone: str = "unet") -> None:
+    """Fill the architecture fields of ``cfg.model`` from the named size of the backbone."""
     if size not in MODEL_SIZES:
         raise ConfigError(f"model size '{size}' unknown (choose from {', '.join(MODEL_SIZES)})")
+    if backbone not in BACKBONES:
+        raise ConfigError(f"model.backbone '{backbone}' unknown (choose from {', '.join(BACKBONES)})")
     cfg.model.size = size
-    for k, v in MODEL_SIZES[size].items():
+    cfg.model.backbone = backbone
+    for k, v in (HYBRID_SIZES if backbone == "hybrid" else MODEL_SIZES)[size].items():
         setattr(cfg.model, k, v)
 
 
@@ -611,8 +631,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         node[parts[-1]] = yaml.safe_load(val) if val.strip() else val
     raw = _upgrade(raw)
     cfg = RunConfig()
-    size = (raw.get("model") or {}).get("size") if isinstance(raw.get("model"), dict) else None
+    msec = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    size, backbone = msec.get("size"), str(msec.get("backbone", "unet"))
+    if backbone != "unet" and size is None:
+        size = cfg.model.size  # a hybrid without a size: the default size of that backbone, not the UNet's fields
     if size is not None and size != "custom":
-        apply_size(cfg, str(size))
+        apply_size(cfg, str(size), backbone)
     _merge(cfg, raw, "")
     return cfg.validate()

@@ -67,6 +67,10 @@ class ModelKind:
         return 1.0
 
     def build_net(self, m: "ModelConfig") -> "nn.Module":
+        if m.backbone == "hybrid":
+            from .nets.hybrid import HybridEnergyNet
+
+            return HybridEnergyNet(m)
         from .nets.unet import EnergyUNet
 
         return EnergyUNet(m)

@@ -31,6 +31,39 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
+def time_label_embedding(mod: nn.Module, t: torch.Tensor, labels: torch.Tensor | None, b: int, dtype: torch.dtype) -> torch.Tensor:
+    """The conditioning vector [B, temb] of a network holding ``cfg``, ``time_mlp``, ``clean_token`` and
+    ``label_emb`` (EnergyUNet, TimeLabelEmbedding): sinusoidal t (the clean token where t < 0) through
+    the MLP, plus the label embedding (K = null; None = all null) with model.conditioning "embedding"."""
+    temb = timestep_embedding(t.clamp(min=0), mod.cfg.channels)
+    temb = torch.where((t < 0)[:, None], mod.clean_token[None].to(temb.dtype), temb)
+    emb = mod.time_mlp(temb.to(dtype))
+    if mod.label_emb is not None:
+        if labels is None:
+            labels = torch.full((b,), mod.cfg.num_classes, dtype=torch.long, device=t.device)
+        emb = emb + mod.label_emb(labels).to(emb.dtype)
+    elif labels is not None:
+        raise ValueError("this network takes no label input (model.conditioning is not 'embedding')")
+    return emb
+
+
+class TimeLabelEmbedding(nn.Module):
+    """The time (+ label) embedding of EnergyUNet as a module of its own, for other backbones:
+    (t [B], labels [B] or None) -> [B, dim] with dim = 4 * model.channels."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ch = cfg.channels
+        self.dim = 4 * ch
+        self.time_mlp = nn.Sequential(nn.Linear(ch, self.dim), nn.SiLU(), nn.Linear(self.dim, self.dim))
+        self.label_emb = nn.Embedding(cfg.num_classes + 1, self.dim) if cfg.conditioning == "embedding" else None
+        self.clean_token = nn.Parameter(torch.randn(ch) * 0.5)  # t < 0: a clean input (see EnergyUNet)
+
+    def forward(self, t: torch.Tensor, labels: torch.Tensor | None, b: int, dtype: torch.dtype) -> torch.Tensor:
+        return time_label_embedding(self, t, labels, b, dtype)
+
+
 def _norm(kind: str, ch: int) -> nn.Module:
     if kind == "group":
         return nn.GroupNorm(min(8, ch // 4) or 1, ch)
@@ -147,15 +180,7 @@ class EnergyUNet(nn.Module):
         size = x.shape[-2:]
         if p > 1:
             x = tfn.pixel_unshuffle(x, p)
-        temb = timestep_embedding(t.clamp(min=0), self.cfg.channels)
-        temb = torch.where((t < 0)[:, None], self.clean_token[None].to(temb.dtype), temb)
-        emb = self.time_mlp(temb.to(self.stem.weight.dtype))
-        if self.label_emb is not None:
-            if labels is None:
-                labels = torch.full((x.shape[0],), self.cfg.num_classes, dtype=torch.long, device=x.device)
-            emb = emb + self.label_emb(labels).to(emb.dtype)
-        elif labels is not None:
-            raise ValueError("this network takes no label input (model.conditioning is not 'embedding')")
+        emb = time_label_embedding(self, t, labels, x.shape[0], self.stem.weight.dtype)
         h = self.stem(x)
         hs = [h]
         for m in self.down:

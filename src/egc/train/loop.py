@@ -219,7 +219,7 @@ def _fit_model_to_data(cfg: RunConfig, ds: Any) -> None:
     channels, size = (m.ae.latent_channels, m.ae.latent_size) if m.latent else (ds.channels, ds.image_size)
     k = ds.num_classes if m.supervised else (m.clusters or ds.num_classes or 10)
     m.in_channels, m.num_classes, m.image_size = channels, k, size
-    if kind.net == "unet" and m.image_size % m.patch:
+    if kind.net == "unet" and m.backbone == "unet" and m.image_size % m.patch:
         raise EgcError(f"image size {m.image_size} is not divisible by model.patch {m.patch}")
     if cfg.loss.clean_shift >= ds.image_size // 2:
         raise EgcError(f"loss.clean_shift {cfg.loss.clean_shift} is too large for {ds.image_size} x {ds.image_size} images "
