@@ -114,9 +114,11 @@ def _time(fn: Callable[[], object], steps: int) -> float:
     return statistics.median(ts)
 
 
-def measure(name: str, shape: tuple[int, int, int], batch: int, steps: int, precision: str, channels_last: bool) -> dict:
+def measure(name: str, shape: tuple[int, int, int], batch: int, steps: int, precision: str, channels_last: bool,
+            size: str = "small") -> dict:
     c, h, _ = shape
-    cfg = load_config(None, [*ROWS[name], f"model.in_channels={c}", f"model.image_size={h}", "model.space=pixel"]).model
+    cfg = load_config(None, [f"model.size={size}", *ROWS[name], f"model.in_channels={c}", f"model.image_size={h}",
+                             "model.space=pixel"]).model
     net = build_net(cfg)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -161,13 +163,14 @@ def main() -> None:
     bad = [r for r in rows if r not in ROWS]
     if bad:
         raise SystemExit(f"step_cost: unknown row(s) {', '.join(bad)} (choose from {', '.join(ROWS)})")
-    res = {r: measure(r, shape, batch, steps, precision, channels_last) for r in rows}
+    size = "tiny" if a.smoke else "small"
+    res = {r: measure(r, shape, batch, steps, precision, channels_last, size) for r in rows}
     for r in res.values():
         for base in ("ddpm", "cnn"):
             if base in res:
                 r[f"x_{base}"] = round(r["ms_per_step"] / res[base]["ms_per_step"], 2)
     print(json.dumps({"cpu": cpu_name(), "precision": precision, "channels_last": channels_last, "shape": list(shape),
-                      "batch": batch, "threads": torch.get_num_threads(), "rows": res}))
+                      "batch": batch, "size": size, "threads": torch.get_num_threads(), "rows": res}))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,17 @@ def run28(tmp_path_factory) -> Path:
     return run
 
 
+def test_step_cost_bench_smoke():
+    """bench/step_cost.py: every row's phases are timed and each step is a ratio to the DDPM's and the CNN's."""
+    out = _bench("step_cost.py", "--smoke", "--threads", "1")[-1]
+    assert out["size"] == "tiny" and set(out["rows"]) >= {"egc-unet", "egc-hybrid", "ddpm", "cnn"}
+    for name, r in out["rows"].items():
+        assert r["ms_per_step"] > 0 and r["params_M"] > 0
+        assert ("input_grad" in r["ms"]) == name.startswith("egc"), (name, r["ms"])
+        assert r["x_ddpm"] == pytest.approx(r["ms_per_step"] / out["rows"]["ddpm"]["ms_per_step"], abs=0.01)
+    assert out["rows"]["cnn"]["x_cnn"] == 1.0
+
+
 def test_train_step_bench():
     out = _bench("train_step.py", "--size", "tiny", "--batch", "4", "--image", "8", "--steps", "1", "--warmup", "0", "--threads", "1",
                  "--peak-n", "256", "--modes", "released,reference,default-fp32,default")[-1]

@@ -140,7 +140,11 @@ def test_load_gives_the_saved_networks_features(weights):
     assert not torch.allclose(f, inception_features(_random_net(1), x))  # the weights made the difference
     assert torch.equal(inception_features(net, x), f)  # deterministic
     m = inception_metrics(net, x, _images(2, 1, 32, seed=1))
-    assert set(m) == {FID_KEY, KID_KEY, "kid_std_inception"} and math.isfinite(m[FID_KEY]) and m[FID_KEY] >= 0
+    assert set(m) == {FID_KEY, KID_KEY, "kid_std_inception"} and math.isfinite(m[FID_KEY]) and m[FID_KEY] > 0
+    # a set against itself is at distance 0; the distance the metric reports is the one of the features
+    assert inception_metrics(net, x, x)[FID_KEY] == pytest.approx(0.0, abs=1e-6)
+    fy = inception_features(net, _images(2, 1, 32, seed=1))
+    assert m[FID_KEY] == pytest.approx(frechet_distance_features(f.numpy(), fy.numpy()), rel=1e-6)
 
 
 def test_file_without_batchnorm_counters_loads(weights, tmp_path):
