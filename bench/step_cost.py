@@ -74,8 +74,6 @@ def _phases(kind: str, em: EnergyModel, net: torch.nn.Module, x: torch.Tensor, y
             with autocast():
                 return net(xt, t, y)
 
-        def grad():
-            return fwd()
 
         def loss():
             return (fwd().float() - eps).pow(2).mean()
@@ -84,8 +82,6 @@ def _phases(kind: str, em: EnergyModel, net: torch.nn.Module, x: torch.Tensor, y
             with autocast():
                 return net(x)[:, :, 0, 0]
 
-        def grad():
-            return fwd()
 
         def loss():
             return tfn.cross_entropy(fwd().float(), y)
@@ -98,10 +94,9 @@ def _phases(kind: str, em: EnergyModel, net: torch.nn.Module, x: torch.Tensor, y
         back()
         opt.step()
 
-    out = {"forward": fwd, "backward": back, "optimizer": step}
     if kind == "egc":
-        out = {"forward": fwd, "input_grad": grad, "backward": back, "optimizer": step}
-    return out
+        return {"forward": fwd, "input_grad": grad, "backward": back, "optimizer": step}
+    return {"forward": fwd, "backward": back, "optimizer": step}
 
 
 def _time(fn: Callable[[], object], steps: int) -> float:

@@ -18,13 +18,9 @@ from egc.errors import ConfigError
 from egc.nets import build_net
 from egc.nets.hybrid import HybridEnergyNet
 from egc.train.loop import train
+from tests.test_energy import _Float64Abar
 
 HYB = ["model.backbone=hybrid", "model.size=tiny", "model.image_size=8", "model.num_classes=3"]
-
-
-class _Float64Abar(en.EnergyModel):
-    def abar(self, t: torch.Tensor) -> torch.Tensor:
-        return self.sched.abar(t).double()
 
 
 def _hybrid(norm: str, prior: str = "denoiser", conditioning: str = "joint"):

@@ -14,7 +14,7 @@ still generates, so this network keeps the classifier's path and adds only what 
   every pixel of the K class channels, so the pooled logits (what classifies) are the CNN's head plus the
   decoder's mean, and the classifier path is the fast CNN's;
 - a light decoder: each level projected to ``dec`` channels, upsampled and summed coarse-to-fine
-  (a feature pyramid, no concatenation), two 3x3 convs a level, giving per-pixel residual logits d and
+  (a feature pyramid, no concatenation), one FiLM-conditioned 3x3 conv a level, giving per-pixel residual logits d and
   the denoiser channels at full resolution. The energy's input gradient (the eps) reaches every input
   pixel through the decoder's skips, not only through the max-pool's winners.
 
@@ -35,14 +35,12 @@ from torch import nn
 
 from ..config import ModelConfig
 from .unet import TimeLabelEmbedding
+from .unet import _norm as _unet_norm
 
 
 def _norm(kind: str, ch: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm2d(ch)
-    if kind == "group":
-        return nn.GroupNorm(min(8, ch // 4) or 1, ch)
-    return nn.Identity()
+    """The UNet's norms ("group", "none") plus the CNN's BatchNorm, which only this backbone allows."""
+    return nn.BatchNorm2d(ch) if kind == "batch" else _unet_norm(kind, ch)
 
 
 class _FiLMConv(nn.Module):
